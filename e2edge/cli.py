@@ -1,0 +1,125 @@
+"""The `e2edge` command: one entry point, one small module per subcommand.
+
+COMMANDS maps a command path to the module that implements it. Each module has a
+docstring (its help), `add_arguments(parser)` and `run(args) -> int`, and imports
+its heavy dependencies inside `run`, so `e2edge serve` starts on a box without
+torch. Errors are one line on stderr and a non-zero exit; `--debug` shows the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from e2edge import __version__
+
+COMMANDS: dict[str, str] = {
+    "train lm": "exporter.cli.train_lm",
+    "train vit": "exporter.cli.train_vit",
+    "export llm": "exporter.cli.export_llm",
+    "export vit": "exporter.cli.export_vit",
+    "prune": "exporter.cli.prune",
+    "eval ppl": "exporter.cli.eval_ppl",
+    "eval choice": "exporter.cli.eval_choice",
+    "eval vit": "exporter.cli.eval_vit",
+    "build-engine": "plugins_trt.cli.build_engine",
+    "serve": "runtime.cli.serve",
+    "generate": "runtime.cli.generate",
+    "models": "runtime.cli.models",
+    "classify": "runtime.cli.classify",
+    "power": "runtime.cli.power",
+    "bench llm": "e2edge.bench.llm",
+    "bench vit": "e2edge.bench.vit",
+    "bench serve": "e2edge.bench.serve",
+    "bench serve-vit": "e2edge.bench.serve_vit",
+    "bench load": "e2edge.bench.load",
+}
+
+GROUP_HELP = {
+    "train": "train a model from local data",
+    "export": "export a checkpoint to a model package",
+    "eval": "evaluate a checkpoint or package",
+    "bench": "benchmarks that write JSON",
+}
+
+EXIT_ERROR = 1
+
+
+def _import_command(module_name: str):
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and module_name.startswith(e.name):
+            return None  # this command is not part of this build
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="e2edge", description="Energy-efficient edge AI for NVIDIA Jetson."
+    )
+    parser.add_argument("--version", action="version", version=f"e2edge {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for path, module_name in COMMANDS.items():
+        module = _import_command(module_name)
+        if module is None:
+            continue
+        words = path.split()
+        subparsers = top
+        if len(words) == 2:
+            if words[0] not in groups:
+                group = top.add_parser(words[0], help=GROUP_HELP.get(words[0]))
+                groups[words[0]] = group.add_subparsers(
+                    dest=f"{words[0]}_command", metavar="WHAT", required=True
+                )
+            subparsers = groups[words[0]]
+        summary = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else None
+        sub = subparsers.add_parser(
+            words[-1],
+            help=summary,
+            description=(module.__doc__ or "").strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.run, command_path=path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result = args.handler(args)
+    except KeyboardInterrupt:
+        print("e2edge: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # the CLI's one place that turns any failure into one line
+        if args.debug:
+            raise
+        print(f"e2edge {args.command_path}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
+    return int(result or 0)
+
+
+def _one_line(error: BaseException) -> str:
+    from runtime.errors import E2edgeError
+
+    text = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, (E2edgeError, OSError, ValueError)):
+        return text
+    return f"{type(error).__name__}: {text}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

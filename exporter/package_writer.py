@@ -1,0 +1,82 @@
+"""Writes model packages atomically.
+
+Everything goes into a temporary sibling directory; the manifest (with each file's
+size and sha256) is written last, and the directory is renamed into place. A killed
+or failed export therefore never leaves a half package at the destination.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from e2edge import __version__
+from runtime.package import FORMAT_VERSION, MANIFEST_NAME, PACKAGE_FORMAT, sha256_file
+
+
+class PackageWriter:
+    """Context manager: write files under `.dir`, then `commit(manifest)`.
+
+    with PackageWriter(out) as w:
+        onnx.save(model, w.dir / "model.onnx", ...)
+        w.commit({"kind": "llm", "name": ..., ...})
+
+    Leaving the block without commit (or by an exception) removes the temporary
+    directory and leaves any existing package at `out` untouched.
+    """
+
+    def __init__(self, out: str | Path):
+        self.out = Path(out).expanduser().resolve()
+        self.dir: Path = Path()
+        self._committed = False
+
+    def __enter__(self) -> PackageWriter:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self._committed:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def commit(self, manifest: dict[str, Any]) -> Path:
+        """Checksum every file, write manifest.json, and move the package into place."""
+        files = {}
+        for path in sorted(p for p in self.dir.rglob("*") if p.is_file()):
+            name = path.relative_to(self.dir).as_posix()
+            files[name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        full = {
+            "format": PACKAGE_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "exporter_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **manifest,
+            "files": files,
+        }
+        manifest_path = self.dir / MANIFEST_NAME
+        manifest_path.write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
+        with open(manifest_path, "rb") as f:
+            os.fsync(f.fileno())
+        self._replace_destination()
+        self._committed = True
+        return self.out
+
+    def _replace_destination(self) -> None:
+        if not self.out.exists():
+            os.replace(self.dir, self.out)
+            return
+        # os.replace cannot swap non-empty directories: move the old one aside first.
+        backup = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
+        backup.rmdir()
+        os.replace(self.out, backup)
+        try:
+            os.replace(self.dir, self.out)
+        except OSError:
+            os.replace(backup, self.out)
+            raise
+        shutil.rmtree(backup, ignore_errors=True)

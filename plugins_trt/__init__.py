@@ -1,0 +1,1 @@
+"""CUDA kernels, numpy references, TensorRT plugins, ONNX lowering and the engine builder."""

@@ -1,0 +1,1 @@
+"""Jetson side of e2edge. Must never import torch or transformers."""

@@ -1,0 +1,1 @@
+"""Subcommands; see e2edge.cli.COMMANDS."""
