@@ -44,11 +44,27 @@ class PackageWriter:
         if not self._committed:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def commit(self, manifest: dict[str, Any]) -> Path:
-        """Checksum every file, write manifest.json, and move the package into place."""
+    def commit(self, manifest: dict[str, Any] | None = None) -> Path:
+        """Seal (when given a manifest) and move the package into place."""
+        if manifest is not None:
+            self.seal(manifest)
+        if not (self.dir / MANIFEST_NAME).is_file():
+            raise RuntimeError("PackageWriter.commit before seal: no manifest written")
+        self._replace_destination()
+        self._committed = True
+        return self.out
+
+    def seal(self, manifest: dict[str, Any]) -> Path:
+        """Checksum every file and write manifest.json in the temporary directory.
+
+        After seal the temporary directory is a complete package that can be loaded
+        and verified (`self.dir`) before `commit()` moves it into place.
+        """
         files = {}
         for path in sorted(p for p in self.dir.rglob("*") if p.is_file()):
             name = path.relative_to(self.dir).as_posix()
+            if name == MANIFEST_NAME:
+                continue
             files[name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
         full = {
             "format": PACKAGE_FORMAT,
@@ -62,9 +78,7 @@ class PackageWriter:
         manifest_path.write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
         with open(manifest_path, "rb") as f:
             os.fsync(f.fileno())
-        self._replace_destination()
-        self._committed = True
-        return self.out
+        return self.dir
 
     def _replace_destination(self) -> None:
         if not self.out.exists():

@@ -1,0 +1,252 @@
+"""`e2edge export llm`: a Hugging Face LLaMA/Gemma checkpoint -> an llm model package.
+
+The export verifies itself before the package is moved into place: onnxruntime's
+logits must match PyTorch's on a sample prompt, and greedy tokens generated from
+the package by the runtime must equal transformers' `generate` on the checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporter.hf_checkpoint import (
+    CheckpointError,
+    DecoderSpec,
+    decoder_spec,
+    read_config,
+    read_weights,
+)
+from exporter.package_writer import PackageWriter
+from runtime.errors import E2edgeError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_PROMPT = "The quick brown fox jumps over the lazy dog. To be, or not to be:"
+
+
+class ExportVerificationError(E2edgeError):
+    """The exported graph does not reproduce the checkpoint."""
+
+
+@dataclass(frozen=True)
+class LLMExportOptions:
+    name: str | None = None  # package name; default: the checkpoint directory's name
+    verify: bool = True
+    logits_tolerance: float = 1e-4  # max |logit difference| allowed (fp32)
+    verify_tokens: int = 32  # greedy tokens that must equal transformers' generate
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class LLMExportResult:
+    package: Path
+    max_logit_diff: float | None
+    greedy_tokens_match: bool | None
+    parameters: int
+    weight_bytes: int
+
+
+def export_llm(
+    model_dir: str | Path, out: str | Path, options: LLMExportOptions
+) -> LLMExportResult:
+    import onnx
+
+    from exporter.llm_onnx import build_decoder_onnx
+
+    model_dir = Path(model_dir)
+    config = read_config(model_dir)
+    weights = read_weights(model_dir)
+    spec = decoder_spec(config, weights)
+    with PackageWriter(out) as writer:
+        add_bos = _write_tokenizer(model_dir, writer.dir, spec)
+        model = build_decoder_onnx(spec, weights)
+        onnx_path = writer.dir / "model.onnx"
+        onnx.save_model(
+            model, str(onnx_path), save_as_external_data=True, all_tensors_to_one_file=True,
+            location="model.onnx.data", size_threshold=1024,
+        )
+        onnx.checker.check_model(str(onnx_path))
+        parameters = sum(int(np.prod(a.shape)) for a in weights.values())
+        manifest = _manifest(model_dir, options, spec, config, add_bos, parameters, writer.dir)
+        writer.seal(manifest)
+        diff = match = None
+        if options.verify:
+            diff, match = verify_package(model_dir, writer.dir, options)
+            manifest["verification"] = {
+                "max_abs_logit_diff": diff,
+                "logits_tolerance": options.logits_tolerance,
+                "greedy_tokens_checked": options.verify_tokens,
+                "greedy_tokens_match": match,
+            }
+            writer.seal(manifest)
+        package = writer.commit()
+    return LLMExportResult(package, diff, match, parameters, manifest["weight_bytes"])
+
+
+def _write_tokenizer(model_dir: Path, out_dir: Path, spec: DecoderSpec) -> bool:
+    """Write tokenizer.json; return whether the runtime must prepend BOS itself.
+
+    A checkpoint with only a SentencePiece tokenizer.model is converted through
+    transformers' fast tokenizer. BOS: the HF tokenizer's own encoding is the truth;
+    if it has BOS where the bare `tokenizers` encoding (no special tokens) has not,
+    the runtime adds it.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        hf_tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{model_dir}: no loadable tokenizer ({e})") from e
+    source = model_dir / "tokenizer.json"
+    if source.is_file():
+        shutil.copyfile(source, out_dir / "tokenizer.json")
+    else:
+        hf_tokenizer.backend_tokenizer.save(str(out_dir / "tokenizer.json"))
+    from tokenizers import Tokenizer
+
+    bare = Tokenizer.from_file(str(out_dir / "tokenizer.json"))
+    probe = "Hello world"
+    hf_ids = hf_tokenizer(probe)["input_ids"]
+    bare_ids = bare.encode(probe, add_special_tokens=False).ids
+    if hf_ids == bare_ids:
+        return False
+    if spec.bos_token_id is not None and hf_ids == [spec.bos_token_id, *bare_ids]:
+        return True
+    raise CheckpointError(
+        f"{model_dir}: tokenizer.json does not encode like the checkpoint's tokenizer "
+        f"({hf_ids[:8]} vs {bare_ids[:8]})"
+    )
+
+
+def _source_checksum(model_dir: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(model_dir.glob("*.safetensors")):
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _generation_eos(model_dir: Path, spec: DecoderSpec) -> list[int]:
+    ids = list(spec.eos_token_ids)
+    path = model_dir / "generation_config.json"
+    if path.is_file():
+        value = json.loads(path.read_text()).get("eos_token_id")
+        for token in value if isinstance(value, list) else [value]:
+            if token is not None and token not in ids:
+                ids.append(int(token))
+    return ids
+
+
+def _manifest(
+    model_dir: Path,
+    options: LLMExportOptions,
+    spec: DecoderSpec,
+    config: dict[str, Any],
+    add_bos: bool,
+    parameters: int,
+    package_dir: Path,
+) -> dict[str, Any]:
+    weight_bytes = (package_dir / "model.onnx.data").stat().st_size
+    kv = ["batch", spec.num_kv_heads, "past_sequence_length", spec.head_dim]
+    kv_out = ["batch", spec.num_kv_heads, "total_sequence_length", spec.head_dim]
+    inputs = [
+        {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence_length"]},
+        {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "total_sequence_length"]},
+        {"name": "position_ids", "dtype": "int64", "shape": ["batch", "sequence_length"]},
+    ]
+    outputs = [{"name": "logits", "dtype": "float32",
+                "shape": ["batch", "sequence_length", spec.vocab_size]}]
+    for i in range(spec.num_layers):
+        for part in ("key", "value"):
+            inputs.append({"name": f"past_key_values.{i}.{part}", "dtype": "float32", "shape": kv})
+            outputs.append({"name": f"present.{i}.{part}", "dtype": "float32", "shape": kv_out})
+    pruning = config.get("e2edge_pruning")
+    if pruning is None and len(set(spec.ffn_widths)) > 1:
+        pruning = {"method": "unknown", "ffn_widths": list(spec.ffn_widths)}
+    return {
+        "kind": "llm",
+        "name": options.name or model_dir.resolve().name,
+        "source": {
+            "path": str(model_dir.resolve()),
+            "sha256": _source_checksum(model_dir),
+            "model_type": spec.model_type,
+            "architectures": config.get("architectures"),
+        },
+        "io": {"inputs": inputs, "outputs": outputs},
+        "llm": {
+            "model_type": spec.model_type,
+            "vocab_size": spec.vocab_size,
+            "hidden_size": spec.hidden_size,
+            "num_layers": spec.num_layers,
+            "num_heads": spec.num_heads,
+            "num_kv_heads": spec.num_kv_heads,
+            "head_dim": spec.head_dim,
+            "ffn_widths": list(spec.ffn_widths),
+            "activation": spec.activation,
+            "context_length": spec.max_position_embeddings,
+            "rope_theta": spec.rope_theta,
+            "bos_token_id": spec.bos_token_id,
+            "eos_token_ids": _generation_eos(model_dir, spec),
+            "add_bos_token": add_bos,
+            "kv_cache": {
+                "layout": "batch, kv_heads, sequence, head_dim",
+                "dtype": "float32",
+                "past": "past_key_values.{layer}.{key|value}",
+                "present": "present.{layer}.{key|value}",
+            },
+        },
+        "pruning": pruning,
+        "quantization": {"weights": "fp32", "activations": "fp32"},
+        "parameters": parameters,
+        "weight_bytes": weight_bytes,
+    }
+
+
+def verify_package(model_dir: Path, package_dir: Path, options: LLMExportOptions):
+    """Compare the package with the checkpoint; raise ExportVerificationError on mismatch."""
+    import torch
+
+    from exporter.hf_checkpoint import load_torch_model
+    from runtime.llm.engine import LLMEngine
+    from runtime.llm.sampling import SamplingParams
+
+    engine = LLMEngine.load(package_dir, threads=options.threads)
+    model = load_torch_model(model_dir)
+    ids = engine.encode(SAMPLE_PROMPT)[: engine.context_length // 2]
+    cache = engine.empty_cache()
+    ort_logits, _ = engine.forward(np.asarray([ids], dtype=np.int64), 0, cache)
+    with torch.no_grad():
+        torch_logits = model(torch.tensor([ids])).logits.numpy()
+    diff = float(np.abs(ort_logits - torch_logits).max())
+    if not diff <= options.logits_tolerance:
+        raise ExportVerificationError(
+            f"onnxruntime logits differ from PyTorch by {diff:.3g} "
+            f"(> tolerance {options.logits_tolerance:g}) on the sample prompt"
+        )
+    n = min(options.verify_tokens, engine.context_length - len(ids))
+    params = SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True)
+    ours = [t for event in engine.generate(ids, params) for t in event.token_ids]
+    with torch.no_grad():
+        reference = model.generate(
+            torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            do_sample=False, max_new_tokens=n, min_new_tokens=n,
+            pad_token_id=engine.layout.eos_token_ids[0] if engine.layout.eos_token_ids else 0,
+        )[0, len(ids):].tolist()
+    if ours != reference:
+        first = next(i for i, (a, b) in enumerate(zip(ours, reference)) if a != b)
+        raise ExportVerificationError(
+            f"greedy tokens from the package differ from transformers generate at token "
+            f"{first}: {ours[first:first + 4]} vs {reference[first:first + 4]}"
+        )
+    log.info("verified: max |logit diff| %.3g, %d greedy tokens match", diff, n)
+    return diff, True

@@ -1,0 +1,323 @@
+"""Builds the ONNX decoder graph of a LLaMA/Gemma-family LLM from its weights.
+
+The graph is written node by node (as onnxruntime-genai's builder does) rather than
+traced, so every layer can have its own FFN width and the graph stays plain ONNX
+(opset 17) that both onnxruntime and TensorRT's parser accept.
+
+IO (B: batch, S: new tokens, P: past length, T = P + S):
+    input_ids                   (B, S) int64
+    attention_mask              (B, T) int64, 1 = real token, 0 = padding
+    position_ids                (B, S) int64
+    past_key_values.{i}.key     (B, n_kv_heads, P, head_dim) float32   (value alike)
+    logits                      (B, S, vocab) float32
+    present.{i}.key             (B, n_kv_heads, T, head_dim) float32   (value alike)
+
+Folded at export time, so they cost nothing at run time: the attention scale
+1/sqrt(head_dim) into the query projection, Gemma's (1 + weight) RMSNorm offset into
+the norm weights, and gate+up into one matmul per layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from exporter.hf_checkpoint import DecoderSpec
+
+OPSET = 17
+MASK_VALUE = -3.0e38  # finite, so a fully masked (padding) row gives no NaN after softmax
+
+
+def rope_tables(spec: DecoderSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(max_positions, head_dim) cos and sin tables, the layout HF's rotate_half expects."""
+    dim = spec.head_dim
+    inv_freq = 1.0 / (spec.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    scaling = spec.rope_scaling or {}
+    if scaling.get("rope_type") == "linear":
+        inv_freq = inv_freq / float(scaling["factor"])
+    elif scaling.get("rope_type") == "llama3":
+        inv_freq = _llama3_inv_freq(inv_freq, scaling)
+    positions = np.arange(spec.max_position_embeddings, dtype=np.float64)
+    freqs = np.outer(positions, inv_freq)  # (max_pos, head_dim/2)
+    emb = np.concatenate([freqs, freqs], axis=1)  # (max_pos, head_dim)
+    return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
+
+
+def _llama3_inv_freq(inv_freq: np.ndarray, s: dict) -> np.ndarray:
+    factor = float(s["factor"])
+    low, high = float(s["low_freq_factor"]), float(s["high_freq_factor"])
+    old_len = float(s["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (old_len / wavelen - low) / (high - low)
+    scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    mid = (wavelen <= old_len / low) & (wavelen >= old_len / high)
+    return np.where(mid, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+
+
+class _Graph:
+    """Accumulates nodes and initializers with unique names."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+        self._names: set[str] = set()
+
+    def name(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        """Add an initializer once; a second call with the same name reuses the first."""
+        if name in self._names:
+            return name
+        self._names.add(name)
+        array = np.asarray(array)
+        if not array.flags.c_contiguous:  # (np.ascontiguousarray would turn 0-d into 1-d)
+            array = array.copy(order="C")
+        self.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], hint: str = "", n_out: int = 1, **attrs):
+        outputs = [self.name(hint or op_type.lower()) for _ in range(n_out)]
+        self.nodes.append(
+            helper.make_node(op_type, inputs, outputs, name=self.name(op_type), **attrs)
+        )
+        return outputs[0] if n_out == 1 else outputs
+
+
+class DecoderGraphBuilder:
+    """Turns a DecoderSpec and its HF-named weights into an ONNX ModelProto."""
+
+    def __init__(self, spec: DecoderSpec, weights: dict[str, np.ndarray]):
+        self.spec = spec
+        self.w = weights
+        self.g = _Graph()
+
+    # ---- small blocks -------------------------------------------------------------
+    def linear(self, x: str, weight_name: str, hint: str, scale: float = 1.0) -> str:
+        """x @ W.T (+ bias); W is stored transposed, (in, out), for MatMul."""
+        weight = self.w[weight_name] * scale  # (out, in)
+        out = self.g.op("MatMul", [x, self.g.const(weight_name, weight.T)], hint)
+        bias_name = weight_name.replace(".weight", ".bias")
+        if bias_name in self.w:
+            out = self.g.op("Add", [out, self.g.const(bias_name, self.w[bias_name] * scale)], hint)
+        return out
+
+    def rms_norm(self, x: str, weight_name: str) -> str:
+        s, g = self.spec, self.g
+        weight = self.w[weight_name] + s.norm_offset  # Gemma: (1 + w), folded
+        squared = g.op("Mul", [x, x], "sq")
+        mean = g.op("ReduceMean", [squared], "ms", axes=[-1], keepdims=1)
+        denom = g.op("Sqrt", [g.op("Add", [mean, "rms_eps"], "mse")], "rms")
+        normed = g.op("Div", [x, denom], "normed")
+        return g.op("Mul", [normed, g.const(weight_name, weight.astype(np.float32))], "norm")
+
+    def activation(self, x: str) -> str:
+        g = self.g
+        if self.spec.activation == "silu":
+            return g.op("Mul", [x, g.op("Sigmoid", [x], "sig")], "silu")
+        # tanh-approximated GELU, as gelu_pytorch_tanh: 0.5 x (1 + tanh(c (x + 0.044715 x^3)))
+        f32 = np.float32
+        g.const("gelu_k", np.array(0.044715, dtype=f32))
+        g.const("gelu_c", np.array(math.sqrt(2.0 / math.pi), dtype=f32))
+        g.const("half", np.array(0.5, dtype=f32))
+        g.const("one", np.array(1.0, dtype=f32))
+        cube = g.op("Mul", [g.op("Mul", [x, x]), x], "x3")
+        inner = g.op("Add", [x, g.op("Mul", [cube, "gelu_k"])])
+        t = g.op("Tanh", [g.op("Mul", [inner, "gelu_c"])])
+        return g.op("Mul", [g.op("Mul", [x, "half"]), g.op("Add", [t, "one"])], "gelu")
+
+    def rotate(self, x: str, cos: str, sin: str) -> str:
+        """RoPE: x * cos + rotate_half(x) * sin, x (B, heads, S, head_dim)."""
+        g = self.g
+        x1, x2 = g.op("Split", [x, "rope_split"], "half", n_out=2, axis=-1)
+        rotated = g.op("Concat", [g.op("Neg", [x2]), x1], "rot", axis=-1)
+        return g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [rotated, sin])], "roped")
+
+    # ---- the decoder ----------------------------------------------------------------
+    def build(self) -> onnx.ModelProto:
+        s, g = self.spec, self.g
+        self._shared_constants()
+        cos_table, sin_table = rope_tables(s)
+        g.const("rope_cos", cos_table)  # (max_pos, head_dim)
+        g.const("rope_sin", sin_table)
+        # (B, 1, S, head_dim): rows of the tables at each token's position
+        cos = g.op("Unsqueeze", [g.op("Gather", ["rope_cos", "position_ids"]), "axis_1"], "cos")
+        sin = g.op("Unsqueeze", [g.op("Gather", ["rope_sin", "position_ids"]), "axis_1"], "sin")
+        mask_bias = self._attention_bias()  # (B, 1, 1, S, T)
+
+        embed = g.const("model.embed_tokens.weight", self.w["model.embed_tokens.weight"])
+        x = g.op("Gather", [embed, "input_ids"], "embed")  # (B, S, hidden)
+        if s.embed_scale:
+            scale = np.array(math.sqrt(s.hidden_size), dtype=np.float32)
+            x = g.op("Mul", [x, g.const("embed_scale", scale)], "embed_scaled")
+        for i in range(s.num_layers):
+            x = self._layer(i, x, cos, sin, mask_bias)
+        x = self.rms_norm(x, "model.norm.weight")
+        logits = self._lm_head(x)
+        g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits_out"))
+        return self._model()
+
+    def _shared_constants(self) -> None:
+        s, g = self.spec, self.g
+        f32 = np.float32
+        g.const("axes_last", np.array([-1], dtype=np.int64))
+        g.const("axis_1", np.array([1], dtype=np.int64))
+        g.const("rms_eps", np.array(s.rms_norm_eps, dtype=f32))
+        g.const("rope_split", np.array([s.head_dim // 2, s.head_dim // 2], dtype=np.int64))
+        g.const("zero_f", np.array(0.0, dtype=f32))
+        g.const("mask_value", np.array(MASK_VALUE, dtype=f32))
+        g.const("zero_i", np.array(0, dtype=np.int64))
+        g.const("one_i", np.array(1, dtype=np.int64))
+        # (B, S, heads*hd) <-> (B, S, heads, hd) and the grouped-query views
+        g.const("q_shape", np.array([0, 0, s.num_heads, s.head_dim], dtype=np.int64))
+        g.const("kv_shape", np.array([0, 0, s.num_kv_heads, s.head_dim], dtype=np.int64))
+        g.const("group_shape", np.array([0, s.num_kv_heads, -1, s.head_dim], dtype=np.int64))
+        g.const("merge_shape", np.array([0, 0, s.num_heads * s.head_dim], dtype=np.int64))
+
+    def _attention_bias(self) -> str:
+        """(B, 1, 1, S, T) additive bias: 0 where a query may attend, MASK_VALUE elsewhere.
+
+        Query i sits at absolute index P + i; it sees key j when j <= P + i and the
+        key is not padding (attention_mask[b, j] == 1).
+        """
+        g = self.g
+        total = g.op("Gather", [g.op("Shape", ["attention_mask"]), "one_i"], "T")
+        new = g.op("Gather", [g.op("Shape", ["input_ids"]), "one_i"], "S")
+        past = g.op("Sub", [total, new], "P")
+        q_index = g.op("Range", [past, total, "one_i"], "q_index")  # (S,)
+        k_index = g.op("Range", ["zero_i", total, "one_i"], "k_index")  # (T,)
+        causal = g.op(
+            "LessOrEqual",
+            [
+                g.op("Unsqueeze", [k_index, "zero_i_axes"]),
+                g.op("Unsqueeze", [q_index, "axes_last"]),
+            ],
+            "causal",
+        )  # (S, T)
+        g.const("zero_i_axes", np.array([0], dtype=np.int64))
+        g.const("pad_axes", np.array([1, 2, 3], dtype=np.int64))
+        keep = g.op("Cast", ["attention_mask"], "keep", to=TensorProto.BOOL)
+        keep = g.op("Unsqueeze", [keep, "pad_axes"], "keep4")  # (B, 1, 1, 1, T)
+        allowed = g.op("And", [causal, keep], "allowed")  # (B, 1, 1, S, T)
+        self._score_shapes(new, total)
+        return g.op("Where", [allowed, "zero_f", "mask_value"], "mask_bias")
+
+    def _score_shapes(self, new: str, total: str) -> None:
+        """Dynamic Reshape targets between (B, n_kv, rep*S, T) and (B, n_kv, rep, S, T)."""
+        s, g = self.spec, self.g
+        rep = s.num_heads // s.num_kv_heads
+        s_1d = g.op("Unsqueeze", [new, "zero_i_axes"], "S_1d")
+        t_1d = g.op("Unsqueeze", [total, "zero_i_axes"], "T_1d")
+        g.const("group_prefix", np.array([0, s.num_kv_heads, rep], dtype=np.int64))
+        g.const("flat_prefix", np.array([0, s.num_kv_heads, -1], dtype=np.int64))
+        g.nodes.append(helper.make_node(
+            "Concat", ["group_prefix", s_1d, t_1d], ["scores_shape"], name="scores_shape", axis=0
+        ))
+        g.nodes.append(helper.make_node(
+            "Concat", ["flat_prefix", t_1d], ["group_scores_shape"], name="flat_shape", axis=0
+        ))
+
+    def _heads(self, x: str, shape: str) -> str:
+        """(B, S, heads*hd) -> (B, heads, S, hd)."""
+        return self.g.op("Transpose", [self.g.op("Reshape", [x, shape])], perm=[0, 2, 1, 3])
+
+    def _layer(self, i: int, x: str, cos: str, sin: str, mask_bias: str) -> str:
+        s, g = self.spec, self.g
+        p = f"model.layers.{i}"
+        h = self.rms_norm(x, f"{p}.input_layernorm.weight")
+        scale = 1.0 / math.sqrt(s.head_dim)
+        q = self._heads(self.linear(h, f"{p}.self_attn.q_proj.weight", "q", scale), "q_shape")
+        k = self._heads(self.linear(h, f"{p}.self_attn.k_proj.weight", "k"), "kv_shape")
+        v = self._heads(self.linear(h, f"{p}.self_attn.v_proj.weight", "v"), "kv_shape")
+        q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
+        # the KV cache: (B, n_kv, P, hd) ++ (B, n_kv, S, hd) -> (B, n_kv, T, hd)
+        present_k = f"present.{i}.key"
+        present_v = f"present.{i}.value"
+        g.nodes.append(helper.make_node(
+            "Concat", [f"past_key_values.{i}.key", k], [present_k], name=f"cache_k_{i}", axis=2
+        ))
+        g.nodes.append(helper.make_node(
+            "Concat", [f"past_key_values.{i}.value", v], [present_v], name=f"cache_v_{i}", axis=2
+        ))
+        # grouped-query attention without repeating K/V: (B, n_kv, rep*S, hd)
+        qg = g.op("Reshape", [q, "group_shape"], "q_grouped")
+        scores = g.op("MatMul", [qg, g.op("Transpose", [present_k], perm=[0, 1, 3, 2])])
+        scores = g.op("Reshape", [scores, "scores_shape"], "scores")  # (B, n_kv, rep, S, T)
+        probs = g.op("Softmax", [g.op("Add", [scores, mask_bias])], "probs", axis=-1)
+        probs = g.op("Reshape", [probs, "group_scores_shape"], "probs_grouped")
+        context = g.op("MatMul", [probs, present_v], "ctx")  # (B, n_kv, rep*S, hd)
+        context = g.op("Reshape", [context, "heads_shape"], "ctx_heads")  # (B, heads, S, hd)
+        context = g.op("Transpose", [context], perm=[0, 2, 1, 3])
+        context = g.op("Reshape", [context, "merge_shape"], "ctx_merged")
+        x = g.op("Add", [x, self.linear(context, f"{p}.self_attn.o_proj.weight", "o")], "resid")
+        return g.op("Add", [x, self._ffn(i, x)], "resid")
+
+    def _ffn(self, i: int, x: str) -> str:
+        g = self.g
+        p = f"model.layers.{i}"
+        width = self.spec.ffn_widths[i]
+        h = self.rms_norm(x, f"{p}.post_attention_layernorm.weight")
+        gate_up = np.concatenate(
+            [self.w[f"{p}.mlp.gate_proj.weight"], self.w[f"{p}.mlp.up_proj.weight"]], axis=0
+        )  # (2 * width, hidden)
+        fused = g.const(f"{p}.mlp.gate_up_proj.weight", np.ascontiguousarray(gate_up.T))
+        both = g.op("MatMul", [h, fused], "gate_up")  # (B, S, 2 * width)
+        g.const(f"{p}.mlp.split", np.array([width, width], dtype=np.int64))
+        gate, up = g.op("Split", [both, f"{p}.mlp.split"], "gate", n_out=2, axis=-1)
+        product = g.op("Mul", [self.activation(gate), up], "ffn_act")  # (B, S, width)
+        return self.linear(product, f"{p}.mlp.down_proj.weight", "down")
+
+    def _lm_head(self, x: str) -> str:
+        s, g = self.spec, self.g
+        if not s.tie_word_embeddings:
+            return self.linear(x, "lm_head.weight", "logits_raw")
+        # tied: reuse the embedding matrix through Gemm(transB) instead of storing W.T twice
+        g.const("flat_shape", np.array([-1, s.hidden_size], dtype=np.int64))
+        flat = g.op("Reshape", [x, "flat_shape"])
+        logits = g.op("Gemm", [flat, "model.embed_tokens.weight"], "logits_flat", transB=1)
+        batch_seq = g.op("Slice", [g.op("Shape", ["input_ids"]), "zero_i_axes", "two_i"])
+        g.const("two_i", np.array([2], dtype=np.int64))
+        g.const("vocab_dim", np.array([s.vocab_size], dtype=np.int64))
+        out_shape = g.op("Concat", [batch_seq, "vocab_dim"], axis=0)
+        return g.op("Reshape", [logits, out_shape], "logits_raw")
+
+    def _model(self) -> onnx.ModelProto:
+        s, g = self.spec, self.g
+        g.const("heads_shape", np.array([0, s.num_heads, -1, s.head_dim], dtype=np.int64))
+        f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+        kv = ["batch", s.num_kv_heads, "past_sequence_length", s.head_dim]
+        kv_out = ["batch", s.num_kv_heads, "total_sequence_length", s.head_dim]
+        inputs = [
+            helper.make_tensor_value_info("input_ids", i64, ["batch", "sequence_length"]),
+            helper.make_tensor_value_info(
+                "attention_mask", i64, ["batch", "total_sequence_length"]
+            ),
+            helper.make_tensor_value_info("position_ids", i64, ["batch", "sequence_length"]),
+        ]
+        outputs = [
+            helper.make_tensor_value_info(
+                "logits", f32, ["batch", "sequence_length", s.vocab_size]
+            )
+        ]
+        for i in range(s.num_layers):
+            for part in ("key", "value"):
+                inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{part}", f32, kv))
+                outputs.append(helper.make_tensor_value_info(f"present.{i}.{part}", f32, kv_out))
+        graph = helper.make_graph(
+            g.nodes, f"{s.model_type}_decoder", inputs, outputs, initializer=g.initializers
+        )
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="e2edge"
+        )
+        model.ir_version = 8  # readable by onnxruntime >= 1.14 and TensorRT 10's parser
+        return model
+
+
+def build_decoder_onnx(spec: DecoderSpec, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """The ONNX decoder with KV cache for `spec`, weights as initializers."""
+    return DecoderGraphBuilder(spec, weights).build()

@@ -1,0 +1,49 @@
+"""The one interface every inference backend implements.
+
+The engines (LLM, vision) only talk to this; which device or library runs the
+graph is the backend's business. Outputs named in `keep` stay in the backend's
+own memory as opaque handles that can be fed straight back as inputs: this is
+how the KV cache moves from one decode step to the next without a copy through
+numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any, Protocol
+
+import numpy as np
+
+DeviceTensor = Any  # a backend-native tensor handle (OrtValue, device buffer, ...)
+
+
+class Backend(Protocol):
+    name: str  # "onnxruntime" | "tensorrt"
+    providers: list[str]  # what actually executes, e.g. ["CPUExecutionProvider"]
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(
+        self, feeds: Mapping[str, np.ndarray | DeviceTensor], keep: Collection[str] = ()
+    ) -> dict[str, np.ndarray | DeviceTensor]:
+        """Run the graph; outputs in `keep` come back as DeviceTensor, the rest as numpy."""
+        ...
+
+    def to_numpy(self, tensor: DeviceTensor) -> np.ndarray:
+        """Copy a kept output to host memory (tests, debugging)."""
+        ...
+
+
+def create_backend(name: str, onnx_path, *, threads: int = 0, providers=None, package=None):
+    """Build a backend by name; imports its library only when asked for."""
+    if name == "onnxruntime":
+        from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(onnx_path, threads=threads, providers=providers)
+    if name == "tensorrt":
+        from runtime.backends.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(package)
+    from runtime.errors import ConfigError
+
+    raise ConfigError(f"backend {name!r} is not one of: onnxruntime, tensorrt")

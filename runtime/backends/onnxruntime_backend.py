@@ -1,0 +1,77 @@
+"""onnxruntime: the embedded default backend (CPU here; CUDA / TensorRT EPs on a Jetson)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import BackendUnavailable, PackageError
+
+log = logging.getLogger(__name__)
+
+# preferred order when the caller asks for "auto"
+AUTO_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def choose_providers(requested: Sequence[str] | None) -> list[str]:
+    """The execution providers to use: the requested ones, or the best available."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if not requested or list(requested) == ["auto"]:
+        return [p for p in AUTO_PROVIDERS if p in available]
+    missing = [p for p in requested if p not in available]
+    if missing:
+        raise BackendUnavailable(
+            f"onnxruntime execution provider(s) {missing} not available here "
+            f"(available: {available})"
+        )
+    return list(requested)
+
+
+class OnnxRuntimeBackend:
+    """An InferenceSession over a package's model.onnx, run through IO binding."""
+
+    name = "onnxruntime"
+
+    def __init__(self, onnx_path: Path, threads: int = 0, providers: Sequence[str] | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # no warnings about initializers the optimiser folded
+        chosen = choose_providers(providers)
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), options, providers=chosen)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise PackageError(f"{onnx_path}: onnxruntime cannot load it ({e})") from e
+        self.providers = self.session.get_providers()
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._ort = ort
+        log.info("onnxruntime session on %s with %s", onnx_path, self.providers)
+
+    def run(
+        self, feeds: Mapping[str, np.ndarray], keep: Collection[str] = ()
+    ) -> dict[str, np.ndarray]:
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, self._ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in self.output_names:
+            binding.bind_output(name)  # onnxruntime allocates; nothing is copied back yet
+        self.session.run_with_iobinding(binding)
+        outputs = dict(zip(self.output_names, binding.get_outputs()))
+        return {
+            name: value if name in keep else value.numpy() for name, value in outputs.items()
+        }
+
+    def to_numpy(self, tensor) -> np.ndarray:
+        return tensor.numpy()

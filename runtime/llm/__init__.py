@@ -1,0 +1,1 @@
+"""The LLM engine: tokenizer, sampler, KV cache handling and the generation loop."""

@@ -1,0 +1,83 @@
+"""Tiny random-weight LLaMA and Gemma checkpoints (and packages) built in seconds.
+
+They have a real byte-level BPE tokenizer trained on a few sentences, so every part
+of export and generation runs for real; the weights are random (std 0.2 so the
+logits are far from uniform and greedy decoding is not a tie-break lottery).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TOKENIZER_TEXT = [
+    "The quick brown fox jumps over the lazy dog.",
+    "To be, or not to be, that is the question.",
+    "Energy per token matters on the edge: measure it, then make it smaller.",
+    "First Citizen: Before we proceed any further, hear me speak.",
+] * 20
+
+
+def make_tokenizer(out: Path, vocab_size: int = 300) -> None:
+    """A byte-level BPE tokenizer saved as tokenizer.json + tokenizer_config.json."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(TOKENIZER_TEXT, trainer)
+    tokenizer.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
+        "model_max_length": 256,
+    }))
+
+
+def make_tiny_checkpoint(
+    out: Path,
+    arch: str = "llama",
+    ffn_widths: list[int] | None = None,
+    seed: int = 0,
+    num_layers: int = 2,
+) -> Path:
+    """A random tiny HF checkpoint of `arch` (llama|gemma) at `out`; returns `out`."""
+    import torch
+    from transformers import GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from exporter.hf_checkpoint import resize_mlp
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    make_tokenizer(out)
+    common = dict(
+        vocab_size=300, hidden_size=64, num_hidden_layers=num_layers, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+        bos_token_id=1, eos_token_id=2, pad_token_id=3, rms_norm_eps=1e-6,
+    )
+    widths = ffn_widths or [96] * num_layers
+    if arch == "llama":
+        config = LlamaConfig(intermediate_size=max(widths), tie_word_embeddings=False, **common)
+        model_cls = LlamaForCausalLM
+    elif arch == "gemma":
+        config = GemmaConfig(intermediate_size=max(widths), **common)
+        model_cls = GemmaForCausalLM
+    else:
+        raise ValueError(arch)
+    torch.manual_seed(seed)
+    model = model_cls(config)
+    for layer, width in zip(model.model.layers, widths):
+        resize_mlp(layer.mlp, width)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 0.2)
+    if len(set(widths)) > 1:
+        model.config.intermediate_sizes = widths
+    model.save_pretrained(out)
+    return out
