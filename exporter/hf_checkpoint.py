@@ -125,14 +125,20 @@ def _as_tuple(value: Any) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, (list, tuple)) else (int(value),)
 
 
-def decoder_spec(config: dict[str, Any], weights: dict[str, np.ndarray]) -> DecoderSpec:
-    """The DecoderSpec of a checkpoint; raises CheckpointError naming what is unsupported."""
+def check_architecture(config: dict[str, Any]) -> str:
+    """The config's model_type, or CheckpointError naming the unsupported one."""
     model_type = config.get("model_type")
     if model_type not in FAMILIES:
         raise CheckpointError(
             f"unsupported architecture {model_type!r} "
             f"(architectures={config.get('architectures')}); supported: {sorted(FAMILIES)}"
         )
+    return model_type
+
+
+def decoder_spec(config: dict[str, Any], weights: dict[str, np.ndarray]) -> DecoderSpec:
+    """The DecoderSpec of a checkpoint; raises CheckpointError naming what is unsupported."""
+    model_type = check_architecture(config)
     family = FAMILIES[model_type]
     act_name = config.get("hidden_activation") or config.get("hidden_act") or "silu"
     if act_name not in ACTIVATIONS:
@@ -194,6 +200,7 @@ def load_torch_model(model_dir: str | Path):
 
     model_dir = Path(model_dir)
     raw_config = read_config(model_dir)
+    check_architecture(raw_config)
     weights = read_weights(model_dir)
     spec = decoder_spec(raw_config, weights)
     config = AutoConfig.from_pretrained(model_dir)

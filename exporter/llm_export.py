@@ -20,6 +20,7 @@ import numpy as np
 from exporter.hf_checkpoint import (
     CheckpointError,
     DecoderSpec,
+    check_architecture,
     decoder_spec,
     read_config,
     read_weights,
@@ -63,6 +64,7 @@ def export_llm(
 
     model_dir = Path(model_dir)
     config = read_config(model_dir)
+    check_architecture(config)
     weights = read_weights(model_dir)
     spec = decoder_spec(config, weights)
     with PackageWriter(out) as writer:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/llm_fixtures.py and friends
 
 
 def _data_dir() -> Path | None:
@@ -25,3 +27,25 @@ def data_dir() -> Path:
     if found is None:
         pytest.skip("offline data folder absent: set E2EDGE_DATA_DIR or provide ../shared/data")
     return found
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_checkpoint(tmp_path_factory) -> Path:
+    from llm_fixtures import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama") / "ckpt", "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_package(tmp_path_factory, tiny_llama_checkpoint) -> Path:
+    from exporter.llm_export import LLMExportOptions, export_llm
+
+    out = tmp_path_factory.mktemp("tiny-llama-pkg") / "pkg"
+    return export_llm(tiny_llama_checkpoint, out, LLMExportOptions(name="tiny-llama")).package
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_checkpoint(tmp_path_factory) -> Path:
+    from llm_fixtures import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-gemma") / "ckpt", "gemma")

@@ -81,3 +81,13 @@ def make_tiny_checkpoint(
         model.config.intermediate_sizes = widths
     model.save_pretrained(out)
     return out
+
+
+def make_tiny_package(tmp_path: Path, arch: str = "llama", **checkpoint_options) -> Path:
+    """A verified llm package exported from a tiny checkpoint; returns the package dir."""
+    from exporter.llm_export import LLMExportOptions, export_llm
+
+    checkpoint = make_tiny_checkpoint(Path(tmp_path) / f"{arch}-checkpoint", arch,
+                                      **checkpoint_options)
+    out = Path(tmp_path) / f"{arch}-package"
+    return export_llm(checkpoint, out, LLMExportOptions(name=f"tiny-{arch}")).package

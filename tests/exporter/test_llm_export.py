@@ -1,0 +1,153 @@
+"""Export of HF LLaMA/Gemma checkpoints to llm packages, checked against PyTorch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from exporter.hf_checkpoint import load_torch_model
+from exporter.llm_export import ExportVerificationError, LLMExportOptions, export_llm
+from llm_fixtures import make_tiny_checkpoint
+from runtime.llm.engine import LLMEngine
+from runtime.package import load_package
+
+
+def _logits_with_padding(engine: LLMEngine, rows: list[list[int]]) -> np.ndarray:
+    """Batch of left-padded prompts through the package in one call."""
+    width = max(map(len, rows))
+    ids = np.zeros((len(rows), width), dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    positions = np.zeros((len(rows), width), dtype=np.int64)
+    for b, row in enumerate(rows):
+        ids[b, width - len(row):] = row
+        mask[b, width - len(row):] = 1
+        positions[b, width - len(row):] = np.arange(len(row))
+    cache = engine.empty_cache(batch=len(rows))
+    out = engine.backend.run(
+        {"input_ids": ids, "attention_mask": mask, "position_ids": positions, **cache}
+    )
+    return out["logits"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma"])
+def test_export_writes_a_verified_package(tmp_path, arch):
+    checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", arch)
+    result = export_llm(checkpoint, tmp_path / "pkg", LLMExportOptions())
+
+    package = load_package(result.package)
+    manifest = package.manifest
+    assert manifest["kind"] == "llm" and manifest["llm"]["model_type"] == arch
+    assert set(manifest["files"]) == {"model.onnx", "model.onnx.data", "tokenizer.json"}
+    assert manifest["verification"]["greedy_tokens_match"] is True
+    assert result.max_logit_diff < 1e-4
+    onnx.checker.check_model(str(package.onnx_path))
+    names = [i["name"] for i in manifest["io"]["inputs"]]
+    assert names[:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert "past_key_values.1.value" in names
+    # nothing but the package is left in the output's parent directory
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "pkg"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma"])
+def test_batched_past_and_padding_match_pytorch(tmp_path, arch):
+    """Dynamic batch, sequence and past length: a padded batch, then one cached step."""
+    checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", arch, seed=3)
+    package = export_llm(checkpoint, tmp_path / "pkg", LLMExportOptions(verify=False)).package
+    engine = LLMEngine.load(package)
+    model = load_torch_model(checkpoint)
+    rows = [[5, 9, 14, 77, 120, 33], [42, 7, 8]]
+    logits = _logits_with_padding(engine, rows)
+    for b, row in enumerate(rows):
+        with torch.no_grad():
+            expected = model(torch.tensor([row])).logits[0].numpy()
+        np.testing.assert_allclose(logits[b, -len(row):], expected, atol=1e-4)
+
+    # a prefill of 4 tokens, then 2 decode steps through the cache
+    row = rows[0]
+    out, cache = engine.forward(np.asarray([row[:4]]), 0, engine.empty_cache())
+    steps = [out[0]]
+    for t in range(4, 6):
+        out, cache = engine.forward(np.asarray([[row[t]]]), t, cache)
+        steps.append(out[0])
+    with torch.no_grad():
+        expected = model(torch.tensor([row])).logits[0].numpy()
+    np.testing.assert_allclose(np.concatenate(steps), expected, atol=1e-4)
+
+
+def test_pruned_checkpoint_with_unequal_ffn_widths_exports_and_matches(tmp_path):
+    checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", "llama", ffn_widths=[96, 40, 17],
+                                      num_layers=3)
+    assert json.loads((checkpoint / "config.json").read_text())["intermediate_sizes"] == [
+        96, 40, 17
+    ]
+    result = export_llm(checkpoint, tmp_path / "pkg", LLMExportOptions())
+    manifest = load_package(result.package).manifest
+    assert manifest["llm"]["ffn_widths"] == [96, 40, 17]
+    assert manifest["pruning"]["ffn_widths"] == [96, 40, 17]
+    assert result.greedy_tokens_match
+
+
+def test_export_fails_loudly_and_writes_nothing_when_logits_differ(tmp_path, monkeypatch):
+    import exporter.llm_onnx as llm_onnx
+
+    checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", "llama")
+    real_build = llm_onnx.build_decoder_onnx
+
+    def off_by_a_little(spec, weights):
+        weights = dict(weights)
+        weights["model.norm.weight"] = weights["model.norm.weight"] * 1.01
+        return real_build(spec, weights)
+
+    monkeypatch.setattr(llm_onnx, "build_decoder_onnx", off_by_a_little)
+    with pytest.raises(ExportVerificationError, match="logits differ"):
+        export_llm(checkpoint, tmp_path / "pkg", LLMExportOptions())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "e2edge.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_export_llm(tmp_path, tiny_llama_checkpoint):
+    result = _cli("export", "llm", "--model", str(tiny_llama_checkpoint),
+                  "--out", str(tmp_path / "pkg"))
+    assert result.returncode == 0, result.stderr
+    assert "verified" in result.stdout
+    assert load_package(tmp_path / "pkg").name == "ckpt"
+
+
+@pytest.mark.parametrize(
+    "break_checkpoint, message",
+    [
+        (lambda d: None, "does not exist"),
+        (lambda d: (d.mkdir(), (d / "config.json").write_text("{not json")), "not valid JSON"),
+        (
+            lambda d: (d.mkdir(), (d / "config.json").write_text('{"model_type": "gpt2"}'),
+                       (d / "model.safetensors").write_bytes(b"")),
+            "unsupported architecture 'gpt2'",
+        ),
+        (
+            lambda d: (d.mkdir(), (d / "config.json").write_text('{"model_type": "llama"}')),
+            "no model.safetensors",
+        ),
+    ],
+    ids=["missing", "malformed-config", "unsupported-arch", "no-weights"],
+)
+def test_cli_bad_checkpoints_give_one_line_and_write_nothing(tmp_path, break_checkpoint, message):
+    checkpoint = tmp_path / "ckpt"
+    break_checkpoint(checkpoint)
+    result = _cli("export", "llm", "--model", str(checkpoint), "--out", str(tmp_path / "pkg"))
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "pkg").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pkg")]

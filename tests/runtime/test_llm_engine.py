@@ -1,0 +1,170 @@
+"""Generation from a package with the runtime alone: cache, sampling, stop, limits."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from runtime.errors import InvalidRequest, PackageError
+from runtime.llm.engine import LLMEngine
+from runtime.llm.sampling import SamplingParams
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama_package) -> LLMEngine:
+    return LLMEngine.load(tiny_llama_package)
+
+
+def _run(engine, prompt, **params):
+    events = list(engine.generate(prompt, SamplingParams(**params)))
+    ids = [t for e in events for t in e.token_ids]
+    return events, ids, "".join(e.text for e in events)
+
+
+def test_greedy_equals_argmax_of_full_recompute(engine):
+    """The cached decode loop gives the tokens a cache-free recompute gives."""
+    prompt = engine.encode("To be, or not")
+    _, ids, _ = _run(engine, prompt, max_new_tokens=12, ignore_eos=True)
+    sequence = list(prompt)
+    for _ in range(12):
+        logits, _ = engine.forward(np.asarray([sequence]), 0, engine.empty_cache())
+        sequence.append(int(np.argmax(logits[0, -1])))
+    assert ids == sequence[len(prompt):]
+
+
+def test_cache_stays_in_the_backend_between_steps(engine):
+    import onnxruntime as ort
+
+    _, cache = engine.forward(np.asarray([[5, 6, 7]]), 0, engine.empty_cache())
+    assert all(isinstance(v, ort.OrtValue) for v in cache.values())
+    assert cache["past_key_values.0.key"].shape() == [1, 2, 3, 16]
+
+
+def test_same_seed_same_text_and_seeds_differ(engine):
+    params = dict(max_new_tokens=24, temperature=1.0, top_k=50, top_p=0.95, seed=7,
+                  ignore_eos=True)
+    first = _run(engine, "The quick", **params)[1]
+    again = _run(engine, "The quick", **params)[1]
+    other = _run(engine, "The quick", **{**params, "seed": 8})[1]
+    assert first == again
+    assert first != other
+
+
+def test_final_event_carries_reason_and_stats(engine):
+    events, ids, text = _run(engine, "Energy", max_new_tokens=5, ignore_eos=True)
+    assert [e.finish_reason for e in events] == [None] * 4 + ["length"]
+    stats = events[-1].stats
+    assert stats.completion_tokens == 5 == len(ids)
+    assert stats.prompt_tokens == len(engine.encode("Energy"))
+    assert 0 < stats.time_to_first_token_s <= stats.finished_at - stats.started_at
+    assert stats.decode_tokens_per_s > 0
+    assert text == engine.decode(ids)
+
+
+def test_top_k_one_is_greedy_and_repetition_penalty_changes_output(engine):
+    greedy = _run(engine, "First", max_new_tokens=16, ignore_eos=True)[1]
+    top1 = _run(engine, "First", max_new_tokens=16, temperature=0.8, top_k=1, seed=1,
+                ignore_eos=True)[1]
+    assert top1 == greedy
+    penalised = _run(engine, "First", max_new_tokens=16, repetition_penalty=5.0,
+                     ignore_eos=True)[1]
+    assert penalised != greedy
+    assert len(set(penalised)) >= len(set(greedy))
+
+
+def test_stop_string_cuts_text_before_it(engine):
+    _, _, text = _run(engine, "The", max_new_tokens=40, ignore_eos=True)
+    stop = text[10:13]
+    assert len(stop) == 3
+    events, _, cut = _run(engine, "The", max_new_tokens=40, ignore_eos=True, stop=(stop,))
+    assert events[-1].finish_reason == "stop"
+    assert cut == text[: text.index(stop)]
+
+
+def test_eos_ends_generation_unless_ignored(engine):
+    greedy = _run(engine, "The", max_new_tokens=6, ignore_eos=True)[1]
+    # declare the third greedy token the end of sequence
+    eos_engine = copy.copy(engine)
+    eos_engine.layout = dataclasses.replace(engine.layout, eos_token_ids=(greedy[2],))
+    events, ids, _ = _run(eos_engine, "The", max_new_tokens=6)
+    assert events[-1].finish_reason == "eos"
+    assert ids == greedy[:3]
+    _, ignored, _ = _run(eos_engine, "The", max_new_tokens=6, ignore_eos=True)
+    assert len(ignored) == 6 and greedy[2] not in ignored
+
+
+def test_cancellation_stops_within_one_step(engine):
+    calls = []
+
+    def cancelled() -> bool:
+        calls.append(1)
+        return len(calls) > 3
+
+    events = list(engine.generate("The", SamplingParams(max_new_tokens=50, ignore_eos=True),
+                                  cancelled))
+    assert events[-1].finish_reason == "cancelled"
+    assert sum(len(e.token_ids) for e in events) == 3
+
+
+@pytest.mark.parametrize(
+    "prompt, params, field",
+    [
+        ("", {}, "prompt"),
+        ([], {}, "prompt"),
+        ([1, 99999], {}, "prompt"),
+        ("hi", {"max_new_tokens": 0}, "max_new_tokens"),
+        ("hi", {"max_new_tokens": 300}, "max_new_tokens"),
+        ("hi", {"temperature": -1.0}, "temperature"),
+        ("hi", {"top_p": 0.0}, "top_p"),
+        ("hi", {"top_k": -2}, "top_k"),
+        ("hi", {"repetition_penalty": 0.0}, "repetition_penalty"),
+        ("hi", {"stop": ("",)}, "stop"),
+    ],
+)
+def test_bad_requests_name_the_field(engine, prompt, params, field):
+    with pytest.raises(InvalidRequest) as info:
+        engine.generate(prompt, SamplingParams(**params))
+    assert info.value.field == field
+
+
+def test_context_length_error_is_clear(engine):
+    with pytest.raises(InvalidRequest, match="exceeds the context length 256"):
+        engine.generate([5] * 200, SamplingParams(max_new_tokens=100))
+
+
+def test_corrupt_package_is_refused_naming_the_file(tmp_path, tiny_llama_package):
+    broken = tmp_path / "pkg"
+    shutil.copytree(tiny_llama_package, broken)
+    data = broken / "model.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[100] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.raises(PackageError, match="model.onnx.data: sha256 does not match"):
+        LLMEngine.load(broken)
+    (broken / "manifest.json").write_text("{")
+    with pytest.raises(PackageError, match="manifest.json: not valid JSON"):
+        LLMEngine.load(broken)
+
+
+def test_runtime_generates_without_importing_torch(tiny_llama_package):
+    script = textwrap.dedent(f"""
+        import sys
+        from runtime.llm.engine import LLMEngine
+        from runtime.llm.sampling import SamplingParams
+        engine = LLMEngine.load({str(tiny_llama_package)!r})
+        text = "".join(e.text for e in engine.generate("The", SamplingParams(max_new_tokens=8)))
+        banned = [m for m in ("torch", "transformers") if m in sys.modules]
+        assert not banned, banned
+        print("ok", engine.providers)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "ok ['CPUExecutionProvider']" in result.stdout
