@@ -7,37 +7,7 @@ logits are far from uniform and greedy decoding is not a tie-break lottery).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-TOKENIZER_TEXT = [
-    "The quick brown fox jumps over the lazy dog.",
-    "To be, or not to be, that is the question.",
-    "Energy per token matters on the edge: measure it, then make it smaller.",
-    "First Citizen: Before we proceed any further, hear me speak.",
-] * 20
-
-
-def make_tokenizer(out: Path, vocab_size: int = 300) -> None:
-    """A byte-level BPE tokenizer saved as tokenizer.json + tokenizer_config.json."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE(unk_token=None))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(TOKENIZER_TEXT, trainer)
-    tokenizer.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
-        "model_max_length": 256,
-    }))
 
 
 def make_tiny_checkpoint(
@@ -52,10 +22,11 @@ def make_tiny_checkpoint(
     from transformers import GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM
 
     from exporter.hf_checkpoint import resize_mlp
+    from exporter.random_checkpoint import make_bpe_tokenizer
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    make_tokenizer(out)
+    make_bpe_tokenizer(out)
     common = dict(
         vocab_size=300, hidden_size=64, num_hidden_layers=num_layers, num_attention_heads=4,
         num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
