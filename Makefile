@@ -13,7 +13,7 @@ export E2EDGE_DATA_DIR := $(SHARED_DATA)
 endif
 endif
 
-.PHONY: install demo test lint gpu-check clean
+.PHONY: install demo test lint gpu-check proto clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,13 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-gpu-check: $(STAMP)
-	$(BIN)/python -m plugins_trt.gpu_check --out $(ARTIFACTS)/gpu_check.json
+# Runs with the machine's own python (its CUDA torch, CuPy, cuda-python), not the CPU venv.
+gpu-check:
+	PYTHONPATH=. $(PYTHON) -m plugins_trt.gpu_check --out $(ARTIFACTS)/gpu_check.json
+	PYTHONPATH=. $(PYTHON) -m pytest -q -p no:cacheprovider tests/plugins_trt/test_kernels_gpu.py
+
+proto: $(STAMP)
+	$(BIN)/python proto/generate.py
 
 clean:
 	rm -rf $(ARTIFACTS) .pytest_cache
