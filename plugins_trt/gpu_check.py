@@ -1,0 +1,411 @@
+"""`python -m plugins_trt.gpu_check --out FILE.json`: the kernels on the GPU that is here.
+
+In one go: compiles the kernels with NVRTC, checks every kernel path against the NumPy
+references of plugins_trt/reference.py, and benchmarks
+  - the ternary GEMV (W2A16 and W2A8) against cuBLAS fp16 (torch) at decode shapes,
+  - the tiled ternary kernel against cuBLAS fp16 at the BitMedViT shapes (M = 1024),
+  - the sparse FFN at 50 % width against the dense fp16 FFN (torch) and against itself at
+    100 %, at decode (M = 1).
+Needs torch with CUDA and cuda-python (NVRTC + driver); not tensorrt, onnx or this
+project's installation (PYTHONPATH=. is enough). Each step is recorded on its own: a
+failure lands in the JSON's "errors" and the next step runs. The JSON is rewritten after
+every step, so a run cut short still leaves its results.
+
+Timing: weights are rotated through enough copies to exceed the L2 cache (every call reads
+them from DRAM, as a decode step does), and a GPU sleep is queued before each timed loop
+so Python's launch overhead is hidden: the numbers are GPU time per call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from plugins_trt.kernel_cases import correctness_cases
+
+DECODE_SHAPES = [(2048, 2048), (2048, 8192), (4096, 4096), (8192, 2048), (8192, 8192)]  # (K, N)
+BITMEDVIT_SHAPES = [(1024, 512, 2048), (1024, 2048, 512)]  # (M, K, N)
+FFN_SHAPES = [(2048, 8192), (4096, 11008)]  # (D, F)
+BLOCK_SIZE = 64
+DECODE_GOAL = 2.0
+SPARSE_GOAL = 1.8
+
+
+# ---- timing --------------------------------------------------------------------------------
+def _l2_bytes() -> int:
+    import torch
+
+    return int(getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20) or 50 << 20)
+
+
+def _copies(nbytes: int, limit_bytes: int = 3 << 30) -> int:
+    """How many copies of a weight set make every call miss L2 (at least 2)."""
+    wanted = max(2, math.ceil(3 * _l2_bytes() / max(nbytes, 1)))
+    return int(max(1, min(wanted, 256, limit_bytes // max(nbytes, 1))))
+
+
+def gpu_time_us(fn: Callable[[int], Any], iters: int = 100, reps: int = 5) -> dict[str, Any]:
+    """Median GPU microseconds per fn(i) call, Python launch overhead hidden (see top)."""
+    import torch
+
+    from plugins_trt.cuda_driver import gpu_info
+
+    for i in range(3):
+        fn(i)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(iters):
+        fn(i)
+    cpu_s = time.perf_counter() - t0
+    torch.cuda.synchronize()
+    sleep = getattr(torch.cuda, "_sleep", None)
+    clock_hz = (gpu_info().clock_khz or 1_500_000) * 1e3
+    cycles = int((2.0 * cpu_s + 1e-3) * clock_hz)
+    samples = []
+    for _ in range(reps):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        if sleep is not None:
+            sleep(cycles)
+        start.record()
+        for i in range(iters):
+            fn(i)
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) * 1e3 / iters)
+    return {
+        "us": statistics.median(samples),
+        "us_min": min(samples),
+        "launch_overhead_hidden": sleep is not None,
+        "cpu_us_per_call": cpu_s * 1e6 / iters,
+    }
+
+
+def _ternary_weights(k: int, n: int, copies: int, seed: int = 0):
+    from plugins_trt import kernels_torch
+    from runtime.ternary_layout import pack_ternary
+
+    rng = np.random.default_rng(seed)
+    ternary = rng.integers(-1, 2, size=(n, k), dtype=np.int8)
+    packed, scales = pack_ternary(ternary, np.float32(0.02), BLOCK_SIZE)
+    words, scale_t = kernels_torch.upload_packed(packed, scales)
+    return [words.clone() for _ in range(copies)], [scale_t.clone() for _ in range(copies)]
+
+
+def _decode_row(k: int, n: int) -> dict[str, Any]:
+    import torch
+
+    from plugins_trt import kernels, kernels_torch
+
+    geometry = kernels.TernaryGeometry(k, n, BLOCK_SIZE)
+    ternary_bytes = n * geometry.k_pad // 4 + 4 * n * (geometry.k_pad // BLOCK_SIZE)
+    c_t = _copies(ternary_bytes)
+    words, scales = _ternary_weights(k, n, c_t)
+    x = torch.randn(1, k, dtype=torch.float16, device="cuda")
+    out = torch.empty(1, n, dtype=torch.float16, device="cuda")
+    scratch = kernels_torch.workspace(kernels.ternary_workspace_bytes(1, geometry, 8))
+
+    def ternary(i: int, bits: int = 16) -> None:
+        kernels_torch.ternary_matmul(
+            x,
+            words[i % c_t],
+            scales[i % c_t],
+            k,
+            BLOCK_SIZE,
+            activation_bits=bits,
+            out=out,
+            scratch=scratch,
+        )
+
+    t_w2a16 = gpu_time_us(ternary)
+    t_w2a8 = gpu_time_us(lambda i: ternary(i, 8))
+    words.clear()
+    scales.clear()
+    c_f = _copies(2 * n * k)
+    dense = [torch.randn(n, k, dtype=torch.float16, device="cuda") for _ in range(c_f)]
+    t_fp16 = gpu_time_us(lambda i: torch.mm(x, dense[i % c_f].t(), out=out))
+    dense.clear()
+    torch.cuda.empty_cache()
+    return {
+        "M": 1,
+        "K": k,
+        "N": n,
+        "block_size": BLOCK_SIZE,
+        "ternary_w2a16_us": t_w2a16["us"],
+        "ternary_w2a8_us": t_w2a8["us"],
+        "cublas_fp16_us": t_fp16["us"],
+        "speedup_w2a16": t_fp16["us"] / t_w2a16["us"],
+        "speedup_w2a8": t_fp16["us"] / t_w2a8["us"],
+        "ternary_GBps": ternary_bytes / t_w2a16["us"] / 1e3,
+        "fp16_GBps": 2 * n * k / t_fp16["us"] / 1e3,
+        "copies": {"ternary": c_t, "fp16": c_f},
+        "launch_overhead_hidden": t_fp16["launch_overhead_hidden"],
+    }
+
+
+def bench_decode(report: dict[str, Any]) -> None:
+    rows = report["benchmarks"].setdefault("decode_gemv", [])
+    for k, n in DECODE_SHAPES:
+        rows.append(_decode_row(k, n))
+        _write(report)
+
+
+def _bitmedvit_row(m: int, k: int, n: int) -> dict[str, Any]:
+    import torch
+
+    from plugins_trt import kernels_torch
+
+    words, scales = _ternary_weights(k, n, 1)
+    x = torch.randn(m, k, dtype=torch.float16, device="cuda")
+    out = torch.empty(m, n, dtype=torch.float16, device="cuda")
+    t_ternary = gpu_time_us(
+        lambda i: kernels_torch.ternary_matmul(x, words[0], scales[0], k, BLOCK_SIZE, out=out),
+        iters=50,
+    )
+    dense = torch.randn(n, k, dtype=torch.float16, device="cuda")
+    t_fp16 = gpu_time_us(lambda i: torch.mm(x, dense.t(), out=out), iters=50)
+    return {
+        "M": m,
+        "K": k,
+        "N": n,
+        "ternary_tiled_us": t_ternary["us"],
+        "cublas_fp16_us": t_fp16["us"],
+        "speedup": t_fp16["us"] / t_ternary["us"],
+        "ternary_TFLOPs": 2 * m * k * n / t_ternary["us"] / 1e6,
+        "fp16_TFLOPs": 2 * m * k * n / t_fp16["us"] / 1e6,
+    }
+
+
+def bench_bitmedvit(report: dict[str, Any]) -> None:
+    rows = report["benchmarks"].setdefault("bitmedvit_gemm", [])
+    for m, k, n in BITMEDVIT_SHAPES:
+        rows.append(_bitmedvit_row(m, k, n))
+        _write(report)
+
+
+def _sparse_ffn_row(d: int, f: int) -> dict[str, Any]:
+    import torch
+
+    from plugins_trt import kernels, kernels_torch
+
+    c = _copies(3 * 2 * f * d, limit_bytes=4 << 30)
+    sets = [
+        [torch.randn(f, d, dtype=torch.float16, device="cuda") * d**-0.5 for _ in range(3)]
+        for _ in range(c)
+    ]
+    x = torch.randn(1, d, dtype=torch.float16, device="cuda")
+    out = torch.empty(1, d, dtype=torch.float16, device="cuda")
+    scratch = kernels_torch.workspace(kernels.sparse_ffn_workspace_bytes(1, d, f, "float16"))
+    width_half = torch.tensor([f // 2], dtype=torch.int32, device="cuda")
+    linear, silu = torch.nn.functional.linear, torch.nn.functional.silu
+
+    def sparse(i: int, width: int | None = None, device_width=None) -> None:
+        wg, wu, wd = sets[i % c]
+        kernels_torch.sparse_ffn(
+            x,
+            wg,
+            wu,
+            wd,
+            "silu",
+            width=width,
+            device_width=device_width,
+            out=out,
+            scratch=scratch,
+        )
+
+    def dense(i: int) -> None:
+        wg, wu, wd = sets[i % c]
+        torch.mm(silu(linear(x, wg)) * linear(x, wu), wd, out=out)
+
+    t50 = gpu_time_us(lambda i: sparse(i, width=f // 2))
+    t50_device = gpu_time_us(lambda i: sparse(i, device_width=width_half))
+    t100 = gpu_time_us(lambda i: sparse(i, width=f))
+    t_dense = gpu_time_us(dense)
+    sets.clear()
+    torch.cuda.empty_cache()
+    return {
+        "M": 1,
+        "D": d,
+        "F": f,
+        "dtype": "float16",
+        "activation": "silu",
+        "sparse_50_us": t50["us"],
+        "sparse_50_device_width_us": t50_device["us"],
+        "sparse_100_us": t100["us"],
+        "dense_torch_fp16_us": t_dense["us"],
+        "speedup_50_vs_dense_torch": t_dense["us"] / t50["us"],
+        "speedup_50_vs_own_100": t100["us"] / t50["us"],
+        "copies": c,
+    }
+
+
+def bench_sparse_ffn(report: dict[str, Any]) -> None:
+    rows = report["benchmarks"].setdefault("sparse_ffn", [])
+    for d, f in FFN_SHAPES:
+        rows.append(_sparse_ffn_row(d, f))
+        _write(report)
+
+
+# ---- the run -------------------------------------------------------------------------------
+def environment(report: dict[str, Any]) -> None:
+    env: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform()}
+    import torch
+
+    env["torch"] = torch.__version__
+    env["torch_cuda"] = torch.version.cuda
+    env["cuda_available"] = torch.cuda.is_available()
+    if not torch.cuda.is_available():
+        raise RuntimeError("torch sees no CUDA GPU")
+    torch.zeros(1, device="cuda")  # create the primary context the kernels share
+    from plugins_trt import cuda_driver, nvrtc_compiler
+
+    gpu = cuda_driver.gpu_info()
+    driver, _ = cuda_driver.bindings()
+    env["gpu"] = gpu.name
+    env["compute_capability"] = f"{gpu.cc_major}.{gpu.cc_minor}"
+    env["memory_GiB"] = round(gpu.total_memory / 2**30, 1)
+    env["driver_version"] = cuda_driver.check(driver.cuDriverGetVersion(), "cuDriverGetVersion")
+    env["nvrtc_version"] = ".".join(map(str, nvrtc_compiler.nvrtc_version()))
+    env["nvrtc_target"] = nvrtc_compiler.choose_target(gpu.cc, nvrtc_compiler.supported_archs())
+    env["L2_MiB"] = round(_l2_bytes() / 2**20, 1)
+    try:
+        import cuda.bindings
+
+        env["cuda_bindings"] = getattr(cuda.bindings, "__version__", "?")
+    except ImportError:
+        env["cuda_bindings"] = "cuda-python (old layout)"
+    report["environment"] = env
+
+
+def compile_kernels(report: dict[str, Any]) -> None:
+    from plugins_trt import kernels, nvrtc_compiler
+
+    t0 = time.perf_counter()
+    kernels.LIBRARY.preload()
+    report["compile"] = {
+        "seconds": round(time.perf_counter() - t0, 2),
+        "cache_dir": str(kernels.LIBRARY.cache_dir or nvrtc_compiler.default_cache_dir()),
+    }
+
+
+def correctness(report: dict[str, Any]) -> None:
+    results = report.setdefault("correctness", [])
+    for name, case in correctness_cases():
+        try:
+            results.append(case())
+        except Exception as e:  # one broken case must not hide the others
+            results.append({"name": name, "passed": False, "error": f"{type(e).__name__}: {e}"})
+        _write(report)
+
+
+def summarise(report: dict[str, Any]) -> None:
+    checks = report.get("correctness", [])
+    decode = report["benchmarks"].get("decode_gemv", [])
+    ffn = report["benchmarks"].get("sparse_ffn", [])
+    summary: dict[str, Any] = {
+        "correctness_passed": sum(bool(c.get("passed")) for c in checks),
+        "correctness_total": len(checks),
+        "errors": len(report["errors"]),
+    }
+    if decode:
+        ratios = [r["speedup_w2a16"] for r in decode]
+        summary["decode_speedup_min"] = min(ratios)
+        summary["decode_speedup_geomean"] = math.exp(statistics.mean(map(math.log, ratios)))
+        summary["decode_w2a8_speedup_min"] = min(r["speedup_w2a8"] for r in decode)
+        summary["decode_goal_2x_met"] = min(ratios) >= DECODE_GOAL
+    if ffn:
+        ratios = [r["speedup_50_vs_dense_torch"] for r in ffn]
+        summary["sparse_ffn_50_vs_dense_min"] = min(ratios)
+        summary["sparse_ffn_50_vs_own_100_min"] = min(r["speedup_50_vs_own_100"] for r in ffn)
+        summary["sparse_goal_1_8x_met"] = min(ratios) >= SPARSE_GOAL
+    report["summary"] = summary
+
+
+_OUT: Path | None = None
+
+
+def _write(report: dict[str, Any]) -> None:
+    if _OUT is None:
+        return
+    _OUT.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{_OUT.name}.", dir=_OUT.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(report, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(tmp, _OUT)
+
+
+def run(out: Path | None, skip_bench: bool = False) -> dict[str, Any]:
+    global _OUT
+    _OUT = out
+    report: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "benchmarks": {},
+        "errors": [],
+    }
+    steps: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
+        ("environment", environment),
+        ("compile", compile_kernels),
+        ("correctness", correctness),
+    ]
+    if not skip_bench:
+        steps += [
+            ("decode", bench_decode),
+            ("bitmedvit", bench_bitmedvit),
+            ("sparse_ffn", bench_sparse_ffn),
+        ]
+    for name, step in steps:
+        t0 = time.perf_counter()
+        try:
+            step(report)
+        except Exception as e:  # record and go on: one failure must not lose the rest
+            report["errors"].append(
+                {
+                    "step": name,
+                    "error": f"{type(e).__name__}: {e}",
+                    "traceback": traceback.format_exc()[-3000:],
+                }
+            )
+            if name == "environment":
+                break  # no GPU: nothing else can run
+        report.setdefault("step_seconds", {})[name] = round(time.perf_counter() - t0, 2)
+        summarise(report)
+        _write(report)
+    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    summarise(report)
+    _write(report)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--skip-bench", action="store_true", help="correctness checks only")
+    args = parser.parse_args(argv)
+    report = run(args.out, skip_bench=args.skip_bench)
+    summary = report.get("summary", {})
+    print(json.dumps(summary, indent=2))
+    for error in report["errors"]:
+        print(f"error in {error['step']}: {error['error']}", file=sys.stderr)
+    for case in report.get("correctness", []):
+        if not case.get("passed"):
+            print(f"FAILED {case['name']}: {case.get('error') or case}", file=sys.stderr)
+    failed = summary.get("correctness_passed", 0) != summary.get("correctness_total", -1)
+    return 1 if report["errors"] or failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""NumPy references of every kernel in plugins_trt/kernels: the specification they are
+tested against (same arguments as the launchers in plugins_trt/kernels.py, as arrays).
+
+Products and sums are taken in float64 and the result is cast to the activation dtype, so
+a kernel's error against these is its own rounding and nothing else.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.ternary_layout import CODES_PER_BYTE, dequantize
+
+# ---- packed ternary matmul (packed_ternary_matmul.cu) -------------------------------------
+
+
+def words_to_packed(words: np.ndarray, n: int, block_size: int) -> np.ndarray:
+    """(N, K_pad/16) 32-bit words -> the layout's (N, n_blocks, block_size/4) uint8 bytes.
+
+    A little-endian reinterpretation: the bytes are the same, only the element type differs.
+    """
+    raw = np.ascontiguousarray(words).view(np.uint8).reshape(n, -1)  # (N, K_pad/4)
+    return raw.reshape(n, -1, block_size // CODES_PER_BYTE)
+
+
+def packed_to_words(packed: np.ndarray) -> np.ndarray:
+    """(N, n_blocks, block_size/4) uint8 -> (N, K_pad/16) int32 over the same bytes."""
+    n = packed.shape[0]
+    return np.ascontiguousarray(packed).reshape(n, -1).view("<i4")
+
+
+def quantize_int8_per_token(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(M, K) -> int8 (M, K) and float32 scales (M,): q = rint(x * 127 / absmax), clipped.
+
+    The same float32 operations as quantize_int8 in the kernel, so the bytes match.
+    """
+    x32 = np.asarray(x, dtype=np.float32)
+    amax = np.abs(x32).max(axis=1) if x32.shape[1] else np.zeros(x32.shape[0], np.float32)
+    scale = (amax / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    q = np.clip(np.rint(x32 * inv[:, None]), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def permute_int8_groups(q: np.ndarray, k_pad: int) -> np.ndarray:
+    """(M, K) int8 -> (M, K_pad) in the kernel's dp4a order: within each group of 16,
+    position 4i + b holds element 4b + i (so int32 lane i of a group = x[i, 4+i, 8+i, 12+i])."""
+    m, k = q.shape
+    padded = np.zeros((m, k_pad), dtype=np.int8)
+    padded[:, :k] = q
+    groups = padded.reshape(m, k_pad // 16, 4, 4)  # [.., b, i] = element 4b + i
+    return np.ascontiguousarray(groups.transpose(0, 1, 3, 2)).reshape(m, k_pad)
+
+
+def ternary_matmul(
+    x: np.ndarray,
+    packed: np.ndarray,
+    scales: np.ndarray,
+    k: int,
+    activation_bits: int = 16,
+) -> np.ndarray:
+    """Y (M, N) = X (M, K) @ dequant(W).T, W in the layout of runtime/ternary_layout.py.
+
+    packed: (N, n_blocks, block_size/4) uint8 (or its (N, K_pad/16) 32-bit word view).
+    activation_bits=8 is the W2A8 path: X quantised per token to int8 first.
+    """
+    x = np.asarray(x)
+    n = packed.shape[0]
+    n_blocks = np.asarray(scales).reshape(n, -1).shape[1]
+    if packed.dtype != np.uint8:
+        k_pad_words = packed.reshape(n, -1).shape[1]
+        packed = words_to_packed(packed, n, k_pad_words * 16 // n_blocks)
+    weight = dequantize(packed, np.asarray(scales, np.float32).reshape(n, n_blocks), k)
+    weight = weight.astype(np.float64)  # (N, K)
+    if activation_bits == 16:
+        y = x.astype(np.float64) @ weight.T
+    elif activation_bits == 8:
+        q, token_scale = quantize_int8_per_token(x)
+        y = (q.astype(np.float64) @ weight.T) * token_scale.astype(np.float64)[:, None]
+    else:
+        raise ValueError(f"activation_bits must be 16 or 8, got {activation_bits}")
+    return y.astype(x.dtype)
+
+
+# ---- sparse gated FFN (sparse_ffn.cu) ------------------------------------------------------
+
+
+def silu(g: np.ndarray) -> np.ndarray:
+    return g / (1.0 + np.exp(-g))
+
+
+def gelu_tanh(g: np.ndarray) -> np.ndarray:
+    return 0.5 * g * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (g + 0.044715 * g**3)))
+
+
+ACTIVATION_FUNCTIONS = {"silu": silu, "gelu_tanh": gelu_tanh}
+
+
+def active_neurons(f: int, indices: np.ndarray | None = None, width: int | None = None):
+    """The neuron ids a kernel call reads: the index list, or the prefix of `width`."""
+    if indices is not None:
+        ids = np.asarray(indices, dtype=np.int64)
+        return ids[(ids >= 0) & (ids < f)]  # the kernel skips out-of-range ids
+    return np.arange(min(max(int(f if width is None else width), 0), f))
+
+
+def sparse_ffn(
+    x: np.ndarray,
+    w_gate: np.ndarray,
+    w_up: np.ndarray,
+    w_down: np.ndarray,
+    activation: str,
+    indices: np.ndarray | None = None,
+    width: int | None = None,
+) -> np.ndarray:
+    """Y (M, D) = act(X Wg[a].T) * (X Wu[a].T) @ Wd[a] over active neurons a.
+
+    w_gate, w_up, w_down: (F, D) neuron-major rows; the full width is the dense FFN.
+    """
+    act = ACTIVATION_FUNCTIONS[activation]
+    ids = active_neurons(w_gate.shape[0], indices, width)
+    x64 = np.asarray(x, dtype=np.float64)
+    gate = x64 @ w_gate[ids].astype(np.float64).T  # (M, A)
+    up = x64 @ w_up[ids].astype(np.float64).T
+    y = (act(gate) * up) @ w_down[ids].astype(np.float64)  # (M, D)
+    return y.astype(np.asarray(x).dtype)

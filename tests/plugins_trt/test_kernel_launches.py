@@ -1,0 +1,200 @@
+"""Every launch the Python launchers make, checked against the kernels' compiled PTX: the
+entry exists, the argument count and sizes match its parameters, the block size is its
+__launch_bounds__, the grid covers the work and stays in CUDA's limits, and workspace
+pointers stay inside the workspace. No GPU here, so the driver's launch is recorded instead
+of executed; the kernels' arithmetic is checked on a GPU (test_kernels_gpu.py, gpu_check)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from plugins_trt import cuda_driver, kernels
+from plugins_trt.nvrtc_compiler import KERNEL_DIR
+
+NVCC = shutil.which("nvcc")
+pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not installed (PTX needed)")
+_PARAM_BYTES = {"u64": 8, "s64": 8, "b64": 8, "f64": 8, "u32": 4, "s32": 4, "b32": 4, "f32": 4}
+
+
+@pytest.fixture(scope="module")
+def entries(tmp_path_factory) -> dict[str, tuple[list[int], int]]:
+    """PTX entry name -> (parameter sizes, maxntid) for every kernel source."""
+    out = tmp_path_factory.mktemp("ptx")
+    found = {}
+    for source in kernels.kernel_names():
+        ptx = out / f"{source}.ptx"
+        subprocess.run(
+            [NVCC, "-ptx", "-arch=sm_87", "-std=c++14", "-o", str(ptx), str(KERNEL_DIR / source)],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+        text = ptx.read_text()
+        pattern = r"\.entry\s+(\w+)\(\s*(.*?)\)\s*\.maxntid\s+(\d+)"
+        for name, params, maxntid in re.findall(pattern, text, re.S):
+            sizes = [_PARAM_BYTES[t] for t in re.findall(r"\.param\s+\.(\w+)", params)]
+            found[name] = (sizes, int(maxntid))
+    return found
+
+
+class Recorder(kernels.KernelLibrary):
+    """Hands out kernel names instead of loaded functions."""
+
+    def function(self, source: str, name: str) -> str:
+        assert name in kernels.kernel_names()[source]
+        return name
+
+
+@pytest.fixture
+def launches(monkeypatch) -> list[dict]:
+    calls: list[dict] = []
+
+    def record(function, grid, block, args, stream=0, shared_bytes=0, what=""):
+        calls.append({"name": function, "grid": grid, "block": block, "args": list(args)})
+
+    def record_memset(pointer, value, count, stream):
+        calls.append({"name": "memset", "pointer": pointer, "count": count})
+
+    monkeypatch.setattr(cuda_driver, "launch", record)
+    monkeypatch.setattr(cuda_driver, "memset_d8_async", record_memset)
+    monkeypatch.setattr(cuda_driver, "memset_d32_async", record_memset)
+    return calls
+
+
+def _check_against_ptx(call: dict, entries: dict) -> None:
+    sizes, maxntid = entries[call["name"]]
+    args = call["args"]
+    assert [np.asarray(a).itemsize for a in args] == sizes, call["name"]
+    assert all(isinstance(a, (np.uint64, np.int32)) for a in args)
+    assert call["block"] == (maxntid, 1, 1), call["name"]
+    gx, gy, gz = call["grid"]
+    assert 1 <= gx < 2**31 and 1 <= gy <= 65535 and 1 <= gz <= 65535, call
+
+
+X, WORDS, SCALES, Y, WS = 1 << 32, 2 << 32, 3 << 32, 4 << 32, 5 << 32
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 9, 100])
+def test_ternary_launches_match_the_kernels(entries, launches, dtype, m):
+    geometry = kernels.TernaryGeometry(K=1000, N=300, block_size=64)
+    for path, bits in (("auto", 16), ("gemv", 16), ("tiled", 16), ("auto", 8)):
+        launches.clear()
+        ws_bytes = kernels.ternary_workspace_bytes(m, geometry, bits)
+        taken = kernels.launch_ternary_matmul(
+            x=X,
+            words=WORDS,
+            scales=SCALES,
+            y=Y,
+            M=m,
+            geometry=geometry,
+            dtype=dtype,
+            activation_bits=bits,
+            workspace=WS if ws_bytes else 0,
+            path=path,
+            library=Recorder(),
+        )
+        for call in launches:
+            _check_against_ptx(call, entries)
+        main = launches[-1]
+        gx, gy, _ = main["grid"]
+        shape = [int(a) for a in main["args"][-5:]]  # M, K, N, words per row, log2 block words
+        assert shape[:3] == [m, 1000, 300]
+        assert int(main["args"][-2]) == geometry.words_per_row == 64
+        assert 2 ** int(main["args"][-1]) * 16 == 64  # words per block, as a shift
+        if taken in ("gemv", "w2a8"):
+            mt = int(main["name"].rsplit("_m", 1)[1])
+            assert mt >= min(m, 8) and gy * mt >= m
+            assert gx * kernels.GEMV_ROWS_PER_BLOCK[mt] >= 300
+        else:
+            assert taken == "tiled" and gx * 64 >= 300 and gy * 64 >= m
+        if bits == 8:
+            quantize, gemv = launches
+            assert quantize["name"].startswith("quantize_int8") and quantize["grid"][0] == m
+            xq, token_scale = int(gemv["args"][0]), int(gemv["args"][1])
+            assert xq == WS and xq + m * geometry.k_pad <= token_scale
+            assert token_scale + 4 * m <= WS + ws_bytes
+            assert [int(a) for a in quantize["args"][:3]] == [X, xq, token_scale]
+        assert taken == (
+            "w2a8"
+            if bits == 8
+            else "tiled"
+            if path == "tiled" or (path == "auto" and m > 8)
+            else "gemv"
+        )
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("m", [1, 2, 40])
+@pytest.mark.parametrize("mode", ["prefix", "indices", "device_width"])
+def test_sparse_ffn_launches_match_the_kernels(entries, launches, dtype, m, mode):
+    d, f = 2048, 700
+    n_active = {"prefix": 333, "indices": 650, "device_width": f}[mode]
+    ws_bytes = kernels.sparse_ffn_workspace_bytes(m, d, f, dtype)
+    kernels.launch_sparse_ffn(
+        x=X,
+        w_gate=WORDS,
+        w_up=SCALES,
+        w_down=Y + 8,
+        y=Y,
+        M=m,
+        D=d,
+        F=f,
+        activation="silu",
+        dtype=dtype,
+        n_active=n_active,
+        workspace=WS,
+        indices=7 if mode == "indices" else 0,
+        width=9 if mode == "device_width" else 0,
+        library=Recorder(),
+    )
+    kernel_calls = [c for c in launches if c["name"] != "memset"]
+    for call in kernel_calls:
+        _check_against_ptx(call, entries)
+    up, down = kernel_calls[:2]
+    assert up["name"].startswith("sparse_ffn_gate_up") and down["name"].startswith(
+        "sparse_ffn_down"
+    )
+    assert up["grid"][0] * kernels.FFN_WARPS >= n_active
+    assert down["grid"][0] * kernels.DOWN_COLS >= d
+    assert down["grid"][1] * kernels.DOWN_SLICE >= n_active
+    tok_up, tok_down = (int(c["name"].rsplit("_t", 1)[1]) for c in (up, down))
+    assert up["grid"][1] * tok_up >= m and down["grid"][2] * tok_down >= m
+    h, acc, counter = (int(a) for a in up["args"][6:9])
+    assert h == WS and h + 4 * m * n_active <= WS + ws_bytes
+    if dtype == "float32":
+        assert acc == Y  # accumulates in place
+    else:
+        assert h + 4 * m * f <= acc and acc + 4 * m * d <= counter
+    assert counter + 4 <= WS + ws_bytes
+    assert [int(a) for a in down["args"][:1]] == [h] and int(down["args"][5]) == acc
+    converts_in_kernel = int(down["args"][6]) != 0
+    if dtype == "float16":
+        assert converts_in_kernel == (m * d <= kernels.CONVERT_IN_KERNEL_MAX)
+        assert (kernel_calls[-1]["name"] == "f32_to_f16") == (not converts_in_kernel)
+    else:
+        assert not converts_in_kernel and len(kernel_calls) == 2
+
+
+def test_sparse_ffn_with_nothing_active_only_zeroes_the_output(launches):
+    kernels.launch_sparse_ffn(
+        x=X,
+        w_gate=X,
+        w_up=X,
+        w_down=X,
+        y=Y,
+        M=3,
+        D=100,
+        F=50,
+        activation="gelu_tanh",
+        dtype="float16",
+        n_active=0,
+        workspace=WS,
+        library=Recorder(),
+    )
+    assert launches == [{"name": "memset", "pointer": Y, "count": 3 * 100 * 2}]
