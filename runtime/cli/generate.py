@@ -1,0 +1,83 @@
+"""Stream a generation from a running daemon: text to stdout, stats to stderr.
+
+    e2edge generate --target 127.0.0.1:50051 --model demo --max-new-tokens 64 "To be, or not"
+
+The text is printed as it arrives; the finish reason, token counts, time to first
+token and decode speed (and energy, when the daemon has a power source) follow on
+stderr. A gRPC error is one line with its status code name and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from runtime.client import DEFAULT_TARGET
+
+    parser.add_argument("prompt", help="the prompt text")
+    parser.add_argument("--target", default=DEFAULT_TARGET,
+                        help=f"daemon address, host:port or unix:/path (default {DEFAULT_TARGET})")
+    parser.add_argument("--model", required=True, help="model name (see `e2edge models`)")
+    parser.add_argument("--max-new-tokens", type=int, help="default 128")
+    parser.add_argument("--temperature", type=float, help="0 = greedy (the default)")
+    parser.add_argument("--top-k", type=int, help="0 = off (the default)")
+    parser.add_argument("--top-p", type=float, help="1 = off (the default)")
+    parser.add_argument("--repetition-penalty", type=float, help="1 = off (the default)")
+    parser.add_argument("--seed", type=int, help="same seed + same prompt -> same text")
+    parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                        help="stop before this text (repeatable)")
+    parser.add_argument("--ignore-eos", action="store_true",
+                        help="always generate --max-new-tokens tokens")
+    parser.add_argument("--timeout", type=float, metavar="S", help="deadline in seconds")
+    parser.add_argument("--request-id", default="", help="id for the daemon's request log")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from runtime.client import EdgeClient
+
+    with EdgeClient(args.target) as client:
+        stream = client.generate(
+            args.model,
+            args.prompt,
+            timeout_s=args.timeout,
+            stop=args.stop,
+            request_id=args.request_id,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            repetition_penalty=args.repetition_penalty,
+            seed=args.seed,
+            ignore_eos=args.ignore_eos or None,
+        )
+        last = None
+        for message in stream:
+            sys.stdout.write(message.text)
+            sys.stdout.flush()
+            last = message
+    if sys.stdout.isatty():
+        sys.stdout.write("\n")
+    if last is not None and last.HasField("stats"):
+        print(format_stats(last), file=sys.stderr)
+    return 0
+
+
+def format_stats(message) -> str:
+    """The last message's facts as one line."""
+    from runtime.proto.e2edge.v1 import runtime_pb2 as pb
+
+    s = message.stats
+    reason = pb.FinishReason.Name(message.finish_reason).removeprefix("FINISH_REASON_").lower()
+    line = (
+        f"[{reason}] {s.prompt_tokens} prompt + {s.completion_tokens} generated tokens; "
+        f"first token {s.time_to_first_token_s * 1e3:.1f} ms, "
+        f"decode {s.decode_tokens_per_s:.1f} tok/s, total {s.total_s * 1e3:.1f} ms "
+        f"(queue {s.queue_s * 1e3:.1f} ms); request {message.request_id}"
+    )
+    if s.HasField("energy"):
+        line += (f"; {s.energy.joules:.3f} J ({s.energy.power_source}), "
+                 f"{s.joules_per_token * 1e3:.2f} mJ/token")
+    return line

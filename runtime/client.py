@@ -1,0 +1,162 @@
+"""A small synchronous client of the daemon, for the CLI, the benchmarks and scripts.
+
+    with EdgeClient("127.0.0.1:50051") as client:
+        for message in client.generate("demo", "Hello", max_new_tokens=32):
+            print(message.text, end="", flush=True)
+        final = message            # the last message carries finish_reason and stats
+
+A failed call raises RemoteError: its message starts with the gRPC status code name
+(`NOT_FOUND: model 'x' is not served here (models: demo)`), and `field` names the
+request field an INVALID_ARGUMENT is about.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from runtime.config import DEFAULT_MAX_MESSAGE_BYTES
+from runtime.errors import E2edgeError
+from runtime.proto.e2edge.v1 import runtime_pb2 as pb
+from runtime.proto.e2edge.v1 import runtime_pb2_grpc as pb_grpc
+from runtime.server.errors import FIELD_METADATA_KEY
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+SAMPLING_FIELDS = (
+    "max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed", "ignore_eos",
+)
+
+
+class RemoteError(E2edgeError):
+    """The daemon answered with an error status (or could not be reached)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, field: str | None = None):
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+        self.field = field
+
+    @classmethod
+    def from_rpc_error(cls, error: grpc.RpcError) -> RemoteError:
+        field = None
+        for key, value in error.trailing_metadata() or ():
+            if key == FIELD_METADATA_KEY:
+                field = value
+        return cls(error.code(), error.details() or "", field)
+
+
+def build_request(
+    model: str,
+    prompt: str | Sequence[int],
+    *,
+    stop: Sequence[str] = (),
+    request_id: str = "",
+    **sampling,
+) -> pb.GenerateRequest:
+    """A GenerateRequest; sampling values left at None keep the daemon's defaults."""
+    unknown = set(sampling) - set(SAMPLING_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown sampling parameters: {', '.join(sorted(unknown))}")
+    params = pb.SamplingParams(
+        stop=list(stop), **{k: v for k, v in sampling.items() if v is not None}
+    )
+    request = pb.GenerateRequest(model=model, sampling=params, request_id=request_id)
+    if isinstance(prompt, str):
+        request.text = prompt
+    else:
+        request.token_ids.ids.extend(int(t) for t in prompt)
+    return request
+
+
+class GenerateStream:
+    """The messages of one Generate call, in order; `cancel()` stops it."""
+
+    def __init__(self, call):
+        self._call = call
+
+    def __iter__(self) -> Iterator[pb.GenerateResponse]:
+        try:
+            yield from self._call
+        except grpc.RpcError as e:
+            raise RemoteError.from_rpc_error(e) from None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class EdgeClient:
+    def __init__(self, target: str = DEFAULT_TARGET,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+        self.target = target
+        self.channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ])
+        self.stub = pb_grpc.EdgeRuntimeStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    def generate(
+        self,
+        model: str,
+        prompt: str | Sequence[int],
+        *,
+        timeout_s: float | None = None,
+        **options,
+    ) -> GenerateStream:
+        """Stream a generation; `options` are build_request's (sampling, stop, request_id)."""
+        request = build_request(model, prompt, **options)
+        return GenerateStream(self.stub.Generate(request, timeout=timeout_s))
+
+    def list_models(self, timeout_s: float | None = 10.0,
+                    wait_for_ready: bool = False) -> list[pb.ModelInfo]:
+        """`wait_for_ready`: wait (up to the timeout) for a daemon that is not up yet."""
+        try:
+            return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=timeout_s,
+                                             wait_for_ready=wait_for_ready).models)
+        except grpc.RpcError as e:
+            raise RemoteError.from_rpc_error(e) from None
+
+    def get_model(self, name: str, timeout_s: float | None = 10.0) -> pb.ModelInfo:
+        try:
+            return self.stub.GetModel(pb.GetModelRequest(name=name), timeout=timeout_s)
+        except grpc.RpcError as e:
+            raise RemoteError.from_rpc_error(e) from None
+
+    def health(self, service: str = "", timeout_s: float | None = 10.0) -> str:
+        """SERVING | NOT_SERVING | ... for the daemon ("") or a model (its name)."""
+        try:
+            response = self.health_stub.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
+            )
+        except grpc.RpcError as e:
+            raise RemoteError.from_rpc_error(e) from None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def wait_loaded(self, timeout_s: float = 60.0) -> list[pb.ModelInfo]:
+        """Wait until the daemon answers and none of its models is still loading."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = max(0.01, deadline - time.monotonic())
+            try:
+                models = self.list_models(timeout_s=remaining, wait_for_ready=True)
+            except RemoteError as e:
+                if e.code != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise
+                models = None
+            if models is not None and all(m.state != pb.MODEL_STATE_LOADING for m in models):
+                return models
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"the daemon at {self.target} was not ready in {timeout_s}s")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> EdgeClient:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -1,0 +1,342 @@
+"""The daemon's configuration: a YAML file read into frozen dataclasses, once, at start.
+
+    listen: 127.0.0.1:50051        # host:port (port 0 = any free port) or unix:/path
+    grace_period_s: 10             # SIGTERM: in-flight streams get this long to finish
+    max_message_bytes: 16777216    # gRPC send and receive limit
+    models:                        # at least one; everything but name and path defaults
+      - name: demo
+        path: ../artifacts/demo-llm    # relative paths start at this file's folder
+        backend: onnxruntime           # onnxruntime | tensorrt
+        threads: 0                     # intra-op threads; 0 = the backend's choice
+        providers: []                  # e.g. [CUDAExecutionProvider]; [] = the default
+        max_concurrent: 1              # generations running at once
+        max_queue: 16                  # requests waiting for a slot; more -> RESOURCE_EXHAUSTED
+    logging:
+      level: INFO                  # DEBUG | INFO | WARNING | ERROR
+      format: text                 # text | json (one JSON object per line)
+    power:                         # optional; see runtime/power/config.py for its keys
+      source: auto
+
+The file is composed (not just loaded) so every node keeps its line: any error names
+the file, the line and the key, e.g. `daemon.yaml:7: models[0].threads: expected an
+integer >= 0, got 'four'`. Unknown keys are errors too: a typo must not silently fall
+back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runtime.errors import ConfigError
+from runtime.power.config import PowerConfig
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_GRACE_PERIOD_S = 10.0
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_MESSAGE_BYTES_LIMIT = 2**31 - 1  # gRPC keeps message sizes in an int32
+BACKENDS = ("onnxruntime", "tensorrt")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+# Model names are gRPC health service names and CLI arguments: keep them plain.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    path: Path
+    backend: str = "onnxruntime"
+    threads: int = 0
+    providers: tuple[str, ...] = ()
+    max_concurrent: int = 1
+    max_queue: int = 16
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "INFO"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    models: tuple[ModelConfig, ...]
+    listen: str = DEFAULT_LISTEN
+    grace_period_s: float = DEFAULT_GRACE_PERIOD_S
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    power: PowerConfig | None = None  # None: the file has no power section
+    source: str = "<config>"  # the file it was read from, for messages
+
+
+# ---- values ------------------------------------------------------------------------
+class _BadValue(Exception):
+    """A converter's complaint; the reader adds file, line and key."""
+
+
+_constructor = yaml.constructor.SafeConstructor()
+
+
+def _plain(node: yaml.Node) -> Any:
+    return _constructor.construct_object(node, deep=True)
+
+
+def _scalar(node: yaml.Node) -> Any:
+    if not isinstance(node, yaml.ScalarNode):
+        raise _BadValue(f"expected a single value, got a {_node_kind(node)}")
+    return _plain(node)
+
+
+def _node_kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "list"
+    return "value"
+
+
+def _string(node: yaml.Node) -> str:
+    value = _scalar(node)
+    if not isinstance(value, str) or not value.strip():
+        raise _BadValue(f"expected a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _int_at_least(low: int, high: int | None = None) -> Callable[[yaml.Node], int]:
+    def convert(node: yaml.Node) -> int:
+        value = _scalar(node)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (
+            high is not None and value > high
+        ):
+            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise _BadValue(f"expected an integer {bound}, got {value!r}")
+        return value
+
+    return convert
+
+
+def _seconds(node: yaml.Node) -> float:
+    value = _scalar(node)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise _BadValue(f"expected a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _one_of(choices: tuple[str, ...], fold: Callable[[str], str] = str) -> Callable:
+    def convert(node: yaml.Node) -> str:
+        value = _scalar(node)
+        if not isinstance(value, str) or fold(value) not in choices:
+            raise _BadValue(f"expected one of {', '.join(choices)}, got {value!r}")
+        return fold(value)
+
+    return convert
+
+
+def _string_list(node: yaml.Node) -> tuple[str, ...]:
+    if not isinstance(node, yaml.SequenceNode):
+        raise _BadValue(f"expected a list of strings, got a {_node_kind(node)}")
+    return tuple(_string(item) for item in node.value)
+
+
+def parse_listen(value: Any) -> str:
+    """`host:port` (port 0..65535, `[v6]:port` too) or `unix:PATH`; returns it stripped."""
+    if not isinstance(value, str) or not value.strip():
+        raise _BadValue(f"expected host:port or unix:/path, got {value!r}")
+    value = value.strip()
+    if value.startswith("unix:"):
+        if not value[len("unix:"):].strip("/"):
+            raise _BadValue(f"unix socket address {value!r} has no path")
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise _BadValue(f"expected host:port (port 0-65535) or unix:/path, got {value!r}")
+    return value
+
+
+def _listen(node: yaml.Node) -> str:
+    return parse_listen(_scalar(node))
+
+
+# ---- reading mappings with their lines ---------------------------------------------
+_REQUIRED = object()
+
+
+class _Mapping:
+    """One YAML mapping being read into a dataclass; knows its key path and lines."""
+
+    def __init__(self, node: yaml.Node, where: str, source: str):
+        self.node = node
+        self.where = where  # "" for the top level, "models[0]" below it
+        self.source = source
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, f"expected a mapping of keys, got a {_node_kind(node)}")
+        self.items: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            key = _plain(key_node) if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key, str):
+                raise self.error(key_node, f"keys must be names, got {key!r}")
+            if key in self.items:
+                raise self.error(key_node, "duplicate key", key)
+            self.items[key] = (key_node, value_node)
+        self.used: set[str] = set()
+
+    def path(self, key: str | None) -> str:
+        if key is None:
+            return self.where or "config"
+        return f"{self.where}.{key}" if self.where else key
+
+    def error(self, node: yaml.Node, message: str, key: str | None = None) -> ConfigError:
+        return ConfigError(f"{self.source}:{node.start_mark.line + 1}: {self.path(key)}: {message}")
+
+    def take(self, key: str, convert: Callable[[yaml.Node], Any], default: Any = _REQUIRED):
+        self.used.add(key)
+        if key not in self.items:
+            if default is _REQUIRED:
+                raise self.error(self.node, f"missing required key {key!r}")
+            return default
+        value_node = self.items[key][1]
+        try:
+            return convert(value_node)
+        except _BadValue as e:
+            raise self.error(value_node, str(e), key) from None
+
+    def node_of(self, key: str) -> yaml.Node | None:
+        self.used.add(key)
+        return self.items[key][1] if key in self.items else None
+
+    def finish(self) -> None:
+        """Fail on the first key nobody asked for: a typo, or a key of a newer version."""
+        for key, (key_node, _) in self.items.items():
+            if key not in self.used:
+                known = ", ".join(sorted(self.used))
+                raise self.error(key_node, f"unknown key (known keys here: {known})", key)
+
+
+# ---- sections ----------------------------------------------------------------------
+def _model(node: yaml.Node, where: str, source: str, base_dir: Path) -> ModelConfig:
+    m = _Mapping(node, where, source)
+    name = m.take("name", _string)
+    if not MODEL_NAME.match(name):
+        raise m.error(
+            m.items["name"][1], f"{name!r} is not a plain name (letters, digits, . _ -)", "name"
+        )
+    path = Path(m.take("path", _string)).expanduser()
+    defaults = ModelConfig  # the dataclass's class attributes are its defaults
+    model = ModelConfig(
+        name=name,
+        path=path if path.is_absolute() else (base_dir / path).resolve(),
+        backend=m.take("backend", _one_of(BACKENDS), defaults.backend),
+        threads=m.take("threads", _int_at_least(0), defaults.threads),
+        providers=m.take("providers", _string_list, defaults.providers),
+        max_concurrent=m.take("max_concurrent", _int_at_least(1), defaults.max_concurrent),
+        max_queue=m.take("max_queue", _int_at_least(0), defaults.max_queue),
+    )
+    m.finish()
+    return model
+
+
+def _models(top: _Mapping, base_dir: Path) -> tuple[ModelConfig, ...]:
+    node = top.node_of("models")
+    if node is None:
+        raise top.error(top.node, "missing required key 'models' (a list of models to serve)")
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        raise top.error(node, "expected a non-empty list of models", "models")
+    models: list[ModelConfig] = []
+    for i, item in enumerate(node.value):
+        model = _model(item, f"models[{i}]", top.source, base_dir)
+        if any(model.name == other.name for other in models):
+            raise top.error(item, f"model name {model.name!r} is used twice", f"models[{i}].name")
+        models.append(model)
+    return tuple(models)
+
+
+def _logging(top: _Mapping) -> LoggingConfig:
+    node = top.node_of("logging")
+    if node is None:
+        return LoggingConfig()
+    m = _Mapping(node, "logging", top.source)
+    config = LoggingConfig(
+        level=m.take("level", _one_of(LOG_LEVELS, str.upper), LoggingConfig.level),
+        format=m.take("format", _one_of(LOG_FORMATS, str.lower), LoggingConfig.format),
+    )
+    m.finish()
+    return config
+
+
+_POWER_KEY = re.compile(r"^power\.(\w+):")
+
+
+def _power(top: _Mapping) -> PowerConfig | None:
+    """The `power:` section, checked by PowerConfig itself; errors get the key's line."""
+    node = top.node_of("power")
+    if node is None:
+        return None
+    m = _Mapping(node, "power", top.source)
+    known = {f.name for f in fields(PowerConfig)}
+    for key, (key_node, _) in m.items.items():
+        if key not in known:
+            raise m.error(key_node, f"unknown key (known keys here: {', '.join(sorted(known))})",
+                          key)
+    try:
+        return PowerConfig.from_dict(_plain(node))
+    except ConfigError as e:
+        named = _POWER_KEY.match(str(e))
+        where = m.items[named[1]][1] if named and named[1] in m.items else node
+        raise ConfigError(f"{top.source}:{where.start_mark.line + 1}: {e}") from None
+
+
+# ---- entry points ------------------------------------------------------------------
+def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> DaemonConfig:
+    """Read config text; `base_dir` anchors relative model paths (default: cwd)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}{line}: not valid YAML ({e.problem or e})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML ({e})") from None
+    if root is None:
+        raise ConfigError(f"{source}: the config is empty; it needs at least a 'models' list")
+    top = _Mapping(root, "", source)
+    config = DaemonConfig(
+        listen=top.take("listen", _listen, DEFAULT_LISTEN),
+        grace_period_s=top.take("grace_period_s", _seconds, DEFAULT_GRACE_PERIOD_S),
+        max_message_bytes=top.take(
+            "max_message_bytes",
+            _int_at_least(1024, MAX_MESSAGE_BYTES_LIMIT),
+            DEFAULT_MAX_MESSAGE_BYTES,
+        ),
+        models=_models(top, base_dir or Path.cwd()),
+        logging=_logging(top),
+        power=_power(top),
+        source=source,
+    )
+    top.finish()
+    return config
+
+
+def load_config(path: str | Path) -> DaemonConfig:
+    """Read and validate a config file; raises ConfigError naming the file and line."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file ({e})") from None
+    return parse_config(text, source=str(path), base_dir=path.resolve().parent)
+
+
+def with_listen(config: DaemonConfig, listen: str) -> DaemonConfig:
+    """The config with its listen address replaced (the CLI's --listen)."""
+    try:
+        return replace(config, listen=parse_listen(listen))
+    except _BadValue as e:
+        raise ConfigError(f"--listen: {e}") from None

@@ -1,0 +1,1 @@
+"""The gRPC daemon: config -> models -> EdgeRuntime, health and reflection on grpc.aio."""

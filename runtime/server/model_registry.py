@@ -1,0 +1,145 @@
+"""The daemon's models: loaded from the config, each with its state, slots and workers.
+
+Each configured model is LOADING until its package is verified and its engine is up,
+then READY, or FAILED with the reason. A model that fails to load does not stop the
+daemon: its health service reports NOT_SERVING, requests for it get UNAVAILABLE with
+the reason, and the other models are served as usual.
+
+Generation runs on each model's own worker threads (as many as it has slots), so a
+busy model never takes threads from another and the event loop only moves messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.config import ModelConfig
+from runtime.errors import E2edgeError, ModelNotFound, PackageError
+from runtime.package import load_package
+from runtime.server.admission import Admission
+from runtime.server.errors import ModelUnavailable
+
+log = logging.getLogger("e2edge.server")
+
+
+class ModelState(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+def _load_llm(config: ModelConfig):
+    from runtime.llm.engine import LLMEngine
+
+    return LLMEngine.load(
+        config.path,
+        backend=config.backend,
+        threads=config.threads,
+        providers=list(config.providers) or None,
+    )
+
+
+# kind (from the package manifest) -> how to build its engine. Vision joins with Classify.
+LOADERS: dict[str, Callable[[ModelConfig], Any]] = {"llm": _load_llm}
+
+
+def load_engine(config: ModelConfig):
+    """Build the engine for a configured model; raises PackageError & co. on failure."""
+    kind = load_package(config.path, verify=False).kind  # the full check runs in the loader
+    loader = LOADERS.get(kind)
+    if loader is None:
+        raise PackageError(
+            f"{config.path}: kind {kind!r} cannot be served by this daemon yet "
+            f"(it serves: {', '.join(sorted(LOADERS))})"
+        )
+    return loader(config)
+
+
+@dataclass
+class ModelEntry:
+    config: ModelConfig
+    admission: Admission
+    state: ModelState = ModelState.LOADING
+    error: str = ""
+    engine: Any = None  # LLMEngine once READY
+    executor: ThreadPoolExecutor | None = None  # generation workers once READY
+    load_s: float = 0.0
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+class ModelRegistry:
+    def __init__(
+        self,
+        models: Sequence[ModelConfig],
+        loader: Callable[[ModelConfig], Any] = load_engine,
+    ):
+        self._loader = loader
+        self.entries: dict[str, ModelEntry] = {
+            m.name: ModelEntry(m, Admission(m.name, m.max_concurrent, m.max_queue))
+            for m in models
+        }
+
+    def __iter__(self):
+        return iter(self.entries.values())
+
+    def get(self, name: str) -> ModelEntry:
+        """The entry in any state; ModelNotFound when the config has no such model."""
+        entry = self.entries.get(name)
+        if entry is None:
+            known = ", ".join(self.entries) or "none"
+            raise ModelNotFound(f"model {name!r} is not served here (models: {known})")
+        return entry
+
+    def ready(self, name: str) -> ModelEntry:
+        """The entry of a READY model; ModelUnavailable while loading or after a failure."""
+        entry = self.get(name)
+        if entry.state is ModelState.LOADING:
+            raise ModelUnavailable(f"model {name!r} is still loading; retry shortly")
+        if entry.state is ModelState.FAILED:
+            raise ModelUnavailable(f"model {name!r} failed to load: {entry.error}")
+        return entry
+
+    async def load_all(self, on_change: Callable[[ModelEntry], Awaitable[None]]) -> None:
+        """Load every model in config order, off the event loop; report each result."""
+        loop = asyncio.get_running_loop()
+        for entry in self.entries.values():
+            started = time.monotonic()
+            try:
+                engine = await loop.run_in_executor(None, self._loader, entry.config)
+            except Exception as e:  # any failure marks this model FAILED; the daemon goes on
+                entry.state = ModelState.FAILED
+                entry.error = " ".join(str(e).split()) or type(e).__name__
+                if not isinstance(e, E2edgeError):
+                    entry.error = f"{type(e).__name__}: {entry.error}"
+                    log.error("model %s failed to load", entry.name, exc_info=e)
+                else:
+                    log.error("model %s failed to load: %s", entry.name, entry.error)
+            else:
+                entry.engine = engine
+                entry.manifest = engine.package.manifest
+                entry.executor = ThreadPoolExecutor(
+                    max_workers=entry.config.max_concurrent,
+                    thread_name_prefix=f"e2edge-{entry.name}",
+                )
+                entry.state = ModelState.READY
+                log.info("model %s ready (%s, %s) in %.2fs", entry.name, engine.backend_name,
+                         ",".join(engine.providers), time.monotonic() - started)
+            entry.load_s = time.monotonic() - started
+            await on_change(entry)
+
+    def close(self) -> None:
+        """Stop the worker threads (after the server has stopped: nothing runs on them)."""
+        for entry in self.entries.values():
+            if entry.executor is not None:
+                entry.executor.shutdown(wait=True)
