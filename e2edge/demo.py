@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -49,20 +50,31 @@ def build_llm(artifacts: Path, arch: str) -> Path:
     return package
 
 
-def generate_in_process(package: Path) -> None:
-    from runtime.llm.engine import LLMEngine
-    from runtime.llm.sampling import SamplingParams
+def serve_and_generate(artifacts: Path, models: dict[str, Path]) -> None:
+    """Start `e2edge serve` on a unix socket, stream one answer with `e2edge generate`."""
+    from runtime.client import EdgeClient
 
-    print(f"\n== generate from {package.name} with the runtime (onnxruntime, CPU)")
-    engine = LLMEngine.load(package)
-    params = SamplingParams(max_new_tokens=120, temperature=0.8, top_k=40, top_p=0.95, seed=1)
-    print(PROMPT, end="", flush=True)
-    for event in engine.generate(PROMPT, params):
-        print(event.text, end="", flush=True)
-        if event.stats:
-            s = event.stats
-            print(f"\n[{s.completion_tokens} tokens, first after {s.time_to_first_token_s * 1e3:.0f}"
-                  f" ms, {s.decode_tokens_per_s:.0f} tok/s, finish: {event.finish_reason}]")
+    socket_path = artifacts / "demo.sock"
+    config = artifacts / "demo-daemon.yaml"
+    lines = [f"listen: unix:{socket_path}", "grace_period_s: 5", "models:"]
+    lines += [f"  - {{name: {name}, path: {path}}}" for name, path in models.items()]
+    config.write_text("\n".join(lines) + "\n")
+    target = f"unix:{socket_path}"
+    print(f"\n== start the daemon\n$ e2edge serve --config {config}", flush=True)
+    daemon = subprocess.Popen([*E2EDGE, "serve", "--config", str(config)])
+    try:
+        with EdgeClient(target) as client:
+            client.wait_loaded(timeout_s=120)
+        step("list the models it serves", ["models", "--target", target])
+        step("stream an answer through the gRPC client", [
+            "generate", "--target", target, "--model", "demo-llama", "--max-new-tokens", "120",
+            "--temperature", "0.8", "--top-k", "40", "--top-p", "0.95", "--seed", "1", PROMPT,
+        ])
+    finally:
+        print("\n== stop the daemon (SIGTERM: drain, then exit 0)", flush=True)
+        daemon.send_signal(signal.SIGTERM)
+        code = daemon.wait(timeout=60)
+        print(f"daemon exited with status {code}")
 
 
 def main() -> int:
@@ -72,8 +84,9 @@ def main() -> int:
     if not os.environ.get("E2EDGE_DATA_DIR") and not shutil.which("e2edge"):
         print("note: E2EDGE_DATA_DIR is not set; data files are downloaded when missing")
     args.artifacts.mkdir(parents=True, exist_ok=True)
-    llm_package = build_llm(args.artifacts.resolve(), "llama")
-    generate_in_process(llm_package)
+    artifacts = args.artifacts.resolve()
+    llm_package = build_llm(artifacts, "llama")
+    serve_and_generate(artifacts, {"demo-llama": llm_package})
     return 0
 
 
