@@ -26,6 +26,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from exporter.hf_checkpoint import DecoderSpec
+from exporter.weight_quant import WeightQuantConfig, dequantize_blockwise, quantize_blockwise
 
 OPSET = 17
 MASK_VALUE = -3.0e38  # finite, so a fully masked (padding) row gives no NaN after softmax
@@ -92,16 +93,41 @@ class _Graph:
 class DecoderGraphBuilder:
     """Turns a DecoderSpec and its HF-named weights into an ONNX ModelProto."""
 
-    def __init__(self, spec: DecoderSpec, weights: dict[str, np.ndarray]):
+    def __init__(
+        self,
+        spec: DecoderSpec,
+        weights: dict[str, np.ndarray],
+        quant: WeightQuantConfig | None = None,
+    ):
         self.spec = spec
         self.w = weights
+        self.quant = quant
         self.g = _Graph()
+        # HF name -> the float32 weight the graph really computes with (quantised ones)
+        self.effective: dict[str, np.ndarray] = {}
 
     # ---- small blocks -------------------------------------------------------------
+    def matmul(self, x: str, weight: np.ndarray, name: str, hint: str) -> str:
+        """x @ weight.T for a (out, in) weight: MatMul over W.T, or MatMulNBits when quantised."""
+        if self.quant is None:
+            return self.g.op("MatMul", [x, self.g.const(name, weight.T)], hint)
+        q = self.quant
+        packed, scales = quantize_blockwise(weight, q)
+        self.effective[name] = dequantize_blockwise(packed, scales, weight.shape[1], q.bits)
+        inputs = [x, self.g.const(f"{name}.q{q.bits}", packed),
+                  self.g.const(f"{name}.scales", scales.reshape(-1))]
+        return self.g.op(
+            "MatMulNBits", inputs, hint, domain="com.microsoft", K=weight.shape[1],
+            N=weight.shape[0], bits=q.bits, block_size=q.block_size,
+            accuracy_level=q.accuracy_level,
+        )
+
     def linear(self, x: str, weight_name: str, hint: str, scale: float = 1.0) -> str:
-        """x @ W.T (+ bias); W is stored transposed, (in, out), for MatMul."""
+        """x @ W.T (+ bias) for the checkpoint's weight `weight_name`, times `scale`."""
         weight = self.w[weight_name] * scale  # (out, in)
-        out = self.g.op("MatMul", [x, self.g.const(weight_name, weight.T)], hint)
+        out = self.matmul(x, weight, weight_name, hint)
+        if weight_name in self.effective and scale != 1.0:
+            self.effective[weight_name] /= scale
         bias_name = weight_name.replace(".weight", ".bias")
         if bias_name in self.w:
             out = self.g.op("Add", [out, self.g.const(bias_name, self.w[bias_name] * scale)], hint)
@@ -265,8 +291,11 @@ class DecoderGraphBuilder:
         gate_up = np.concatenate(
             [self.w[f"{p}.mlp.gate_proj.weight"], self.w[f"{p}.mlp.up_proj.weight"]], axis=0
         )  # (2 * width, hidden)
-        fused = g.const(f"{p}.mlp.gate_up_proj.weight", np.ascontiguousarray(gate_up.T))
-        both = g.op("MatMul", [h, fused], "gate_up")  # (B, S, 2 * width)
+        both = self.matmul(h, gate_up, f"{p}.mlp.gate_up_proj.weight", "gate_up")  # (B,S,2w)
+        if self.quant is not None:
+            fused = self.effective.pop(f"{p}.mlp.gate_up_proj.weight")
+            self.effective[f"{p}.mlp.gate_proj.weight"] = fused[:width]
+            self.effective[f"{p}.mlp.up_proj.weight"] = fused[width:]
         g.const(f"{p}.mlp.split", np.array([width, width], dtype=np.int64))
         gate, up = g.op("Split", [both, f"{p}.mlp.split"], "gate", n_out=2, axis=-1)
         product = g.op("Mul", [self.activation(gate), up], "ffn_act")  # (B, S, width)
@@ -276,6 +305,10 @@ class DecoderGraphBuilder:
         s, g = self.spec, self.g
         if not s.tie_word_embeddings:
             return self.linear(x, "lm_head.weight", "logits_raw")
+        if self.quant is not None:
+            # a quantised copy of the tied matrix: decode reads 4 or 8 bits per weight
+            return self.matmul(x, self.w["model.embed_tokens.weight"], "lm_head.weight",
+                               "logits_raw")
         # tied: reuse the embedding matrix through Gemm(transB) instead of storing W.T twice
         g.const("flat_shape", np.array([-1, s.hidden_size], dtype=np.int64))
         flat = g.op("Reshape", [x, "flat_shape"])
@@ -311,13 +344,23 @@ class DecoderGraphBuilder:
         graph = helper.make_graph(
             g.nodes, f"{s.model_type}_decoder", inputs, outputs, initializer=g.initializers
         )
-        model = helper.make_model(
-            graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="e2edge"
-        )
+        opsets = [helper.make_opsetid("", OPSET)]
+        if self.quant is not None:
+            opsets.append(helper.make_opsetid("com.microsoft", 1))
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="e2edge")
         model.ir_version = 8  # readable by onnxruntime >= 1.14 and TensorRT 10's parser
         return model
 
 
-def build_decoder_onnx(spec: DecoderSpec, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """The ONNX decoder with KV cache for `spec`, weights as initializers."""
-    return DecoderGraphBuilder(spec, weights).build()
+def build_decoder_onnx(
+    spec: DecoderSpec,
+    weights: dict[str, np.ndarray],
+    quant: WeightQuantConfig | None = None,
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The ONNX decoder with KV cache for `spec`, and the quantised weights it computes with.
+
+    The second value maps HF weight names to the dequantised float32 weights (empty
+    for fp32), so a PyTorch reference with the same weights can check the export.
+    """
+    builder = DecoderGraphBuilder(spec, weights, quant)
+    return builder.build(), builder.effective

@@ -45,25 +45,31 @@ def ternary_to_codes(ternary: np.ndarray) -> np.ndarray:
     return (values.astype(np.int16) + ZERO_POINT).astype(np.uint8)
 
 
-def pack_codes(codes: np.ndarray, block_size: int) -> np.ndarray:
-    """(N, K) uint8 codes in 0..3 -> (N, n_blocks, block_size // 4) uint8."""
+def pack_codes(codes: np.ndarray, block_size: int, bits: int = BITS) -> np.ndarray:
+    """(N, K) uint8 codes in 0..2^bits-1 -> (N, n_blocks, block_size * bits // 8) uint8.
+
+    MatMulNBits packs 4- and 8-bit codes the same way (low bits first along K), so
+    the int4/int8 LLM exports use this too; padding gets the default zero point.
+    """
     check_block_size(block_size)
+    per_byte = 8 // bits
     n, k = codes.shape
     k_pad = padded_k(k, block_size)
-    padded = np.full((n, k_pad), ZERO_POINT, dtype=np.uint8)  # padding dequantises to 0
+    padded = np.full((n, k_pad), 1 << (bits - 1), dtype=np.uint8)  # padding dequantises to 0
     padded[:, :k] = codes
-    quads = padded.reshape(n, k_pad // CODES_PER_BYTE, CODES_PER_BYTE)  # (N, K_pad/4, 4)
-    shifts = np.arange(CODES_PER_BYTE, dtype=np.uint8) * BITS  # 0, 2, 4, 6: low bits first
-    packed = np.bitwise_or.reduce(quads << shifts, axis=2).astype(np.uint8)  # (N, K_pad/4)
-    return packed.reshape(n, k_pad // block_size, block_size // CODES_PER_BYTE)
+    groups = padded.reshape(n, k_pad // per_byte, per_byte)  # (N, K_pad/4, 4) for 2 bits
+    shifts = np.arange(per_byte, dtype=np.uint8) * bits  # 0, 2, 4, 6: low bits first
+    packed = np.bitwise_or.reduce(groups << shifts, axis=2).astype(np.uint8)  # (N, K_pad/4)
+    return packed.reshape(n, k_pad // block_size, block_size // per_byte)
 
 
-def unpack_codes(packed: np.ndarray, k: int) -> np.ndarray:
-    """(N, n_blocks, block_size // 4) uint8 -> (N, K) uint8 codes, padding dropped."""
+def unpack_codes(packed: np.ndarray, k: int, bits: int = BITS) -> np.ndarray:
+    """(N, n_blocks, block_size * bits // 8) uint8 -> (N, K) uint8 codes, padding dropped."""
+    per_byte = 8 // bits
     n = packed.shape[0]
-    flat = packed.reshape(n, -1)  # (N, K_pad/4)
-    shifts = np.arange(CODES_PER_BYTE, dtype=np.uint8) * BITS
-    codes = (flat[:, :, None] >> shifts) & 0b11  # (N, K_pad/4, 4)
+    flat = packed.reshape(n, -1)  # (N, K_pad/4) for 2 bits
+    shifts = np.arange(per_byte, dtype=np.uint8) * bits
+    codes = (flat[:, :, None] >> shifts) & ((1 << bits) - 1)  # (N, K_pad/4, 4)
     return codes.reshape(n, -1)[:, :k].astype(np.uint8)
 
 

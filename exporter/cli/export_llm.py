@@ -20,6 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="max |logit difference| vs PyTorch (default 1e-4, fp32)")
     parser.add_argument("--verify-tokens", type=int, default=32,
                         help="greedy tokens compared with transformers generate (default 32)")
+    parser.add_argument("--weights", choices=["fp32", "int8", "int4"], default="fp32",
+                        help="weight precision: int8/int4 use MatMulNBits blockwise quantisation "
+                             "(onnxruntime; the TensorRT path needs fp32)")
+    parser.add_argument("--block-size", type=int, default=32,
+                        help="int8/int4 quantisation block along K (power of two >= 16)")
+    parser.add_argument("--accuracy-level", type=int, default=0, choices=[0, 1, 2, 3, 4],
+                        help="MatMulNBits accuracy level; 4 = int8 activations (faster on CPU)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,11 +40,15 @@ def run(args: argparse.Namespace) -> int:
             verify=not args.no_verify,
             logits_tolerance=args.tolerance,
             verify_tokens=args.verify_tokens,
+            weights=args.weights,
+            block_size=args.block_size,
+            accuracy_level=args.accuracy_level,
         ),
     )
     print(f"wrote {result.package} ({result.parameters:,} parameters, "
           f"{result.weight_bytes / 1e6:.1f} MB of weights)")
     if result.max_logit_diff is not None:
-        print(f"verified: max |logit diff| vs PyTorch {result.max_logit_diff:.2e}, "
-              f"greedy tokens match transformers generate")
+        tokens = ("greedy tokens match transformers generate" if result.greedy_tokens_match
+                  else "greedy tokens not compared (int8 activations are inexact)")
+        print(f"verified: max |logit diff| vs PyTorch {result.max_logit_diff:.2e}, {tokens}")
     return 0

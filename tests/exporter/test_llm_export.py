@@ -99,10 +99,10 @@ def test_export_fails_loudly_and_writes_nothing_when_logits_differ(tmp_path, mon
     checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", "llama")
     real_build = llm_onnx.build_decoder_onnx
 
-    def off_by_a_little(spec, weights):
+    def off_by_a_little(spec, weights, quant):
         weights = dict(weights)
         weights["model.norm.weight"] = weights["model.norm.weight"] * 1.01
-        return real_build(spec, weights)
+        return real_build(spec, weights, quant)
 
     monkeypatch.setattr(llm_onnx, "build_decoder_onnx", off_by_a_little)
     with pytest.raises(ExportVerificationError, match="logits differ"):
@@ -151,3 +151,27 @@ def test_cli_bad_checkpoints_give_one_line_and_write_nothing(tmp_path, break_che
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "pkg").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pkg")]
+
+
+@pytest.mark.parametrize("weights", ["int8", "int4"])
+def test_quantised_export_is_exact_against_its_dequantised_weights(tmp_path, weights):
+    checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", "gemma")
+    fp32 = export_llm(checkpoint, tmp_path / "fp32", LLMExportOptions())
+    result = export_llm(checkpoint, tmp_path / "q", LLMExportOptions(weights=weights))
+    assert result.max_logit_diff < 1e-4 and result.greedy_tokens_match
+    manifest = load_package(result.package).manifest
+    assert manifest["quantization"]["bits"] == int(weights[3:])
+    model = onnx.load(str(result.package / "model.onnx"), load_external_data=False)
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 2 * 6 + 1  # q, k, v, o, gate_up, down in each layer, and lm_head
+    assert result.weight_bytes < fp32.weight_bytes
+
+
+def test_int8_activation_export_is_checked_within_its_tolerance(tmp_path):
+    checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", "llama")
+    result = export_llm(checkpoint, tmp_path / "q",
+                        LLMExportOptions(weights="int4", accuracy_level=4))
+    assert result.greedy_tokens_match is None
+    assert load_package(result.package).manifest["quantization"]["activations"] == (
+        "int8 per block"
+    )

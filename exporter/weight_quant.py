@@ -1,0 +1,72 @@
+"""Blockwise int4/int8 weight quantisation for LLM exports (MatMulNBits layout).
+
+Round-to-nearest, symmetric per block of `block_size` weights along K:
+    scale = max|w| over the block / qmax      (qmax = 7 for int4, 127 for int8)
+    code  = clip(round(w / scale), -qmax - 1, qmax) + zero_point   (zero_point = 2^(bits-1))
+The zero point is MatMulNBits' default, so no zero_points input is stored. Packing is
+runtime.ternary_layout.pack_codes, the same layout the 2-bit ViT weights use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.ternary_layout import pack_codes, padded_k, unpack_codes
+
+WEIGHT_FORMATS = ("fp32", "int8", "int4")
+
+
+@dataclass(frozen=True)
+class WeightQuantConfig:
+    bits: int  # 4 or 8
+    block_size: int = 32
+    accuracy_level: int = 0  # MatMulNBits: 0 computes in fp32; 4 quantises activations to int8
+
+    def __post_init__(self) -> None:
+        if self.bits not in (4, 8):
+            raise ValueError(f"weights: bits must be 4 or 8, got {self.bits}")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block size must be a power of two >= 16, got {self.block_size}")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise ValueError(f"accuracy level must be 0..4, got {self.accuracy_level}")
+
+
+def weight_quant_config(
+    weights: str, block_size: int = 32, accuracy_level: int = 0
+) -> WeightQuantConfig | None:
+    """The config for a --weights choice; None for fp32."""
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"--weights must be one of {WEIGHT_FORMATS}, got {weights!r}")
+    if weights == "fp32":
+        return None
+    return WeightQuantConfig(int(weights[3:]), block_size, accuracy_level)
+
+
+def quantize_blockwise(
+    weight: np.ndarray, config: WeightQuantConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K) float -> (packed (N, n_blocks, block_size*bits/8) uint8, scales (N, n_blocks))."""
+    n, k = weight.shape
+    bs, qmax = config.block_size, (1 << (config.bits - 1)) - 1
+    k_pad = padded_k(k, bs)
+    padded = np.zeros((n, k_pad), dtype=np.float32)
+    padded[:, :k] = weight
+    blocks = padded.reshape(n, k_pad // bs, bs)  # (N, n_blocks, block_size)
+    scales = np.abs(blocks).max(axis=2) / qmax  # (N, n_blocks)
+    scales = np.where(scales == 0, 1.0, scales).astype(np.float32)
+    q = np.clip(np.rint(blocks / scales[:, :, None]), -qmax - 1, qmax)
+    codes = (q + (1 << (config.bits - 1))).astype(np.uint8).reshape(n, k_pad)[:, :k]
+    return pack_codes(codes, bs, config.bits), scales
+
+
+def dequantize_blockwise(
+    packed: np.ndarray, scales: np.ndarray, k: int, bits: int
+) -> np.ndarray:
+    """The float32 (N, K) weight that MatMulNBits computes with."""
+    n, n_blocks = scales.shape
+    block_size = packed.shape[2] * 8 // bits
+    codes = unpack_codes(packed, n_blocks * block_size, bits).astype(np.float32)
+    codes -= 1 << (bits - 1)
+    return (codes * np.repeat(scales, block_size, axis=1))[:, :k]
