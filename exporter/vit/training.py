@@ -1,0 +1,201 @@
+"""The training loop: AdamW, warm-up + cosine schedule, optional distillation,
+model selection on the validation split, metrics on val and test.
+
+With a time budget, the first epochs are timed and the schedule is shortened to the
+number of epochs that fit, so the learning rate still decays to its floor instead
+of training being cut off at a high rate.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from exporter.vit.config import TrainConfig
+from exporter.vit.distill import DistillationLoss, DistillConfig
+from exporter.vit.medmnist import Augmentation, MedMNIST, Split, batches
+from exporter.vit.metrics import classification_metrics
+from exporter.vit.model import ViT
+from runtime.vision.preprocess import Preprocessing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    epochs_run: int
+    best_epoch: int
+    seconds: float
+    metrics: dict[str, dict[str, float]]  # split -> accuracy, auc
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epochs_run": self.epochs_run,
+            "best_epoch": self.best_epoch,
+            "seconds": round(self.seconds, 1),
+            "metrics": self.metrics,
+            "history": self.history,
+        }
+
+
+@torch.no_grad()
+def predict(model: ViT, split: Split, spec: Preprocessing, batch_size: int = 256) -> np.ndarray:
+    """Inference-mode (quantised, no dropout) class probabilities, (N, n_classes)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = [
+        F.softmax(model(torch.from_numpy(pixels).to(device)), dim=-1).cpu().numpy()
+        for pixels, _ in batches(split, spec, batch_size)
+    ]
+    model.train(was_training)
+    return np.concatenate(out)
+
+
+def evaluate(model: ViT, split: Split, spec: Preprocessing, batch_size: int = 256) -> dict:
+    return classification_metrics(predict(model, split, spec, batch_size), split.labels)
+
+
+def lr_at(step: int, total: int, warmup: int, recipe: TrainConfig) -> float:
+    if step < warmup:
+        return recipe.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return recipe.min_lr + 0.5 * (recipe.lr - recipe.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms and position embeddings (all 1-D or pos_embed)."""
+    decay, no_decay = [], []
+    for module in modules:
+        for name, p in module.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or name.endswith("pos_embed") else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def train(
+    model: ViT,
+    data: MedMNIST,
+    spec: Preprocessing,
+    recipe: TrainConfig,
+    seed: int = 0,
+    teacher: ViT | None = None,
+    distill: DistillConfig | None = None,
+    time_budget_s: float | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    device: str = "cpu",
+) -> TrainResult:
+    """Train in place; on return `model` holds the weights of the best validation epoch
+    (moved back to the CPU)."""
+    torch.manual_seed(seed)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True  # training only; export runs fp32 on CPU
+        torch.backends.cudnn.allow_tf32 = True
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device)
+    rng = np.random.default_rng(seed)
+    aug = Augmentation(recipe.hflip, recipe.vflip, recipe.max_shift)
+    loss_fn: DistillationLoss | None = None
+    if teacher is not None:
+        teacher.eval()
+        loss_fn = DistillationLoss(
+            distill or DistillConfig(), model.config.width, teacher.config.width,
+            recipe.label_smoothing,
+        ).to(device)
+    trainable = [model] + ([loss_fn] if loss_fn is not None else [])
+    optimizer = torch.optim.AdamW(_param_groups(trainable, recipe.weight_decay), lr=recipe.lr)
+
+    train_split, val_split = data.splits["train"], data.splits["val"]
+    steps_per_epoch = math.ceil(len(train_split.labels) / recipe.batch_size)
+    epochs = recipe.epochs
+    best_key, best_state, best_epoch = (-1.0, -1.0), None, 0
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    step = 0
+    epoch = 0
+    while epoch < epochs:
+        model.train()
+        epoch_start = time.perf_counter()
+        total_steps = epochs * steps_per_epoch
+        warmup = min(recipe.warmup_epochs * steps_per_epoch, total_steps // 4)
+        losses = []
+        for pixels, labels in batches(train_split, spec, recipe.batch_size, rng, aug):
+            if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
+                log.warning("time budget spent %d steps into epoch %d", len(losses), epoch + 1)
+                break  # a large model on a CPU may not finish one epoch in the budget
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total_steps, warmup, recipe)
+            images = torch.from_numpy(pixels).to(device)
+            targets = torch.from_numpy(labels).to(device)
+            logits, features = model.forward_with_features(images)
+            if loss_fn is not None and teacher is not None:
+                with torch.no_grad():
+                    t_logits, t_features = teacher.forward_with_features(images)
+                loss, _ = loss_fn(logits, features, t_logits, t_features, targets)
+            else:
+                loss = F.cross_entropy(logits, targets, label_smoothing=recipe.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if recipe.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+            optimizer.step()
+            losses.append(loss.item())
+            step += 1
+        val = evaluate(model, val_split, spec, recipe.eval_batch_size)
+        epoch_s = time.perf_counter() - epoch_start
+        if epoch < 2 and time_budget_s is not None:
+            # Re-estimated after the second epoch too: the first pays for warm-up.
+            left = time_budget_s - (time.perf_counter() - start)
+            fit = min(recipe.epochs, epoch + 1 + max(0, int(left // max(epoch_s, 1e-6))))
+            if fit != epochs:
+                log.warning(
+                    "time budget %.0f s fits %d of %d epochs (%.1f s each): shortening the "
+                    "schedule", time_budget_s, fit, recipe.epochs, epoch_s,
+                )
+                epochs = fit
+        row = {
+            "epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
+            "val_accuracy": val["accuracy"], "steps": len(losses),
+            "val_auc": val["auc"], "seconds": round(epoch_s, 2),
+        }
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        key = (val["accuracy"], val["auc"])
+        if key > best_key:
+            best_key, best_epoch = key, epoch + 1
+            best_state = copy.deepcopy(model.state_dict())
+        epoch += 1
+        if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
+            if epoch < epochs:
+                log.warning("time budget spent after %d of %d epochs", epoch, epochs)
+            epochs = epoch
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.cpu().eval()
+    if teacher is not None:
+        teacher.cpu()
+    metrics = {
+        split: evaluate(model, data.splits[split], spec, recipe.eval_batch_size)
+        for split in ("val", "test")
+    }
+    return TrainResult(
+        epochs_run=epochs, best_epoch=best_epoch, seconds=time.perf_counter() - start,
+        metrics=metrics, history=history,
+    )

@@ -1,0 +1,63 @@
+"""The `e2edge train/export/eval/bench vit` commands, end to end on a synthetic npz."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from vit_fixtures import one_torch_thread, write_synthetic_npz
+
+from e2edge.cli import main
+
+
+@pytest.mark.slow  # ~10 s on an idle machine, 23 s measured on a busy 2-core one
+def test_train_export_eval_bench(tmp_path, capsys):
+    npz = write_synthetic_npz(tmp_path / "synthmnist.npz", channels=3)
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    common = ["--preset", "mnist28", "--data", str(npz), "--epochs", "1", "--threads", "1"]
+    with one_torch_thread():
+        assert main(["train", "vit", "--role", "teacher", "--out", str(teacher), *common]) == 0
+        assert main(["train", "vit", "--role", "student", "--ternary", "all", "--teacher",
+                     str(teacher), "--out", str(student), "--recipe", "max_shift=1",
+                     "--kd-weight", "0.7", *common]) == 0
+    config = json.loads((student / "config.json").read_text())
+    assert config["role"] == "student" and config["model"]["ternary"] == "all"
+    assert config["model"]["n_kv_heads"] == 1 and config["record"]["recipe"]["max_shift"] == 1
+    assert config["record"]["distillation"]["kd_weight"] == 0.7
+    assert config["record"]["not_copied_from_teacher"] == []
+
+    pkg, fp_pkg = tmp_path / "pkg", tmp_path / "teacher-pkg"
+    assert main(["export", "vit", "--model", str(student), "--out", str(pkg)]) == 0
+    assert main(["export", "vit", "--model", str(teacher), "--out", str(fp_pkg)]) == 0
+    capsys.readouterr()
+    assert main(["eval", "vit", "--package", str(pkg), "--data", str(npz),
+                 "--split", "test"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    package_acc = manifest["verification"]["package_metrics"]["accuracy"]
+    assert evaluated["test"]["accuracy"] == pytest.approx(package_acc)
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "vit", "--package", str(pkg), "--compare", str(fp_pkg),
+                 "--repeats", "3", "--warmup", "1", "--threads", "1", "--execution", "all",
+                 "--out", str(out)]) == 0
+    bench = json.loads(out.read_text())
+    latency = bench["packages"][str(pkg)]["latency_ms"]
+    assert set(latency) == {"packed", "fp32", "int8"}
+    assert all(ms > 0 for mode in latency.values() for ms in mode.values())
+    assert set(bench["compare"]["speedup"]["int8"]) == {"batch_1", "batch_16"}
+    assert bench["compare"]["weight_bytes_ratio"] > 5
+
+
+def test_bad_options_are_one_line_errors(tmp_path, capsys):
+    npz = write_synthetic_npz(tmp_path / "synthmnist.npz")
+    base = ["train", "vit", "--role", "teacher", "--data", str(npz), "--out", str(tmp_path / "t")]
+    assert main([*base, "--recipe", "nope=1"]) == 1
+    assert "--recipe: 'nope=1'" in capsys.readouterr().err
+    assert main([*base, "--recipe", "vflip=maybe"]) == 1
+    assert "vflip takes true or false" in capsys.readouterr().err
+    assert main([*base, "--preset", "huge"]) == 1
+    assert "unknown preset 'huge'" in capsys.readouterr().err
+    assert main(["train", "vit", "--role", "teacher", "--data", str(tmp_path / "absent.npz"),
+                 "--out", str(tmp_path / "t")]) == 1
+    assert not (tmp_path / "t").exists()
