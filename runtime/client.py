@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from runtime.client_security import ClientSecurity
 from runtime.config import DEFAULT_MAX_MESSAGE_BYTES
 from runtime.errors import E2edgeError
 from runtime.proto.e2edge.v1 import runtime_pb2 as pb
@@ -87,11 +88,16 @@ class GenerateStream:
         self._call.cancel()
 
 
+class PowerStream(GenerateStream):
+    """The PowerSample messages of one WatchPower call; `cancel()` stops it."""
+
+
 class EdgeClient:
     def __init__(self, target: str = DEFAULT_TARGET,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 security: ClientSecurity | None = None):  # TLS, token: client_security.py
         self.target = target
-        self.channel = grpc.insecure_channel(target, options=[
+        self.channel = (security or ClientSecurity()).channel(target, options=[
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ])
@@ -109,6 +115,30 @@ class EdgeClient:
         """Stream a generation; `options` are build_request's (sampling, stop, request_id)."""
         request = build_request(model, prompt, **options)
         return GenerateStream(self.stub.Generate(request, timeout=timeout_s))
+
+    def watch_power(self, interval_ms: int = 0, max_samples: int = 0,
+                    timeout_s: float | None = None) -> PowerStream:
+        """Stream the daemon's power readings (about one per `interval_ms`; 0 = all)."""
+        request = pb.WatchPowerRequest(interval_ms=interval_ms, max_samples=max_samples)
+        return PowerStream(self.stub.WatchPower(request, timeout=timeout_s))
+
+    def classify(self, model: str, images: Sequence[pb.Image], *, top_k: int = 0,
+                 request_id: str = "", timeout_s: float | None = None) -> pb.ClassifyResponse:
+        """Classify images (runtime/server/classify_convert.py builds Image messages)."""
+        request = pb.ClassifyRequest(model=model, images=list(images), top_k=top_k,
+                                     request_id=request_id)
+        try:
+            return self.stub.Classify(request, timeout=timeout_s)
+        except grpc.RpcError as e:
+            raise RemoteError.from_rpc_error(e) from None
+
+    def classify_stream(self, requests: Iterator[pb.ClassifyRequest],
+                        timeout_s: float | None = None) -> Iterator[pb.ClassifyResponse]:
+        """One answer per request, in order; a failed request's answer has `error` set."""
+        try:
+            yield from self.stub.ClassifyStream(requests, timeout=timeout_s)
+        except grpc.RpcError as e:
+            raise RemoteError.from_rpc_error(e) from None
 
     def list_models(self, timeout_s: float | None = 10.0,
                     wait_for_ready: bool = False) -> list[pb.ModelInfo]:

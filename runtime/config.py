@@ -11,11 +11,18 @@
         providers: []                  # e.g. [CUDAExecutionProvider]; [] = the default
         max_concurrent: 1              # generations running at once
         max_queue: 16                  # requests waiting for a slot; more -> RESOURCE_EXHAUSTED
+        batching: {max_batch: 16, max_delay_ms: 5}   # vision; see runtime/vision/serving_config.py
+        image_limits: {max_bytes: 16777216, max_pixels: 25000000, max_images: 64}   # vision
     logging:
       level: INFO                  # DEBUG | INFO | WARNING | ERROR
       format: text                 # text | json (one JSON object per line)
     power:                         # optional; see runtime/power/config.py for its keys
       source: auto
+    tls: {cert: server.crt, key: server.key}  # optional; see runtime/security_config.py
+    auth: {tokens_file: tokens}               # optional bearer tokens; same file
+    repository: {directories: [models]}       # optional; see runtime/repository.py
+    metrics:                       # optional: Prometheus metrics at http://LISTEN/metrics
+      listen: 127.0.0.1:9400       # host:port (port 0 = any free port); no section = no endpoint
 
 The file is composed (not just loaded) so every node keeps its line: any error names
 the file, the line and the key, e.g. `daemon.yaml:7: models[0].threads: expected an
@@ -35,11 +42,17 @@ import yaml
 
 from runtime.errors import ConfigError
 from runtime.power.config import PowerConfig
+from runtime.repository import RepositoryConfig
+from runtime.security_config import AuthConfig, TLSConfig
+from runtime.vision.serving_config import MAX_DELAY_MS_LIMIT, BatchingConfig, ImageLimits
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_GRACE_PERIOD_S = 10.0
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9400"
 MAX_MESSAGE_BYTES_LIMIT = 2**31 - 1  # gRPC keeps message sizes in an int32
+MAX_BATCH_LIMIT = 1024  # images per model run
+MAX_IMAGES_LIMIT = 4096  # images per Classify request
 BACKENDS = ("onnxruntime", "tensorrt")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
@@ -56,12 +69,19 @@ class ModelConfig:
     providers: tuple[str, ...] = ()
     max_concurrent: int = 1
     max_queue: int = 16
+    batching: BatchingConfig = BatchingConfig()  # vision models only
+    image_limits: ImageLimits = ImageLimits()  # vision models only
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
     format: str = "text"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = DEFAULT_METRICS_LISTEN  # host:port of the Prometheus HTTP endpoint
 
 
 @dataclass(frozen=True)
@@ -72,6 +92,10 @@ class DaemonConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     power: PowerConfig | None = None  # None: the file has no power section
+    metrics: MetricsConfig | None = None  # None: no metrics endpoint
+    tls: TLSConfig | None = None  # None: plaintext (runtime/security_config.py)
+    auth: AuthConfig | None = None  # None: no bearer tokens asked
+    repository: RepositoryConfig | None = None  # None: KServe repository load/unload off
     source: str = "<config>"  # the file it was read from, for messages
 
 
@@ -219,6 +243,27 @@ class _Mapping:
 
 
 # ---- sections ----------------------------------------------------------------------
+def _milliseconds(node: yaml.Node) -> float:
+    value = _scalar(node)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        0 <= value <= MAX_DELAY_MS_LIMIT
+    ):
+        raise _BadValue(f"expected milliseconds in [0, {MAX_DELAY_MS_LIMIT:g}], got {value!r}")
+    return float(value)
+
+
+def _model_section(m: _Mapping, key: str, cls: type, converters: dict[str, Callable]) -> Any:
+    """A model's optional nested mapping (batching, image_limits); absent -> defaults."""
+    node = m.node_of(key)
+    if node is None:
+        return cls()
+    section = _Mapping(node, m.path(key), m.source)
+    values = {name: section.take(name, convert, getattr(cls, name))
+              for name, convert in converters.items()}
+    section.finish()
+    return cls(**values)
+
+
 def _model(node: yaml.Node, where: str, source: str, base_dir: Path) -> ModelConfig:
     m = _Mapping(node, where, source)
     name = m.take("name", _string)
@@ -236,6 +281,11 @@ def _model(node: yaml.Node, where: str, source: str, base_dir: Path) -> ModelCon
         providers=m.take("providers", _string_list, defaults.providers),
         max_concurrent=m.take("max_concurrent", _int_at_least(1), defaults.max_concurrent),
         max_queue=m.take("max_queue", _int_at_least(0), defaults.max_queue),
+        batching=_model_section(m, "batching", BatchingConfig, {
+            "max_batch": _int_at_least(1, MAX_BATCH_LIMIT), "max_delay_ms": _milliseconds}),
+        image_limits=_model_section(m, "image_limits", ImageLimits, {
+            "max_bytes": _int_at_least(1, MAX_MESSAGE_BYTES_LIMIT),
+            "max_pixels": _int_at_least(1), "max_images": _int_at_least(1, MAX_IMAGES_LIMIT)}),
     )
     m.finish()
     return model
@@ -291,6 +341,40 @@ def _power(top: _Mapping) -> PowerConfig | None:
         raise ConfigError(f"{top.source}:{where.start_mark.line + 1}: {e}") from None
 
 
+def _metrics_listen(node: yaml.Node) -> str:
+    listen = _listen(node)
+    if listen.startswith("unix:"):
+        raise _BadValue(f"expected host:port (the metrics endpoint is HTTP), got {listen!r}")
+    return listen
+
+
+def _metrics(top: _Mapping) -> MetricsConfig | None:
+    """The `metrics:` section; absent means no metrics endpoint."""
+    node = top.node_of("metrics")
+    if node is None:
+        return None
+    m = _Mapping(node, "metrics", top.source)
+    config = MetricsConfig(listen=m.take("listen", _metrics_listen, DEFAULT_METRICS_LISTEN))
+    m.finish()
+    return config
+
+
+def _checked_section(top: _Mapping, key: str, from_dict: Callable, base_dir: Path) -> Any:
+    """A section its own class validates (`from_dict(data, base_dir)`); errors get a line."""
+    node = top.node_of(key)
+    if node is None:
+        return None
+    if not isinstance(node, yaml.MappingNode):
+        raise top.error(node, f"expected a mapping of keys, got a {_node_kind(node)}", key)
+    m = _Mapping(node, key, top.source)
+    try:
+        return from_dict(_plain(node), base_dir)
+    except ConfigError as e:
+        named = re.match(rf"^{key}\.(\w+):", str(e))
+        where = m.items[named[1]][1] if named and named[1] in m.items else node
+        raise ConfigError(f"{top.source}:{where.start_mark.line + 1}: {e}") from None
+
+
 # ---- entry points ------------------------------------------------------------------
 def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> DaemonConfig:
     """Read config text; `base_dir` anchors relative model paths (default: cwd)."""
@@ -316,6 +400,11 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
         models=_models(top, base_dir or Path.cwd()),
         logging=_logging(top),
         power=_power(top),
+        metrics=_metrics(top),
+        tls=_checked_section(top, "tls", TLSConfig.from_dict, base_dir or Path.cwd()),
+        auth=_checked_section(top, "auth", AuthConfig.from_dict, base_dir or Path.cwd()),
+        repository=_checked_section(top, "repository", RepositoryConfig.from_dict,
+                                    base_dir or Path.cwd()),
         source=source,
     )
     top.finish()

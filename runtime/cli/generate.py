@@ -13,11 +13,13 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from runtime import client_security
     from runtime.client import DEFAULT_TARGET
 
     parser.add_argument("prompt", help="the prompt text")
     parser.add_argument("--target", default=DEFAULT_TARGET,
                         help=f"daemon address, host:port or unix:/path (default {DEFAULT_TARGET})")
+    client_security.add_arguments(parser)  # --tls-ca, --tls-cert, --tls-key, --token
     parser.add_argument("--model", required=True, help="model name (see `e2edge models`)")
     parser.add_argument("--max-new-tokens", type=int, help="default 128")
     parser.add_argument("--temperature", type=float, help="0 = greedy (the default)")
@@ -36,9 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from runtime import client_security
     from runtime.client import EdgeClient
 
-    with EdgeClient(args.target) as client:
+    security = client_security.from_args(args)
+    with EdgeClient(args.target, security=security) as client:
         stream = client.generate(
             args.model,
             args.prompt,
@@ -77,7 +81,10 @@ def format_stats(message) -> str:
         f"decode {s.decode_tokens_per_s:.1f} tok/s, total {s.total_s * 1e3:.1f} ms "
         f"(queue {s.queue_s * 1e3:.1f} ms); request {message.request_id}"
     )
-    if s.HasField("energy"):
-        line += (f"; {s.energy.joules:.3f} J ({s.energy.power_source}), "
-                 f"{s.joules_per_token * 1e3:.2f} mJ/token")
+    if s.HasField("energy") and s.energy.HasField("joules"):
+        line += f"; energy {s.energy.joules:.3f} J ({s.energy.power_source})"
+        if s.HasField("joules_per_token"):
+            line += f", {s.joules_per_token * 1e3:.2f} mJ/token"
+        if s.HasField("tokens_per_joule"):
+            line += f", {s.tokens_per_joule:.1f} tokens/J"
     return line

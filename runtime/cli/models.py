@@ -3,6 +3,7 @@
     e2edge models --target 127.0.0.1:50051 [--json]
 
 A model that failed to load is listed with the reason on the line below it.
+The last line names the daemon's power source (`none`: responses carry no energy).
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from runtime import client_security
     from runtime.client import DEFAULT_TARGET
 
     parser.add_argument("--target", default=DEFAULT_TARGET,
                         help=f"daemon address, host:port or unix:/path (default {DEFAULT_TARGET})")
+    client_security.add_arguments(parser)  # --tls-ca, --tls-cert, --tls-key, --token
     parser.add_argument("--json", action="store_true",
                         help="print the full ModelInfo messages as JSON")
 
@@ -24,9 +27,11 @@ def run(args: argparse.Namespace) -> int:
 
     from google.protobuf import json_format
 
+    from runtime import client_security
     from runtime.client import EdgeClient
 
-    with EdgeClient(args.target) as client:
+    security = client_security.from_args(args)
+    with EdgeClient(args.target, security=security) as client:
         models = client.list_models()
     if args.json:
         print(json.dumps([json_format.MessageToDict(m, preserving_proto_field_name=True)
@@ -67,4 +72,6 @@ def format_table(models) -> str:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         if i in notes:
             lines.append(notes[i])
+    if models and models[0].power_source:  # the daemon's, the same for every model
+        lines.append(f"power source: {models[0].power_source}")
     return "\n".join(lines)

@@ -6,7 +6,8 @@ The config is validated first (an error names the file, line and key). Models lo
 in the background while the server already answers health checks; a model that
 fails to load is reported NOT_SERVING and the others are served. On SIGTERM or
 SIGINT the daemon stops accepting requests, lets in-flight streams finish within
-`grace_period_s`, and exits 0; a second signal cuts the grace period short.
+`grace_period_s`, and exits 0; a second signal cuts the grace period short. SIGHUP
+re-reads the config and swaps models in place (runtime/server/reload.py).
 """
 
 from __future__ import annotations
@@ -29,17 +30,20 @@ def run(args: argparse.Namespace) -> int:
     if args.listen:
         config = with_listen(config, args.listen)
     configure_logging(config.logging)
-    return asyncio.run(serve(config))
+    return asyncio.run(serve(config, listen_override=args.listen))
 
 
-async def serve(config) -> int:
+async def serve(config, listen_override: str | None = None) -> int:
     import asyncio
     import logging
     import signal
 
+    from runtime.server.reload import reload_config_file
+    from runtime.server.sd_notify import Notifier, announce_ready
     from runtime.server.server import create_server
 
     log = logging.getLogger("e2edge.server")
+    notifier = Notifier.from_environment()  # systemd Type=notify; a no-op elsewhere
     daemon, _ = await create_server(config)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
@@ -56,9 +60,21 @@ async def serve(config) -> int:
         log.warning("%s received again: cancelling in-flight requests", sig.name)
         tasks.add(loop.create_task(daemon.server.stop(0)))
 
+    def on_reload() -> None:  # SIGHUP (systemctl reload): see runtime/server/reload.py
+        task = loop.create_task(reload_config_file(daemon, notifier, listen_override))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
     for s in signals:
         loop.add_signal_handler(s, on_first_signal, s)
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
     await daemon.start()
+    tasks.add(loop.create_task(announce_ready(notifier, daemon)))
+    watchdog = notifier.start_watchdog()
     await stop_requested.wait()
+    notifier.stopping("draining in-flight requests")
     await daemon.stop()
+    if watchdog is not None:
+        watchdog.cancel()
+    notifier.close()
     return 0

@@ -118,10 +118,11 @@ def _quantization_summary(quantization: dict | None) -> str:
                      if isinstance(value, (str, int, float)))
 
 
-def model_info(entry: ModelEntry) -> pb.ModelInfo:
+def model_info(entry: ModelEntry, power_source: str = "") -> pb.ModelInfo:
     manifest = entry.manifest
     info = pb.ModelInfo(
         name=entry.name,
+        power_source=power_source,
         state=MODEL_STATES[entry.state],
         error=entry.error,
         package_path=str(entry.config.path),
@@ -135,6 +136,9 @@ def model_info(entry: ModelEntry) -> pb.ModelInfo:
         info.backend = entry.engine.backend_name
         info.execution_providers.extend(entry.engine.providers)
         info.context_length = entry.engine.context_length
+        batcher = getattr(entry.engine, "batcher", None)  # vision: requests go through it
+        if batcher is not None:
+            info.active_requests, info.queued_requests = batcher.active, batcher.queued
     if manifest:
         info.kind = MODEL_KINDS.get(manifest.get("kind"), pb.MODEL_KIND_UNSPECIFIED)
         info.package_name = str(manifest.get("name", ""))

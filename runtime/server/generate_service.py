@@ -26,11 +26,14 @@ from dataclasses import dataclass
 
 import grpc
 
+from runtime.errors import InvalidRequest
 from runtime.llm.engine import GenerationEvent
 from runtime.llm.sampling import SamplingParams
 from runtime.proto.e2edge.v1 import runtime_pb2 as pb
 from runtime.proto.e2edge.v1 import runtime_pb2_grpc as pb_grpc
-from runtime.server import convert
+from runtime.server import convert, power_watch
+from runtime.server.classify_service import ClassifyServicer
+from runtime.server.energy_accounting import EnergyAccounting, fill_generation_energy
 from runtime.server.errors import DeadlineExceeded, Draining, abort, status_for
 from runtime.server.model_registry import ModelEntry, ModelRegistry
 from runtime.server.request_log import RequestRecord, log_request
@@ -53,12 +56,16 @@ class Generation:
     """
 
     def __init__(self, entry: ModelEntry, prompt: str | list[int], params: SamplingParams,
-                 should_stop: Callable[[], bool]):
+                 should_stop: Callable[[], bool], energy: EnergyAccounting | None = None,
+                 request_id: str = ""):
         self.entry = entry
         self.prompt = prompt
         self.params = params
         self.should_stop = should_stop
         self.worker: asyncio.Future[GenerationEvent | None] | None = None
+        self.energy = energy
+        self.request_id = request_id
+        self.span = None  # the energy window, opened once the request has a slot
 
     async def events(self) -> AsyncIterator[GenerationEvent]:
         loop = asyncio.get_running_loop()
@@ -78,6 +85,8 @@ class Generation:
 
         admission = self.entry.admission
         await admission.acquire()
+        if self.energy is not None:  # energy counts from here: running, not queued
+            self.span = self.energy.begin(self.request_id)
         try:
             self.worker = loop.run_in_executor(self.entry.executor, work)
         except BaseException:
@@ -93,9 +102,12 @@ class Generation:
                 return
 
 
-class EdgeRuntimeServicer(pb_grpc.EdgeRuntimeServicer):
-    def __init__(self, registry: ModelRegistry):
+class EdgeRuntimeServicer(ClassifyServicer, pb_grpc.EdgeRuntimeServicer):
+    """Generate, the model list and power here; Classify and ClassifyStream from the mixin."""
+
+    def __init__(self, registry: ModelRegistry, energy: EnergyAccounting | None = None):
         self.registry = registry
+        self.energy = energy  # power source, per-request energy, metrics (None: none of them)
         self.draining = False  # set at shutdown: new requests are refused with UNAVAILABLE
 
     async def Generate(
@@ -120,9 +132,11 @@ class EdgeRuntimeServicer(pb_grpc.EdgeRuntimeServicer):
             if self.draining:
                 raise Draining("the daemon is shutting down; retry on another instance")
             entry = self.registry.ready(convert.model_name_from_proto(request.model))
+            if entry.manifest.get("kind") != "llm":
+                raise InvalidRequest("model", f"{entry.name!r} is a vision model; use Classify")
             prompt = convert.prompt_from_proto(request)
             params = convert.sampling_from_proto(request.sampling)
-            generation = Generation(entry, prompt, params, should_stop)
+            generation = Generation(entry, prompt, params, should_stop, self.energy, request_id)
             async for event in generation.events():
                 if event.stats is not None:
                     _record_stats(record, event, received)
@@ -135,7 +149,10 @@ class EdgeRuntimeServicer(pb_grpc.EdgeRuntimeServicer):
                     raise DeadlineExceeded(
                         f"deadline exceeded after {event.stats.completion_tokens} tokens"
                     )
-                yield convert.event_to_proto(event, request_id, received)
+                response = convert.event_to_proto(event, request_id, received)
+                if event.stats is not None and generation.span is not None:
+                    fill_generation_energy(response.stats, self.energy.end(generation.span))
+                yield response
         except (asyncio.CancelledError, GeneratorExit):
             # The RPC ended under us: the client cancelled or its deadline passed.
             past_deadline = deadline is not None and time.monotonic() >= deadline
@@ -150,16 +167,40 @@ class EdgeRuntimeServicer(pb_grpc.EdgeRuntimeServicer):
             record.latency_s = time.monotonic() - received
             worker = generation.worker if generation is not None else None
             if worker is None or worker.done():
-                _log_generation(record, worker, received)
+                self._generation_done(record, generation, worker, received)
             else:  # log once the worker has stopped, with the tokens it really made
-                worker.add_done_callback(lambda w: _log_generation(record, w, received))
+                worker.add_done_callback(
+                    lambda w: self._generation_done(record, generation, w, received))
+
+    def _generation_done(self, record: RequestRecord, generation: Generation | None,
+                         worker: asyncio.Future | None, received: float) -> None:
+        """Log the request, close its energy window if still open, count it in the metrics."""
+        _log_generation(record, worker, received)
+        if self.energy is not None:
+            span = generation.span if generation is not None else None
+            self.energy.observe("generate", record.model, record.status, record.latency_s,
+                                tokens=record.completion_tokens,
+                                energy=self.energy.end_if_open(span))
+
+    async def WatchPower(
+        self, request: pb.WatchPowerRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.PowerSample]:
+        if self.energy is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no power monitor")
+        async for sample in power_watch.watch_power(self.energy, request, context):
+            yield sample
+
+    @property
+    def power_source(self) -> str:
+        return self.energy.source_name if self.energy is not None else ""
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         record = RequestRecord(uuid.uuid4().hex[:16], "ListModels", peer=context.peer())
         started = time.monotonic()
-        response = pb.ListModelsResponse(models=[convert.model_info(e) for e in self.registry])
+        response = pb.ListModelsResponse(
+            models=[convert.model_info(e, self.power_source) for e in self.registry])
         record.latency_s = time.monotonic() - started
         log_request(record)
         return response
@@ -171,7 +212,7 @@ class EdgeRuntimeServicer(pb_grpc.EdgeRuntimeServicer):
                                peer=context.peer())
         started = time.monotonic()
         try:
-            return convert.model_info(self.registry.get(request.name))
+            return convert.model_info(self.registry.get(request.name), self.power_source)
         except Exception as e:
             code, details, _ = status_for(e, record.request_id)
             record.status, record.error = code.name, details

@@ -46,8 +46,14 @@ def _load_llm(config: ModelConfig):
     )
 
 
-# kind (from the package manifest) -> how to build its engine. Vision joins with Classify.
-LOADERS: dict[str, Callable[[ModelConfig], Any]] = {"llm": _load_llm}
+def _load_vision(config: ModelConfig):
+    from runtime.server.vision_model import load_vision
+
+    return load_vision(config)
+
+
+# kind (from the package manifest) -> how to build its engine.
+LOADERS: dict[str, Callable[[ModelConfig], Any]] = {"llm": _load_llm, "vision": _load_vision}
 
 
 def load_engine(config: ModelConfig):
@@ -68,7 +74,7 @@ class ModelEntry:
     admission: Admission
     state: ModelState = ModelState.LOADING
     error: str = ""
-    engine: Any = None  # LLMEngine once READY
+    engine: Any = None  # LLMEngine or VisionModel once READY
     executor: ThreadPoolExecutor | None = None  # generation workers once READY
     load_s: float = 0.0
     manifest: dict = field(default_factory=dict)

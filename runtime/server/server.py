@@ -28,10 +28,15 @@ from grpc_reflection.v1alpha import reflection
 
 from runtime.config import DaemonConfig
 from runtime.errors import ConfigError
+from runtime.power.config import PowerConfig
 from runtime.proto.e2edge.v1 import runtime_pb2 as pb
 from runtime.proto.e2edge.v1 import runtime_pb2_grpc as pb_grpc
+from runtime.server import kserve_service
+from runtime.server.energy_accounting import EnergyAccounting
 from runtime.server.generate_service import EdgeRuntimeServicer
 from runtime.server.model_registry import ModelEntry, ModelRegistry, ModelState
+from runtime.server.reload import ModelLifecycle
+from runtime.server.security import bind, token_auth
 
 log = logging.getLogger("e2edge.server")
 
@@ -78,9 +83,13 @@ class Daemon:
     def __init__(self, config: DaemonConfig):
         self.config = config
         self.registry = ModelRegistry(config.models)
-        self.servicer = EdgeRuntimeServicer(self.registry)
+        # Power source (default auto), per-request energy and the metrics endpoint.
+        self.energy = EnergyAccounting(config.power or PowerConfig(), config.metrics,
+                                       is_model=lambda name: name in self.registry.entries)
+        self.servicer = EdgeRuntimeServicer(self.registry, self.energy)
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(options=[
+        self.auth = token_auth(config.auth)  # bearer tokens (off without `auth:`)
+        self.server = grpc.aio.server(interceptors=[self.auth], options=[
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.max_receive_message_length", config.max_message_bytes),
             # A second daemon on the same port must fail, not silently share it.
@@ -88,21 +97,26 @@ class Daemon:
         ])
         pb_grpc.add_EdgeRuntimeServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.kserve = kserve_service.add_to_server(self)  # KServe v2 / Triton's protocol
         reflection.enable_server_reflection(
-            [SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], self.server
+            [SERVICE_NAME, HEALTH_SERVICE_NAME, kserve_service.SERVICE_NAME,
+             reflection.SERVICE_NAME], self.server
         )
         if config.listen.startswith("unix:"):
             _check_unix_socket_free(config.listen)
         try:
-            self.port = self.server.add_insecure_port(config.listen)
+            self.port = bind(self.server, config.listen, config.tls)  # TLS from `tls:`
         except RuntimeError as e:
             raise ConfigError(f"listen {config.listen}: cannot bind ({e})") from None
         if self.port == 0 and not config.listen.startswith("unix:"):
             raise ConfigError(f"listen {config.listen}: cannot bind (in use or not permitted)")
         self.target = client_target(config.listen, self.port)
         self._loading: asyncio.Task | None = None
+        self.lifecycle = ModelLifecycle(self)  # SIGHUP reload, repository load/unload
 
     async def start(self) -> None:
+        # First, while nothing runs yet: the idle baseline is measured now.
+        await self.energy.start()
         for service in (OVERALL, SERVICE_NAME, *self.registry.entries):
             await self.health.set(service, NOT_SERVING)
         await self.server.start()
@@ -135,10 +149,12 @@ class Daemon:
         self.servicer.draining = True
         await self.health.enter_graceful_shutdown()
         log.info("draining: in-flight requests have %.1fs to finish", grace_s)
+        self.energy.close_watchers()  # WatchPower streams end now, they never finish alone
         await self.server.stop(grace_s)
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()  # a load running on a thread finishes there, unused
         self.registry.close()
+        await self.energy.stop()
         log.info("stopped")
 
     async def wait_for_termination(self) -> None:

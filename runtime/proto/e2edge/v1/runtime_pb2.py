@@ -24,19 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65\x32\x65\x64ge/v1/runtime.proto\x12\te2edge.v1\"\xa5\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x13.e2edge.v1.TokenIdsH\x00\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.e2edge.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x08\n\x06prompt\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xb0\x02\n\x0eSamplingParams\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x05\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x17\n\nignore_eos\x18\x08 \x01(\x08H\x06\x88\x01\x01\x42\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\r\n\x0b_ignore_eos\"\xa2\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.e2edge.v1.FinishReason\x12)\n\x05stats\x18\x05 \x01(\x0b\x32\x1a.e2edge.v1.GenerationStats\"\x9d\x02\n\x0fGenerationStats\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x1d\n\x15time_to_first_token_s\x18\x03 \x01(\x01\x12\x11\n\tprefill_s\x18\x04 \x01(\x01\x12\x10\n\x08\x64\x65\x63ode_s\x18\x05 \x01(\x01\x12\x1b\n\x13\x64\x65\x63ode_tokens_per_s\x18\x06 \x01(\x01\x12\x0f\n\x07queue_s\x18\x07 \x01(\x01\x12\x0f\n\x07total_s\x18\x08 \x01(\x01\x12!\n\x06\x65nergy\x18\t \x01(\x0b\x32\x11.e2edge.v1.Energy\x12\x18\n\x10joules_per_token\x18\n \x01(\x01\x12\x18\n\x10tokens_per_joule\x18\x0b \x01(\x01\"I\n\x06\x45nergy\x12\x0e\n\x06joules\x18\x01 \x01(\x01\x12\x19\n\x11joules_above_idle\x18\x02 \x01(\x01\x12\x14\n\x0cpower_source\x18\x03 \x01(\t\"\x13\n\x11ListModelsRequest\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.e2edge.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xa2\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.e2edge.v1.ModelState\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\"\n\x04kind\x18\x04 \x01(\x0e\x32\x14.e2edge.v1.ModelKind\x12\x14\n\x0cpackage_path\x18\x05 \x01(\t\x12\x14\n\x0cpackage_name\x18\x06 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\x1b\n\x13\x65xecution_providers\x18\x08 \x03(\t\x12\x12\n\nparameters\x18\t \x01(\x04\x12\r\n\x05\x62ytes\x18\n \x01(\x04\x12\x16\n\x0e\x63ontext_length\x18\x0b \x01(\r\x12\x0f\n\x07pruning\x18\x0c \x01(\t\x12\x14\n\x0cquantization\x18\r \x01(\t\x12\x16\n\x0emax_concurrent\x18\x0e \x01(\r\x12\x11\n\tmax_queue\x18\x0f \x01(\r\x12\x17\n\x0f\x61\x63tive_requests\x18\x10 \x01(\r\x12\x17\n\x0fqueued_requests\x18\x11 \x01(\r\x12\x15\n\rmanifest_json\x18\x12 \x01(\t*\x93\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04*R\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eMODEL_KIND_LLM\x10\x01\x12\x15\n\x11MODEL_KIND_VISION\x10\x02*q\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03\x32\xdd\x01\n\x0b\x45\x64geRuntime\x12\x45\n\x08Generate\x12\x1a.e2edge.v1.GenerateRequest\x1a\x1b.e2edge.v1.GenerateResponse0\x01\x12I\n\nListModels\x12\x1c.e2edge.v1.ListModelsRequest\x1a\x1d.e2edge.v1.ListModelsResponse\x12<\n\x08GetModel\x12\x1a.e2edge.v1.GetModelRequest\x1a\x14.e2edge.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65\x32\x65\x64ge/v1/runtime.proto\x12\te2edge.v1\"\xa5\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x13.e2edge.v1.TokenIdsH\x00\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.e2edge.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x08\n\x06prompt\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xb0\x02\n\x0eSamplingParams\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x05\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x17\n\nignore_eos\x18\x08 \x01(\x08H\x06\x88\x01\x01\x42\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\r\n\x0b_ignore_eos\"\xa2\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.e2edge.v1.FinishReason\x12)\n\x05stats\x18\x05 \x01(\x0b\x32\x1a.e2edge.v1.GenerationStats\"\xd1\x02\n\x0fGenerationStats\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x1d\n\x15time_to_first_token_s\x18\x03 \x01(\x01\x12\x11\n\tprefill_s\x18\x04 \x01(\x01\x12\x10\n\x08\x64\x65\x63ode_s\x18\x05 \x01(\x01\x12\x1b\n\x13\x64\x65\x63ode_tokens_per_s\x18\x06 \x01(\x01\x12\x0f\n\x07queue_s\x18\x07 \x01(\x01\x12\x0f\n\x07total_s\x18\x08 \x01(\x01\x12!\n\x06\x65nergy\x18\t \x01(\x0b\x32\x11.e2edge.v1.Energy\x12\x1d\n\x10joules_per_token\x18\n \x01(\x01H\x00\x88\x01\x01\x12\x1d\n\x10tokens_per_joule\x18\x0b \x01(\x01H\x01\x88\x01\x01\x42\x13\n\x11_joules_per_tokenB\x13\n\x11_tokens_per_joule\"\x97\x01\n\x06\x45nergy\x12\x13\n\x06joules\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11joules_above_idle\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x14\n\x0cpower_source\x18\x03 \x01(\t\x12\x10\n\x08window_s\x18\x04 \x01(\x01\x12\x0f\n\x07samples\x18\x05 \x01(\rB\t\n\x07_joulesB\x14\n\x12_joules_above_idle\"e\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x06images\x18\x02 \x03(\x0b\x32\x10.e2edge.v1.Image\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"b\n\x05Image\x12*\n\x07\x65ncoded\x18\x01 \x01(\x0b\x32\x17.e2edge.v1.EncodedImageH\x00\x12#\n\x06tensor\x18\x02 \x01(\x0b\x32\x11.e2edge.v1.TensorH\x00\x42\x08\n\x06source\"D\n\x0c\x45ncodedImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12&\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x16.e2edge.v1.ImageFormat\"L\n\x06Tensor\x12%\n\x05\x64type\x18\x01 \x01(\x0e\x32\x16.e2edge.v1.TensorDtype\x12\r\n\x05shape\x18\x02 \x03(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xa3\x01\n\x10\x43lassifyResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x07results\x18\x02 \x03(\x0b\x32\x19.e2edge.v1.Classification\x12\'\n\x05stats\x18\x03 \x01(\x0b\x32\x18.e2edge.v1.ClassifyStats\x12&\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x17.e2edge.v1.RequestError\"4\n\x0e\x43lassification\x12\"\n\x03top\x18\x01 \x03(\x0b\x32\x15.e2edge.v1.LabelScore\"?\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x13\n\x0bprobability\x18\x03 \x01(\x01\"\xd3\x01\n\rClassifyStats\x12\x0e\n\x06images\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x10\n\x08\x64\x65\x63ode_s\x18\x03 \x01(\x01\x12\x0f\n\x07queue_s\x18\x04 \x01(\x01\x12\x13\n\x0binference_s\x18\x05 \x01(\x01\x12\x0f\n\x07total_s\x18\x06 \x01(\x01\x12!\n\x06\x65nergy\x18\x07 \x01(\x0b\x32\x11.e2edge.v1.Energy\x12\x1d\n\x10joules_per_image\x18\x08 \x01(\x01H\x00\x88\x01\x01\x42\x13\n\x11_joules_per_image\"<\n\x0cRequestError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\"\x13\n\x11ListModelsRequest\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.e2edge.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xb8\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.e2edge.v1.ModelState\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\"\n\x04kind\x18\x04 \x01(\x0e\x32\x14.e2edge.v1.ModelKind\x12\x14\n\x0cpackage_path\x18\x05 \x01(\t\x12\x14\n\x0cpackage_name\x18\x06 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\x1b\n\x13\x65xecution_providers\x18\x08 \x03(\t\x12\x12\n\nparameters\x18\t \x01(\x04\x12\r\n\x05\x62ytes\x18\n \x01(\x04\x12\x16\n\x0e\x63ontext_length\x18\x0b \x01(\r\x12\x0f\n\x07pruning\x18\x0c \x01(\t\x12\x14\n\x0cquantization\x18\r \x01(\t\x12\x16\n\x0emax_concurrent\x18\x0e \x01(\r\x12\x11\n\tmax_queue\x18\x0f \x01(\r\x12\x17\n\x0f\x61\x63tive_requests\x18\x10 \x01(\r\x12\x17\n\x0fqueued_requests\x18\x11 \x01(\r\x12\x15\n\rmanifest_json\x18\x12 \x01(\t\x12\x14\n\x0cpower_source\x18\x13 \x01(\t\"=\n\x11WatchPowerRequest\x12\x13\n\x0binterval_ms\x18\x01 \x01(\r\x12\x13\n\x0bmax_samples\x18\x02 \x01(\r\"\xc3\x04\n\x0bPowerSample\x12\x13\n\x0btime_unix_s\x18\x01 \x01(\x01\x12\x13\n\x0bmonotonic_s\x18\x02 \x01(\x01\x12\x10\n\x08total_mw\x18\x03 \x01(\x01\x12\x35\n\x08rails_mw\x18\x04 \x03(\x0b\x32#.e2edge.v1.PowerSample.RailsMwEntry\x12\x14\n\x0cpower_source\x18\x05 \x01(\t\x12\x1a\n\x12\x61\x63tive_request_ids\x18\x06 \x03(\t\x12\x16\n\x0e\x65nergy_total_j\x18\x07 \x01(\x01\x12\x14\n\x07idle_mw\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0c\x63pu_load_pct\x18\t \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0cgpu_load_pct\x18\n \x01(\x01H\x02\x88\x01\x01\x12\x18\n\x0bram_used_mb\x18\x0b \x01(\x01H\x03\x88\x01\x01\x12\x19\n\x0cram_total_mb\x18\x0c \x01(\x01H\x04\x88\x01\x01\x12\x41\n\x0etemperatures_c\x18\r \x03(\x0b\x32).e2edge.v1.PowerSample.TemperaturesCEntry\x1a.\n\x0cRailsMwEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x34\n\x12TemperaturesCEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\n\n\x08_idle_mwB\x0f\n\r_cpu_load_pctB\x0f\n\r_gpu_load_pctB\x0e\n\x0c_ram_used_mbB\x0f\n\r_ram_total_mb*\x93\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04*p\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x02\x12\x16\n\x12IMAGE_FORMAT_DICOM\x10\x03*]\n\x0bTensorDtype\x12\x1c\n\x18TENSOR_DTYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12TENSOR_DTYPE_UINT8\x10\x01\x12\x18\n\x14TENSOR_DTYPE_FLOAT32\x10\x02*R\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eMODEL_KIND_LLM\x10\x01\x12\x15\n\x11MODEL_KIND_VISION\x10\x02*q\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03\x32\xb7\x03\n\x0b\x45\x64geRuntime\x12\x45\n\x08Generate\x12\x1a.e2edge.v1.GenerateRequest\x1a\x1b.e2edge.v1.GenerateResponse0\x01\x12\x43\n\x08\x43lassify\x12\x1a.e2edge.v1.ClassifyRequest\x1a\x1b.e2edge.v1.ClassifyResponse\x12M\n\x0e\x43lassifyStream\x12\x1a.e2edge.v1.ClassifyRequest\x1a\x1b.e2edge.v1.ClassifyResponse(\x01\x30\x01\x12I\n\nListModels\x12\x1c.e2edge.v1.ListModelsRequest\x1a\x1d.e2edge.v1.ListModelsResponse\x12<\n\x08GetModel\x12\x1a.e2edge.v1.GetModelRequest\x1a\x14.e2edge.v1.ModelInfo\x12\x44\n\nWatchPower\x12\x1c.e2edge.v1.WatchPowerRequest\x1a\x16.e2edge.v1.PowerSample0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'e2edge.v1.runtime_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1602
-  _globals['_FINISHREASON']._serialized_end=1749
-  _globals['_MODELKIND']._serialized_start=1751
-  _globals['_MODELKIND']._serialized_end=1833
-  _globals['_MODELSTATE']._serialized_start=1835
-  _globals['_MODELSTATE']._serialized_end=1948
+  _globals['_POWERSAMPLE_RAILSMWENTRY']._loaded_options = None
+  _globals['_POWERSAMPLE_RAILSMWENTRY']._serialized_options = b'8\001'
+  _globals['_POWERSAMPLE_TEMPERATURESCENTRY']._loaded_options = None
+  _globals['_POWERSAMPLE_TEMPERATURESCENTRY']._serialized_options = b'8\001'
+  _globals['_FINISHREASON']._serialized_start=3312
+  _globals['_FINISHREASON']._serialized_end=3459
+  _globals['_IMAGEFORMAT']._serialized_start=3461
+  _globals['_IMAGEFORMAT']._serialized_end=3573
+  _globals['_TENSORDTYPE']._serialized_start=3575
+  _globals['_TENSORDTYPE']._serialized_end=3668
+  _globals['_MODELKIND']._serialized_start=3670
+  _globals['_MODELKIND']._serialized_end=3752
+  _globals['_MODELSTATE']._serialized_start=3754
+  _globals['_MODELSTATE']._serialized_end=3867
   _globals['_GENERATEREQUEST']._serialized_start=39
   _globals['_GENERATEREQUEST']._serialized_end=204
   _globals['_TOKENIDS']._serialized_start=206
@@ -46,17 +54,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATERESPONSE']._serialized_start=539
   _globals['_GENERATERESPONSE']._serialized_end=701
   _globals['_GENERATIONSTATS']._serialized_start=704
-  _globals['_GENERATIONSTATS']._serialized_end=989
-  _globals['_ENERGY']._serialized_start=991
-  _globals['_ENERGY']._serialized_end=1064
-  _globals['_LISTMODELSREQUEST']._serialized_start=1066
-  _globals['_LISTMODELSREQUEST']._serialized_end=1085
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1087
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1145
-  _globals['_GETMODELREQUEST']._serialized_start=1147
-  _globals['_GETMODELREQUEST']._serialized_end=1178
-  _globals['_MODELINFO']._serialized_start=1181
-  _globals['_MODELINFO']._serialized_end=1599
-  _globals['_EDGERUNTIME']._serialized_start=1951
-  _globals['_EDGERUNTIME']._serialized_end=2172
+  _globals['_GENERATIONSTATS']._serialized_end=1041
+  _globals['_ENERGY']._serialized_start=1044
+  _globals['_ENERGY']._serialized_end=1195
+  _globals['_CLASSIFYREQUEST']._serialized_start=1197
+  _globals['_CLASSIFYREQUEST']._serialized_end=1298
+  _globals['_IMAGE']._serialized_start=1300
+  _globals['_IMAGE']._serialized_end=1398
+  _globals['_ENCODEDIMAGE']._serialized_start=1400
+  _globals['_ENCODEDIMAGE']._serialized_end=1468
+  _globals['_TENSOR']._serialized_start=1470
+  _globals['_TENSOR']._serialized_end=1546
+  _globals['_CLASSIFYRESPONSE']._serialized_start=1549
+  _globals['_CLASSIFYRESPONSE']._serialized_end=1712
+  _globals['_CLASSIFICATION']._serialized_start=1714
+  _globals['_CLASSIFICATION']._serialized_end=1766
+  _globals['_LABELSCORE']._serialized_start=1768
+  _globals['_LABELSCORE']._serialized_end=1831
+  _globals['_CLASSIFYSTATS']._serialized_start=1834
+  _globals['_CLASSIFYSTATS']._serialized_end=2045
+  _globals['_REQUESTERROR']._serialized_start=2047
+  _globals['_REQUESTERROR']._serialized_end=2107
+  _globals['_LISTMODELSREQUEST']._serialized_start=2109
+  _globals['_LISTMODELSREQUEST']._serialized_end=2128
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2130
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2188
+  _globals['_GETMODELREQUEST']._serialized_start=2190
+  _globals['_GETMODELREQUEST']._serialized_end=2221
+  _globals['_MODELINFO']._serialized_start=2224
+  _globals['_MODELINFO']._serialized_end=2664
+  _globals['_WATCHPOWERREQUEST']._serialized_start=2666
+  _globals['_WATCHPOWERREQUEST']._serialized_end=2727
+  _globals['_POWERSAMPLE']._serialized_start=2730
+  _globals['_POWERSAMPLE']._serialized_end=3309
+  _globals['_POWERSAMPLE_RAILSMWENTRY']._serialized_start=3130
+  _globals['_POWERSAMPLE_RAILSMWENTRY']._serialized_end=3176
+  _globals['_POWERSAMPLE_TEMPERATURESCENTRY']._serialized_start=3178
+  _globals['_POWERSAMPLE_TEMPERATURESCENTRY']._serialized_end=3230
+  _globals['_EDGERUNTIME']._serialized_start=3870
+  _globals['_EDGERUNTIME']._serialized_end=4309
 # @@protoc_insertion_point(module_scope)

@@ -15,6 +15,19 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_EOS: _ClassVar[FinishReason]
     FINISH_REASON_CANCELLED: _ClassVar[FinishReason]
 
+class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IMAGE_FORMAT_UNSPECIFIED: _ClassVar[ImageFormat]
+    IMAGE_FORMAT_PNG: _ClassVar[ImageFormat]
+    IMAGE_FORMAT_JPEG: _ClassVar[ImageFormat]
+    IMAGE_FORMAT_DICOM: _ClassVar[ImageFormat]
+
+class TensorDtype(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TENSOR_DTYPE_UNSPECIFIED: _ClassVar[TensorDtype]
+    TENSOR_DTYPE_UINT8: _ClassVar[TensorDtype]
+    TENSOR_DTYPE_FLOAT32: _ClassVar[TensorDtype]
+
 class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MODEL_KIND_UNSPECIFIED: _ClassVar[ModelKind]
@@ -32,6 +45,13 @@ FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_EOS: FinishReason
 FINISH_REASON_CANCELLED: FinishReason
+IMAGE_FORMAT_UNSPECIFIED: ImageFormat
+IMAGE_FORMAT_PNG: ImageFormat
+IMAGE_FORMAT_JPEG: ImageFormat
+IMAGE_FORMAT_DICOM: ImageFormat
+TENSOR_DTYPE_UNSPECIFIED: TensorDtype
+TENSOR_DTYPE_UINT8: TensorDtype
+TENSOR_DTYPE_FLOAT32: TensorDtype
 MODEL_KIND_UNSPECIFIED: ModelKind
 MODEL_KIND_LLM: ModelKind
 MODEL_KIND_VISION: ModelKind
@@ -121,14 +141,114 @@ class GenerationStats(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., time_to_first_token_s: _Optional[float] = ..., prefill_s: _Optional[float] = ..., decode_s: _Optional[float] = ..., decode_tokens_per_s: _Optional[float] = ..., queue_s: _Optional[float] = ..., total_s: _Optional[float] = ..., energy: _Optional[_Union[Energy, _Mapping]] = ..., joules_per_token: _Optional[float] = ..., tokens_per_joule: _Optional[float] = ...) -> None: ...
 
 class Energy(_message.Message):
-    __slots__ = ("joules", "joules_above_idle", "power_source")
+    __slots__ = ("joules", "joules_above_idle", "power_source", "window_s", "samples")
     JOULES_FIELD_NUMBER: _ClassVar[int]
     JOULES_ABOVE_IDLE_FIELD_NUMBER: _ClassVar[int]
     POWER_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
     joules: float
     joules_above_idle: float
     power_source: str
-    def __init__(self, joules: _Optional[float] = ..., joules_above_idle: _Optional[float] = ..., power_source: _Optional[str] = ...) -> None: ...
+    window_s: float
+    samples: int
+    def __init__(self, joules: _Optional[float] = ..., joules_above_idle: _Optional[float] = ..., power_source: _Optional[str] = ..., window_s: _Optional[float] = ..., samples: _Optional[int] = ...) -> None: ...
+
+class ClassifyRequest(_message.Message):
+    __slots__ = ("model", "images", "top_k", "request_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    top_k: int
+    request_id: str
+    def __init__(self, model: _Optional[str] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., top_k: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class Image(_message.Message):
+    __slots__ = ("encoded", "tensor")
+    ENCODED_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    encoded: EncodedImage
+    tensor: Tensor
+    def __init__(self, encoded: _Optional[_Union[EncodedImage, _Mapping]] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class EncodedImage(_message.Message):
+    __slots__ = ("data", "format")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    format: ImageFormat
+    def __init__(self, data: _Optional[bytes] = ..., format: _Optional[_Union[ImageFormat, str]] = ...) -> None: ...
+
+class Tensor(_message.Message):
+    __slots__ = ("dtype", "shape", "data")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    dtype: TensorDtype
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, dtype: _Optional[_Union[TensorDtype, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ClassifyResponse(_message.Message):
+    __slots__ = ("request_id", "results", "stats", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    results: _containers.RepeatedCompositeFieldContainer[Classification]
+    stats: ClassifyStats
+    error: RequestError
+    def __init__(self, request_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[Classification, _Mapping]]] = ..., stats: _Optional[_Union[ClassifyStats, _Mapping]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ...) -> None: ...
+
+class Classification(_message.Message):
+    __slots__ = ("top",)
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    top: _containers.RepeatedCompositeFieldContainer[LabelScore]
+    def __init__(self, top: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ...) -> None: ...
+
+class LabelScore(_message.Message):
+    __slots__ = ("label", "index", "probability")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    index: int
+    probability: float
+    def __init__(self, label: _Optional[str] = ..., index: _Optional[int] = ..., probability: _Optional[float] = ...) -> None: ...
+
+class ClassifyStats(_message.Message):
+    __slots__ = ("images", "batch_size", "decode_s", "queue_s", "inference_s", "total_s", "energy", "joules_per_image")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DECODE_S_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_S_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_S_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_S_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_FIELD_NUMBER: _ClassVar[int]
+    JOULES_PER_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    images: int
+    batch_size: int
+    decode_s: float
+    queue_s: float
+    inference_s: float
+    total_s: float
+    energy: Energy
+    joules_per_image: float
+    def __init__(self, images: _Optional[int] = ..., batch_size: _Optional[int] = ..., decode_s: _Optional[float] = ..., queue_s: _Optional[float] = ..., inference_s: _Optional[float] = ..., total_s: _Optional[float] = ..., energy: _Optional[_Union[Energy, _Mapping]] = ..., joules_per_image: _Optional[float] = ...) -> None: ...
+
+class RequestError(_message.Message):
+    __slots__ = ("code", "message", "field")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    field: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., field: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -147,7 +267,7 @@ class GetModelRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "state", "error", "kind", "package_path", "package_name", "backend", "execution_providers", "parameters", "bytes", "context_length", "pruning", "quantization", "max_concurrent", "max_queue", "active_requests", "queued_requests", "manifest_json")
+    __slots__ = ("name", "state", "error", "kind", "package_path", "package_name", "backend", "execution_providers", "parameters", "bytes", "context_length", "pruning", "quantization", "max_concurrent", "max_queue", "active_requests", "queued_requests", "manifest_json", "power_source")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +286,7 @@ class ModelInfo(_message.Message):
     ACTIVE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     QUEUED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    POWER_SOURCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: ModelState
     error: str
@@ -184,4 +305,57 @@ class ModelInfo(_message.Message):
     active_requests: int
     queued_requests: int
     manifest_json: str
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., package_path: _Optional[str] = ..., package_name: _Optional[str] = ..., backend: _Optional[str] = ..., execution_providers: _Optional[_Iterable[str]] = ..., parameters: _Optional[int] = ..., bytes: _Optional[int] = ..., context_length: _Optional[int] = ..., pruning: _Optional[str] = ..., quantization: _Optional[str] = ..., max_concurrent: _Optional[int] = ..., max_queue: _Optional[int] = ..., active_requests: _Optional[int] = ..., queued_requests: _Optional[int] = ..., manifest_json: _Optional[str] = ...) -> None: ...
+    power_source: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., package_path: _Optional[str] = ..., package_name: _Optional[str] = ..., backend: _Optional[str] = ..., execution_providers: _Optional[_Iterable[str]] = ..., parameters: _Optional[int] = ..., bytes: _Optional[int] = ..., context_length: _Optional[int] = ..., pruning: _Optional[str] = ..., quantization: _Optional[str] = ..., max_concurrent: _Optional[int] = ..., max_queue: _Optional[int] = ..., active_requests: _Optional[int] = ..., queued_requests: _Optional[int] = ..., manifest_json: _Optional[str] = ..., power_source: _Optional[str] = ...) -> None: ...
+
+class WatchPowerRequest(_message.Message):
+    __slots__ = ("interval_ms", "max_samples")
+    INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    interval_ms: int
+    max_samples: int
+    def __init__(self, interval_ms: _Optional[int] = ..., max_samples: _Optional[int] = ...) -> None: ...
+
+class PowerSample(_message.Message):
+    __slots__ = ("time_unix_s", "monotonic_s", "total_mw", "rails_mw", "power_source", "active_request_ids", "energy_total_j", "idle_mw", "cpu_load_pct", "gpu_load_pct", "ram_used_mb", "ram_total_mb", "temperatures_c")
+    class RailsMwEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class TemperaturesCEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    TIME_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    MONOTONIC_S_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MW_FIELD_NUMBER: _ClassVar[int]
+    RAILS_MW_FIELD_NUMBER: _ClassVar[int]
+    POWER_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_TOTAL_J_FIELD_NUMBER: _ClassVar[int]
+    IDLE_MW_FIELD_NUMBER: _ClassVar[int]
+    CPU_LOAD_PCT_FIELD_NUMBER: _ClassVar[int]
+    GPU_LOAD_PCT_FIELD_NUMBER: _ClassVar[int]
+    RAM_USED_MB_FIELD_NUMBER: _ClassVar[int]
+    RAM_TOTAL_MB_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURES_C_FIELD_NUMBER: _ClassVar[int]
+    time_unix_s: float
+    monotonic_s: float
+    total_mw: float
+    rails_mw: _containers.ScalarMap[str, float]
+    power_source: str
+    active_request_ids: _containers.RepeatedScalarFieldContainer[str]
+    energy_total_j: float
+    idle_mw: float
+    cpu_load_pct: float
+    gpu_load_pct: float
+    ram_used_mb: float
+    ram_total_mb: float
+    temperatures_c: _containers.ScalarMap[str, float]
+    def __init__(self, time_unix_s: _Optional[float] = ..., monotonic_s: _Optional[float] = ..., total_mw: _Optional[float] = ..., rails_mw: _Optional[_Mapping[str, float]] = ..., power_source: _Optional[str] = ..., active_request_ids: _Optional[_Iterable[str]] = ..., energy_total_j: _Optional[float] = ..., idle_mw: _Optional[float] = ..., cpu_load_pct: _Optional[float] = ..., gpu_load_pct: _Optional[float] = ..., ram_used_mb: _Optional[float] = ..., ram_total_mb: _Optional[float] = ..., temperatures_c: _Optional[_Mapping[str, float]] = ...) -> None: ...

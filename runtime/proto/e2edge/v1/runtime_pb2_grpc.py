@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class EdgeRuntimeStub:
-    """The device runtime: LLM generation and model inspection.
+    """The device runtime: LLM generation, image classification, model inspection.
     """
 
     def __init__(self, channel):
@@ -40,6 +40,16 @@ class EdgeRuntimeStub:
                 request_serializer=e2edge_dot_v1_dot_runtime__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=e2edge_dot_v1_dot_runtime__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.Classify = channel.unary_unary(
+                '/e2edge.v1.EdgeRuntime/Classify',
+                request_serializer=e2edge_dot_v1_dot_runtime__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=e2edge_dot_v1_dot_runtime__pb2.ClassifyResponse.FromString,
+                _registered_method=True)
+        self.ClassifyStream = channel.stream_stream(
+                '/e2edge.v1.EdgeRuntime/ClassifyStream',
+                request_serializer=e2edge_dot_v1_dot_runtime__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=e2edge_dot_v1_dot_runtime__pb2.ClassifyResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/e2edge.v1.EdgeRuntime/ListModels',
                 request_serializer=e2edge_dot_v1_dot_runtime__pb2.ListModelsRequest.SerializeToString,
@@ -50,10 +60,15 @@ class EdgeRuntimeStub:
                 request_serializer=e2edge_dot_v1_dot_runtime__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=e2edge_dot_v1_dot_runtime__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.WatchPower = channel.unary_stream(
+                '/e2edge.v1.EdgeRuntime/WatchPower',
+                request_serializer=e2edge_dot_v1_dot_runtime__pb2.WatchPowerRequest.SerializeToString,
+                response_deserializer=e2edge_dot_v1_dot_runtime__pb2.PowerSample.FromString,
+                _registered_method=True)
 
 
 class EdgeRuntimeServicer:
-    """The device runtime: LLM generation and model inspection.
+    """The device runtime: LLM generation, image classification, model inspection.
     """
 
     def Generate(self, request, context):
@@ -63,6 +78,28 @@ class EdgeRuntimeServicer:
         message and in the `e2edge-field` trailing metadata), RESOURCE_EXHAUSTED (the
         model's queue is full), UNAVAILABLE (model not loaded, or the daemon is
         draining), DEADLINE_EXCEEDED, CANCELLED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Classify(self, request, context):
+        """Classifies the images of one request with a vision model: per image the top-k
+        labels, per request the latency split and the energy. Requests to the same
+        model that arrive within its batching window run as one batch (daemon config
+        `batching`); each still gets exactly its own answer. Errors: as Generate's;
+        INVALID_ARGUMENT also for an image that cannot be decoded or breaks a limit
+        (max_bytes, max_pixels, max_images: the message names the limit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClassifyStream(self, request_iterator, context):
+        """For cameras sending frames continuously: one response per request, in the
+        order of the requests. A request that fails gets a response with `error` set
+        and the stream goes on; the stream itself ends with a status only when the
+        client cancels, its deadline passes or the daemon drains.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -82,6 +119,16 @@ class EdgeRuntimeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchPower(self, request, context):
+        """The daemon's power readings as they are taken, for dashboards: one message per
+        reading (or every n-th, see WatchPowerRequest), until the client cancels,
+        max_samples were sent, or the daemon drains (then the stream ends with OK).
+        FAILED_PRECONDITION when the daemon has no power source (power.source none).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EdgeRuntimeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +136,16 @@ def add_EdgeRuntimeServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=e2edge_dot_v1_dot_runtime__pb2.GenerateRequest.FromString,
                     response_serializer=e2edge_dot_v1_dot_runtime__pb2.GenerateResponse.SerializeToString,
+            ),
+            'Classify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Classify,
+                    request_deserializer=e2edge_dot_v1_dot_runtime__pb2.ClassifyRequest.FromString,
+                    response_serializer=e2edge_dot_v1_dot_runtime__pb2.ClassifyResponse.SerializeToString,
+            ),
+            'ClassifyStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ClassifyStream,
+                    request_deserializer=e2edge_dot_v1_dot_runtime__pb2.ClassifyRequest.FromString,
+                    response_serializer=e2edge_dot_v1_dot_runtime__pb2.ClassifyResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -100,6 +157,11 @@ def add_EdgeRuntimeServicer_to_server(servicer, server):
                     request_deserializer=e2edge_dot_v1_dot_runtime__pb2.GetModelRequest.FromString,
                     response_serializer=e2edge_dot_v1_dot_runtime__pb2.ModelInfo.SerializeToString,
             ),
+            'WatchPower': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchPower,
+                    request_deserializer=e2edge_dot_v1_dot_runtime__pb2.WatchPowerRequest.FromString,
+                    response_serializer=e2edge_dot_v1_dot_runtime__pb2.PowerSample.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'e2edge.v1.EdgeRuntime', rpc_method_handlers)
@@ -109,7 +171,7 @@ def add_EdgeRuntimeServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class EdgeRuntime:
-    """The device runtime: LLM generation and model inspection.
+    """The device runtime: LLM generation, image classification, model inspection.
     """
 
     @staticmethod
@@ -129,6 +191,60 @@ class EdgeRuntime:
             '/e2edge.v1.EdgeRuntime/Generate',
             e2edge_dot_v1_dot_runtime__pb2.GenerateRequest.SerializeToString,
             e2edge_dot_v1_dot_runtime__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Classify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/e2edge.v1.EdgeRuntime/Classify',
+            e2edge_dot_v1_dot_runtime__pb2.ClassifyRequest.SerializeToString,
+            e2edge_dot_v1_dot_runtime__pb2.ClassifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClassifyStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/e2edge.v1.EdgeRuntime/ClassifyStream',
+            e2edge_dot_v1_dot_runtime__pb2.ClassifyRequest.SerializeToString,
+            e2edge_dot_v1_dot_runtime__pb2.ClassifyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -183,6 +299,33 @@ class EdgeRuntime:
             '/e2edge.v1.EdgeRuntime/GetModel',
             e2edge_dot_v1_dot_runtime__pb2.GetModelRequest.SerializeToString,
             e2edge_dot_v1_dot_runtime__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchPower(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/e2edge.v1.EdgeRuntime/WatchPower',
+            e2edge_dot_v1_dot_runtime__pb2.WatchPowerRequest.SerializeToString,
+            e2edge_dot_v1_dot_runtime__pb2.PowerSample.FromString,
             options,
             channel_credentials,
             insecure,
