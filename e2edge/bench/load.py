@@ -1,0 +1,304 @@
+"""Mixed load on a daemon for a fixed time: requests, errors by status, latency, throughput.
+
+    e2edge bench load --target 127.0.0.1:50051 --clients 64 --duration 60 \\
+        --mix generate:classify [--warmup 5] [--pid PID] [--json] [--out FILE]
+    e2edge bench load --config daemon.yaml --clients 8 --duration 10   # starts the daemon
+
+Each client is a thread with its own channel that sends one request after another
+until the time is up, choosing the kind by the --mix weights (`generate:classify` =
+one each; `generate=3:classify=1`): a Generate stream of --max-new-tokens tokens on
+the first ready LLM, or a Classify of one image on the first ready vision model
+(--generate-model / --classify-model pick others). Requests of the warm-up are not
+counted. RESOURCE_EXHAUSTED is the daemon saying "queue full" on purpose and is
+reported apart from real errors.
+
+With --pid (or --config, which starts `e2edge serve` itself on a unix socket) the
+daemon's resident memory is read from /proc after the warm-up and at the end; the
+growth between the two is the leak check (goal: within 10 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+KINDS = ("generate", "classify")
+DELIBERATE = "RESOURCE_EXHAUSTED"  # queue full: load shedding, not a failure
+LEAK_GOAL_PCT = 10.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str
+    status: str  # gRPC status code name
+    started: float  # time.monotonic()
+    latency_s: float
+    tokens: int = 0
+    images: int = 0
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """`generate:classify` -> {generate: 1, classify: 1}; `generate=3:classify=1` weights."""
+    mix: dict[str, float] = {}
+    for part in text.split(":"):
+        name, _, weight = part.strip().partition("=")
+        if name not in KINDS:
+            raise ValueError(f"--mix: unknown request kind {name!r} (kinds: {', '.join(KINDS)})")
+        try:
+            value = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"--mix: weight of {name} must be a number, got {weight!r}") from None
+        if value < 0 or name in mix:
+            raise ValueError(f"--mix: {name} is given twice or has a negative weight")
+        mix[name] = value
+    if not any(mix.values()):
+        raise ValueError("--mix: at least one kind needs a weight above 0")
+    return mix
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100]); 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def summarize(outcomes: list[Outcome], measured_s: float) -> dict:
+    """Per kind: requests, statuses, latency percentiles (ok requests), throughput."""
+    report: dict = {"duration_s": round(measured_s, 3), "kinds": {}}
+    errors: Counter[str] = Counter()
+    for kind in sorted({o.kind for o in outcomes}):
+        mine = [o for o in outcomes if o.kind == kind]
+        ok = [o for o in mine if o.status == "OK"]
+        statuses = Counter(o.status for o in mine)
+        latencies = [o.latency_s for o in ok]
+        report["kinds"][kind] = {
+            "requests": len(mine),
+            "ok": len(ok),
+            "statuses": dict(sorted(statuses.items())),
+            "p50_ms": round(percentile(latencies, 50) * 1e3, 2),
+            "p99_ms": round(percentile(latencies, 99) * 1e3, 2),
+            "tokens_per_s": round(sum(o.tokens for o in ok) / measured_s, 2),
+            "images_per_s": round(sum(o.images for o in ok) / measured_s, 2),
+        }
+        errors.update({s: n for s, n in statuses.items() if s not in ("OK", DELIBERATE)})
+    report["requests"] = len(outcomes)
+    report["errors"] = dict(sorted(errors.items()))  # besides deliberate RESOURCE_EXHAUSTED
+    report["resource_exhausted"] = sum(o.status == DELIBERATE for o in outcomes)
+    return report
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process, from /proc/PID/status (VmRSS, in kB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"/proc/{pid}/status has no VmRSS line")
+
+
+# ---- the clients -------------------------------------------------------------------
+class Workload:
+    """What one request of each kind sends; built once from the daemon's models."""
+
+    def __init__(self, client, mix: dict[str, float], args: argparse.Namespace):
+        from runtime.proto.e2edge.v1 import runtime_pb2 as pb
+
+        models = [m for m in client.wait_loaded(args.ready_timeout)
+                  if m.state == pb.MODEL_STATE_READY]
+        self.mix = {k: w for k, w in mix.items() if w > 0}
+        self.models: dict[str, str] = {}
+        wanted = {"generate": (args.generate_model, pb.MODEL_KIND_LLM),
+                  "classify": (args.classify_model, pb.MODEL_KIND_VISION)}
+        for kind in self.mix:
+            name, model_kind = wanted[kind]
+            if name is None:
+                name = next((m.name for m in models if m.kind == model_kind), None)
+            if name is None or name not in {m.name for m in models}:
+                raise ValueError(f"--mix has {kind} but the daemon has no ready model for it "
+                                 f"(ready: {', '.join(m.name for m in models) or 'none'})")
+            self.models[kind] = name
+        self.max_new_tokens = args.max_new_tokens
+        self.prompt = args.prompt
+        self.image = _image(args.image) if "classify" in self.mix else None
+
+    def run_one(self, client, kind: str) -> Outcome:
+        from runtime.client import RemoteError
+
+        started = time.monotonic()
+        try:
+            if kind == "generate":
+                last = None
+                for last in client.generate(self.models[kind], self.prompt, ignore_eos=True,
+                                            max_new_tokens=self.max_new_tokens):
+                    pass
+                tokens = last.stats.completion_tokens if last is not None else 0
+                return Outcome(kind, "OK", started, time.monotonic() - started, tokens=tokens)
+            client.classify(self.models[kind], [self.image])
+            return Outcome(kind, "OK", started, time.monotonic() - started, images=1)
+        except RemoteError as e:
+            return Outcome(kind, e.code.name, started, time.monotonic() - started)
+
+
+def _image(path: str | None):
+    from runtime.server.classify_convert import encoded_image, tensor_message
+
+    if path:
+        return encoded_image(Path(path).read_bytes())
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return tensor_message(rng.integers(0, 256, size=(64, 64), dtype=np.uint8))  # (H, W) grey
+
+
+def run_clients(target: str, security, workload: Workload, clients: int, warmup_s: float,
+                duration_s: float, on_warm=None, seed: int = 0) -> tuple[list[Outcome], float]:
+    """All clients from now until warm-up + duration; the outcomes after the warm-up."""
+    from runtime.client import EdgeClient
+
+    start = time.monotonic()
+    measure_from = start + warmup_s
+    end = measure_from + duration_s
+    outcomes: list[Outcome] = []
+    lock = threading.Lock()
+    kinds, weights = zip(*workload.mix.items())
+
+    def client_loop(index: int) -> None:
+        rng = random.Random(seed * 1000 + index)
+        mine = []
+        with EdgeClient(target, security=security) as client:
+            while time.monotonic() < end:
+                outcome = workload.run_one(client, rng.choices(kinds, weights)[0])
+                if outcome.started >= measure_from:
+                    mine.append(outcome)
+        with lock:
+            outcomes.extend(mine)
+
+    threads = [threading.Thread(target=client_loop, args=(i,), daemon=True)
+               for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    if on_warm is not None:
+        time.sleep(max(0.0, measure_from - time.monotonic()))
+        on_warm()
+    for thread in threads:
+        thread.join()
+    return outcomes, duration_s
+
+
+@contextlib.contextmanager
+def _started_daemon(config: str) -> Iterator[tuple[str, int]]:
+    """`e2edge serve --config` on a unix socket of a temp folder: (target, pid)."""
+    from runtime.client import EdgeClient
+
+    with tempfile.TemporaryDirectory(prefix="e2edge-load-") as tmp:
+        target = f"unix:{tmp}/e2edge.sock"
+        log = open(Path(tmp) / "serve.log", "w")  # noqa: SIM115 (closed below)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "e2edge.cli", "serve", "--config", config, "--listen", target],
+            stdout=log, stderr=subprocess.STDOUT)
+        try:
+            with EdgeClient(target) as client:
+                client.wait_loaded(120)
+            yield target, process.pid
+        finally:
+            process.terminate()
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            log.close()
+
+
+# ---- command -----------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from runtime import client_security
+
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--target", help="daemon address, host:port or unix:/path")
+    where.add_argument("--config", help="start `e2edge serve --config` here and load it")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients (8)")
+    parser.add_argument("--duration", type=float, default=30.0, metavar="S",
+                        help="measured seconds (30)")
+    parser.add_argument("--warmup", type=float, default=5.0, metavar="S",
+                        help="seconds of load before measuring (5)")
+    parser.add_argument("--mix", default="generate:classify",
+                        help="request kinds and weights, e.g. generate=3:classify=1")
+    parser.add_argument("--generate-model", help="LLM to load (default: the first ready)")
+    parser.add_argument("--classify-model", help="vision model (default: the first ready)")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--prompt", default="To be, or not to be, that is the question.")
+    parser.add_argument("--image", help="image file to classify (default: 64x64 noise)")
+    parser.add_argument("--pid", type=int, help="the daemon's pid, for its memory")
+    parser.add_argument("--ready-timeout", type=float, default=120.0, metavar="S")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--out", help="also write the JSON report here")
+    client_security.add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from runtime import client_security
+    from runtime.client import EdgeClient
+
+    if args.clients < 1 or args.duration <= 0 or args.warmup < 0:
+        raise ValueError("--clients must be >= 1, --duration > 0 and --warmup >= 0")
+    mix = parse_mix(args.mix)
+    security = client_security.from_args(args)
+    with contextlib.ExitStack() as stack:
+        target, pid = args.target, args.pid
+        if args.config:
+            target, pid = stack.enter_context(_started_daemon(args.config))
+        with EdgeClient(target, security=security) as client:
+            workload = Workload(client, mix, args)
+        memory: dict[str, int] = {}
+
+        def warm() -> None:
+            if pid is not None:
+                memory["after_warmup"] = rss_bytes(pid)
+
+        outcomes, measured = run_clients(target, security, workload, args.clients,
+                                         args.warmup, args.duration, warm, args.seed)
+        if pid is not None:
+            memory["end"] = rss_bytes(pid)
+    report = summarize(outcomes, measured)
+    report.update(target=target, clients=args.clients, mix=mix, models=workload.models,
+                  max_new_tokens=args.max_new_tokens)
+    if memory:
+        growth = 100.0 * (memory["end"] - memory["after_warmup"]) / memory["after_warmup"]
+        report["memory"] = {"rss_after_warmup_mb": round(memory["after_warmup"] / 2**20, 1),
+                            "rss_end_mb": round(memory["end"] / 2**20, 1),
+                            "growth_pct": round(growth, 2),
+                            "within_goal": abs(growth) <= LEAK_GOAL_PCT}
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{report['requests']} requests in {report['duration_s']:.0f}s from "
+             f"{report['clients']} clients; errors: {report['errors'] or 'none'}; "
+             f"deliberate RESOURCE_EXHAUSTED: {report['resource_exhausted']}"]
+    for kind, k in report["kinds"].items():
+        rate = (f"{k['tokens_per_s']:.1f} tokens/s" if kind == "generate"
+                else f"{k['images_per_s']:.1f} images/s")
+        lines.append(f"  {kind:9s} {k['requests']:6d} requests  ok {k['ok']:6d}  "
+                     f"p50 {k['p50_ms']:8.1f} ms  p99 {k['p99_ms']:8.1f} ms  {rate}")
+    if "memory" in report:
+        m = report["memory"]
+        lines.append(f"  daemon memory {m['rss_after_warmup_mb']:.1f} MB after warm-up -> "
+                     f"{m['rss_end_mb']:.1f} MB at the end ({m['growth_pct']:+.1f} %)")
+    return "\n".join(lines)
