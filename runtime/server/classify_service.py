@@ -191,8 +191,13 @@ class ClassifyServicer:
         )
 
     @contextlib.contextmanager
-    def _energy_window(self, calls: Sequence[_Call]) -> Iterator[None]:
-        """On the worker thread, around a batch's run: one energy window per request."""
+    def _energy_window(self, tags: Sequence[object]) -> Iterator[None]:
+        """On the worker thread, around a batch's run: one energy window per request.
+
+        The tags of other services' requests in the batch (KServe's) are not _Calls:
+        they run in the window unmeasured.
+        """
+        calls = [tag for tag in tags if isinstance(tag, _Call)]
         spans = [self.energy.begin(call.record.request_id) for call in calls]
         try:
             yield

@@ -36,6 +36,7 @@ from runtime.server.energy_accounting import EnergyAccounting
 from runtime.server.generate_service import EdgeRuntimeServicer
 from runtime.server.model_registry import ModelEntry, ModelRegistry, ModelState
 from runtime.server.reload import ModelLifecycle
+from runtime.server.request_parsing import ParseRequests
 from runtime.server.security import bind, token_auth
 
 log = logging.getLogger("e2edge.server")
@@ -89,7 +90,8 @@ class Daemon:
         self.servicer = EdgeRuntimeServicer(self.registry, self.energy)
         self.health = health.aio.HealthServicer()
         self.auth = token_auth(config.auth)  # bearer tokens (off without `auth:`)
-        self.server = grpc.aio.server(interceptors=[self.auth], options=[
+        # Auth first (a refused call is never parsed), then parsing: bad bytes -> INVALID_ARGUMENT.
+        self.server = grpc.aio.server(interceptors=[self.auth, ParseRequests()], options=[
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.max_receive_message_length", config.max_message_bytes),
             # A second daemon on the same port must fail, not silently share it.

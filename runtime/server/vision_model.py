@@ -67,13 +67,19 @@ class VisionModel:
                 for row, best in zip(probabilities, order)]
 
     def batcher_on(self, executor: Executor, run_window: RunWindow | None = None) -> Batcher:
-        """The model's batcher, made on first use with the registry's worker threads."""
+        """The model's batcher, made on first use with the registry's worker threads.
+
+        Every service that classifies (Classify, KServe) shares it, so their requests
+        batch together; the first caller that brings a `run_window` (Classify's energy
+        windows) installs it, whichever service made the batcher.
+        """
         if self.batcher is None:
             self.batcher = Batcher(
                 self.config.name, self.probabilities, executor, self.config.batching,
                 max_concurrent=self.config.max_concurrent, max_queue=self.config.max_queue,
-                run_window=run_window,
             )
+        if run_window is not None and self.batcher.run_window is None:
+            self.batcher.run_window = run_window
         return self.batcher
 
 

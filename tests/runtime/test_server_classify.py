@@ -7,6 +7,7 @@ directly on the same pixels.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import threading
@@ -295,18 +296,28 @@ def test_energy_of_a_request_is_its_batch_window(package, tmp_path, monkeypatch)
     (tmp_path / "trace.txt").write_text((line + "\n") * 20)
     fake_tegrastats.install(tmp_path / "bin", monkeypatch, tmp_path / "trace.txt")
     power = PowerConfig(source="tegrastats", interval_ms=20, idle_window_s=0.3)
-    config = DaemonConfig(listen="127.0.0.1:0", models=(ModelConfig("tiny", package),),
-                          power=power)
+    batching = BatchingConfig(max_batch=8, max_delay_ms=150)
+    config = DaemonConfig(listen="127.0.0.1:0", power=power,
+                          models=(ModelConfig("tiny", package, batching=batching),))
     images = [tensor_message(_image()) for _ in range(3)]
     with DaemonThread(config, grace_s=0) as d, EdgeClient(d.target) as c:
         assert len(list(c.watch_power(max_samples=2, timeout_s=10))) == 2  # readings flow
-        stats = c.classify("tiny", images).stats
-    energy = stats.energy
-    assert energy.power_source == "tegrastats" and energy.HasField("joules")
-    assert 0 < energy.window_s <= stats.inference_s
-    # Constant 6 W and this request alone: exactly 6 W x its window.
-    assert energy.joules == pytest.approx(6.0 * energy.window_s, rel=1e-6)
-    assert stats.joules_per_image == pytest.approx(energy.joules / 3)
+        # Another service's request (as KServe's: no tag, no energy) makes the batcher and
+        # shares the batch: the Classify request is still measured.
+        entry = d.daemon.registry.ready("tiny")
+        untagged = asyncio.run_coroutine_threadsafe(
+            entry.engine.batcher_on(entry.executor).submit(entry.engine.preprocess(_image())),
+            d.loop)
+        shared = c.classify("tiny", images).stats
+        assert untagged.result(10).batch_size == shared.batch_size == 4
+        alone = c.classify("tiny", images).stats
+    for stats in (shared, alone):
+        energy = stats.energy
+        assert energy.power_source == "tegrastats" and energy.HasField("joules")
+        assert 0 < energy.window_s <= stats.inference_s
+        # Constant 6 W, the only measured request: exactly 6 W x its window.
+        assert energy.joules == pytest.approx(6.0 * energy.window_s, rel=1e-6)
+        assert stats.joules_per_image == pytest.approx(energy.joules / 3)
 
 
 def test_batching_and_limit_config_keys_with_their_lines():
