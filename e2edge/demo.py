@@ -50,14 +50,53 @@ def build_llm(artifacts: Path, arch: str) -> Path:
     return package
 
 
+def build_vit(artifacts: Path) -> Path:
+    """The 28 px ternary BitMed ViT on RetinaMNIST: teacher, distilled student, package."""
+    teacher, student, package = (
+        artifacts / name for name in ("demo-vit-teacher", "demo-vit-student", "demo-vit-pkg")
+    )
+    data = ["--preset", "mnist28", "--data", "retinamnist.npz", "--time-budget-s", "150"]
+    if not (teacher / "model.safetensors").is_file():
+        step("train the 28 px ViT teacher (bounded to 150 s)",
+             ["train", "vit", "--role", "teacher", *data, "--out", str(teacher)])
+    if not (student / "model.safetensors").is_file():
+        step("distil the ternary BitMed ViT student (bounded to 150 s)",
+             ["train", "vit", "--role", "student", *data, "--teacher", str(teacher),
+              "--out", str(student)])
+    if not package_is_valid(package):
+        step("export the ternary ViT (2-bit MatMulNBits)",
+             ["export", "vit", "--model", str(student), "--out", str(package),
+              "--name", "demo-vit"])
+    return package
+
+
+def write_test_images(artifacts: Path, count: int = 4) -> list[Path]:
+    """A few RetinaMNIST test images as PNG files, their true label in the name."""
+    import numpy as np
+    from PIL import Image
+
+    from e2edge.data import resolve_data_file
+
+    data = np.load(resolve_data_file("retinamnist.npz"))
+    paths = []
+    for i in range(count):
+        label = int(np.asarray(data["test_labels"][i]).reshape(-1)[0])
+        path = artifacts / f"retina-test-{i}-label{label}.png"
+        Image.fromarray(data["test_images"][i]).save(path)
+        paths.append(path)
+    return paths
+
+
 def serve_and_generate(artifacts: Path, models: dict[str, Path]) -> None:
-    """Start `e2edge serve` on a unix socket, stream one answer with `e2edge generate`."""
+    """Start `e2edge serve` on a unix socket, stream an answer, classify a few images."""
     from runtime.client import EdgeClient
 
     socket_path = artifacts / "demo.sock"
     config = artifacts / "demo-daemon.yaml"
     lines = [f"listen: unix:{socket_path}", "grace_period_s: 5", "models:"]
-    lines += [f"  - {{name: {name}, path: {path}}}" for name, path in models.items()]
+    for name, path in models.items():
+        batching = ", batching: {max_batch: 16, max_delay_ms: 2}" if "vit" in name else ""
+        lines.append(f"  - {{name: {name}, path: {path}{batching}}}")
     config.write_text("\n".join(lines) + "\n")
     target = f"unix:{socket_path}"
     print(f"\n== start the daemon\n$ e2edge serve --config {config}", flush=True)
@@ -70,6 +109,11 @@ def serve_and_generate(artifacts: Path, models: dict[str, Path]) -> None:
             "generate", "--target", target, "--model", "demo-llama", "--max-new-tokens", "120",
             "--temperature", "0.8", "--top-k", "40", "--top-p", "0.95", "--seed", "1", PROMPT,
         ])
+        if "demo-vit" in models:
+            step("classify RetinaMNIST test images", [
+                "classify", "--target", target, "--model", "demo-vit", "--top-k", "2",
+                *map(str, write_test_images(artifacts)),
+            ])
     finally:
         print("\n== stop the daemon (SIGTERM: drain, then exit 0)", flush=True)
         daemon.send_signal(signal.SIGTERM)
@@ -86,7 +130,8 @@ def main() -> int:
     args.artifacts.mkdir(parents=True, exist_ok=True)
     artifacts = args.artifacts.resolve()
     llm_package = build_llm(artifacts, "llama")
-    serve_and_generate(artifacts, {"demo-llama": llm_package})
+    vit_package = build_vit(artifacts)
+    serve_and_generate(artifacts, {"demo-llama": llm_package, "demo-vit": vit_package})
     return 0
 
 
