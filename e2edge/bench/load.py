@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import random
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from pathlib import Path
 KINDS = ("generate", "classify")
 DELIBERATE = "RESOURCE_EXHAUSTED"  # queue full: load shedding, not a failure
 LEAK_GOAL_PCT = 10.0
+SHED_BACKOFF_S = 0.01  # pause after a RESOURCE_EXHAUSTED before the next request
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1]
 
 
@@ -140,16 +142,18 @@ class Workload:
         started = time.monotonic()
         try:
             if kind == "generate":
-                last = None
-                for last in client.generate(self.models[kind], self.prompt, ignore_eos=True,
-                                            max_new_tokens=self.max_new_tokens):
-                    pass
-                tokens = last.stats.completion_tokens if last is not None else 0
+                messages = list(client.generate(self.models[kind], self.prompt,
+                                                ignore_eos=True,
+                                                max_new_tokens=self.max_new_tokens))
+                tokens = messages[-1].stats.completion_tokens if messages else 0
                 return Outcome(kind, "OK", started, time.monotonic() - started, tokens=tokens)
             client.classify(self.models[kind], [self.image])
             return Outcome(kind, "OK", started, time.monotonic() - started, images=1)
         except RemoteError as e:
-            return Outcome(kind, e.code.name, started, time.monotonic() - started)
+            outcome = Outcome(kind, e.code.name, started, time.monotonic() - started)
+            if outcome.status == DELIBERATE:
+                time.sleep(SHED_BACKOFF_S)  # as a well-behaved client backs off
+            return outcome
 
 
 def _image(path: str | None):
@@ -211,7 +215,17 @@ def _started_daemon(config: str) -> Iterator[tuple[str, int]]:
             stdout=log, stderr=subprocess.STDOUT)
         try:
             with EdgeClient(target) as client:
-                client.wait_loaded(120)
+                deadline = time.monotonic() + 120
+                while True:
+                    if process.poll() is not None:
+                        raise RuntimeError(f"e2edge serve exited ({process.returncode}): "
+                                           f"{(Path(tmp) / 'serve.log').read_text()[-2000:]}")
+                    try:
+                        client.wait_loaded(1.0)
+                        break
+                    except TimeoutError:
+                        if time.monotonic() > deadline:
+                            raise
             yield target, process.pid
         finally:
             process.terminate()

@@ -16,11 +16,13 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from runtime import client_security
     from runtime.client import DEFAULT_TARGET
 
     parser.add_argument("files", nargs="+", metavar="FILE", help="PNG, JPEG, DICOM or .npy")
     parser.add_argument("--target", default=DEFAULT_TARGET,
                         help=f"daemon address, host:port or unix:/path (default {DEFAULT_TARGET})")
+    client_security.add_arguments(parser)  # --tls-ca, --tls-cert, --tls-key, --token
     parser.add_argument("--model", required=True, help="vision model name (see `e2edge models`)")
     parser.add_argument("--top-k", type=int, default=1, help="labels per file (default 1)")
     parser.add_argument("--format", choices=("png", "jpeg", "dicom"),
@@ -31,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from runtime import client_security
     from runtime.client import EdgeClient
     from runtime.proto.e2edge.v1 import runtime_pb2 as pb
 
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = [(path, *_load(path, args.format)) for path in args.files]  # (path, image, error)
     requests = [pb.ClassifyRequest(model=args.model, images=[image], top_k=args.top_k)
                 for _, image, _ in loaded if image is not None]
-    with EdgeClient(args.target) as client:
+    with EdgeClient(args.target, security=client_security.from_args(args)) as client:
         answers = iter(client.classify_stream(iter(requests), timeout_s=args.timeout))
         failed = 0
         for path, image, error in loaded:

@@ -270,7 +270,8 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         try:
             await self._infer(request, record, stop, deadline, streaming=False,
                               emit=responses.append)
-            return responses[-1]
+            # None only when the client left mid-generation: nobody reads the answer.
+            return responses[-1] if responses else kpb.ModelInferResponse()
         except Exception as e:
             code, details, _ = status_for(e, record.request_id)
             record.status, record.error = code.name, details
@@ -363,6 +364,9 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             raise
         finally:
             record.latency_s = time.monotonic() - received
+        if record.status != "OK":  # the client left; the generation stopped early
+            stats.fail.add(record.latency_s)
+            return
         stats.success.add(record.latency_s)
         stats.inference_count += 1
         stats.execution_count += 1

@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from runtime.client import EdgeClient, RemoteError
+from runtime.client_security import ClientSecurity
 from runtime.proto.e2edge.v1 import runtime_pb2 as pb
 
 pytestmark = pytest.mark.timeout(120)
@@ -40,6 +41,15 @@ class Serve:
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+    def wait_for_log(self, pattern: str, timeout_s: float = 10) -> re.Match:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = re.search(pattern, self.log())
+            if found:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} not in the log:\n{self.log()}")
 
     def reload(self, config_text: str, timeout_s: float = 60) -> str:
         """Rewrite the config, send SIGHUP, and return the reload's summary line."""
@@ -166,8 +176,8 @@ def test_reload_adds_removes_and_swaps_models_without_cutting_streams(
         with pytest.raises(RemoteError) as caught:
             list(client.generate("leaving", "To be", max_new_tokens=3))
         assert caught.value.code == grpc.StatusCode.NOT_FOUND
-    drained = re.search(r"model leaving \(.*\) retired after draining ([\d.]+)s", daemon.log())
-    assert drained and float(drained[1]) > 0, "the removed model did not wait for its streams"
+    drained = daemon.wait_for_log(r"model leaving \(.*\) retired after draining ([\d.]+)s")
+    assert float(drained[1]) > 0, "the removed model did not wait for its streams"
 
     messages = []
     while True:
@@ -209,4 +219,17 @@ def test_a_package_that_fails_to_load_leaves_the_old_one_serving(
         assert "needs a restart to change: max_message_bytes" in summary
         assert "unchanged: demo" in summary
         assert list(client.generate("demo", "To be", max_new_tokens=3))[-1].finish_reason
+
+        token = "reloaded-token-0123456789abcdef"
+        (tmp_path / "tokens").write_text(token + "\n")
+        summary = daemon.reload(_models_yaml(demo=(tiny_llama_package, 16))
+                                + f"auth: {{tokens_file: {tmp_path / 'tokens'}}}\n")
+        assert "unchanged: demo" in summary
+        with pytest.raises(RemoteError) as caught:
+            client.list_models()
+        assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
+        with EdgeClient(daemon.target, security=ClientSecurity(token=token)) as authed:
+            assert [m.name for m in authed.list_models()] == ["demo"]
+        daemon.reload(_models_yaml(demo=(tiny_llama_package, 16)))  # auth off again
+        assert [m.name for m in client.list_models()] == ["demo"]
     assert daemon.stop() == 0
