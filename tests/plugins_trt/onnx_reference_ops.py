@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 from onnx.reference.op_run import OpRun
+from onnx.reference.ops.op_dequantize_linear import DequantizeLinear_19
 
 from plugins_trt import plugin_spec as spec
 from plugins_trt import reference
@@ -79,7 +80,17 @@ class Gelu(OpRun):
 PLUGIN_OPS = [PackedTernaryMatMul, SparseFFN, Gelu]
 
 
+class DequantizeLinear(DequantizeLinear_19):
+    """onnx's reference has no DequantizeLinear before opset 19; opset 13's (the ViT
+    packages use opset 17) computes the same for uint8 per-axis inputs."""
+
+    op_domain = ""
+
+    def _run(self, x, x_scale, x_zero_point=None, axis=1, **newer_attributes):
+        return super()._run(x, x_scale, x_zero_point, axis=axis)
+
+
 def run_lowered(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     from onnx.reference import ReferenceEvaluator
 
-    return ReferenceEvaluator(model, new_ops=PLUGIN_OPS).run(None, feeds)
+    return ReferenceEvaluator(model, new_ops=[*PLUGIN_OPS, DequantizeLinear]).run(None, feeds)
