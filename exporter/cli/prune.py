@@ -1,0 +1,152 @@
+"""Prune the FFN neurons of a LLaMA/Gemma checkpoint with MAGRIP into a smaller dense one.
+
+MAGRIP scores every FFN neuron by its activation magnitude and the loss's sensitivity
+to it on calibration text, prunes in a coarse pass and a few fine passes, refines
+the choice with a trained binary mask, removes the pruned neurons from the weights
+and saves a checkpoint (per-layer widths, neurons in saliency order) that
+`e2edge export llm` exports as it is. --method picks the ablations instead.
+
+Text arguments take a path, a data-file name, or a slice: FILE@0:0.9 is the first
+90 % of the file's characters. With --sweep R1,R2,... --report DIR it prunes with
+every method at every ratio (with and without the fine-tune when --train-text is
+given) and writes DIR/sweep.json and DIR/sweep.png instead of one checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _ratios(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ratios, got {text!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="checkpoint directory")
+    parser.add_argument("--calib", required=True, help="calibration text (path, name, or FILE@A:B)")
+    parser.add_argument("--ratio", type=float, help="fraction of FFN neurons to remove, in (0, 1)")
+    parser.add_argument("--out", help="directory of the pruned checkpoint")
+    parser.add_argument("--method", default="magrip",
+                        choices=["magrip", "magnitude", "gradient", "random"])
+    parser.add_argument("--sensitivity", default="taylor", choices=["taylor", "jacobian"],
+                        help="taylor: |sum u dL/du| (default); jacobian: ||dL/du||_2")
+    parser.add_argument("--magnitude-weight", type=float, default=1.0)
+    parser.add_argument("--sensitivity-weight", type=float, default=1.0)
+    parser.add_argument("--allocation", default="global", choices=["global", "uniform"])
+    parser.add_argument("--min-width", type=int,
+                        help="neurons every layer keeps (global allocation; default 10%% of it)")
+    parser.add_argument("--seq-len", type=int, default=512, help="calibration window tokens")
+    parser.add_argument("--samples", type=int, default=128, help="calibration windows")
+    parser.add_argument("--batch-size", type=int, default=2, help="windows per pass")
+    parser.add_argument("--coarse-fraction", type=float, default=0.75)
+    parser.add_argument("--fine-steps", type=int, default=3)
+    parser.add_argument("--mask-steps", type=int, default=32,
+                        help="mask refinement steps (MAGRIP only; 0 = off)")
+    parser.add_argument("--train-text", help="fine-tune text (path, name, or FILE@A:B)")
+    parser.add_argument("--finetune-steps", type=int,
+                        help="fine-tune steps (default 300 when --train-text is given)")
+    parser.add_argument("--finetune-params", default="ffn", choices=["ffn", "lora"])
+    parser.add_argument("--finetune-lr", type=float)
+    parser.add_argument("--finetune-batch-size", type=int, default=4)
+    parser.add_argument("--finetune-seq-len", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    sweep = parser.add_argument_group("sweep")
+    sweep.add_argument("--sweep", type=_ratios, help="ratios, e.g. 0.1,0.2,0.3,0.4,0.5")
+    sweep.add_argument("--report", help="directory for sweep.json and sweep.png")
+    sweep.add_argument("--eval-text", action="append", default=[],
+                       help="perplexity text (repeatable)")
+    sweep.add_argument("--eval-max-tokens", type=int, default=20000)
+    sweep.add_argument("--methods", default="magrip,magnitude,gradient,random")
+    sweep.add_argument("--decode-tokens", type=int, default=96)
+    sweep.add_argument("--decode-rounds", type=int, default=5)
+    sweep.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: auto)")
+    sweep.add_argument("--keep-artifacts", action="store_true",
+                       help="keep the sweep's checkpoints and packages under REPORT/work")
+
+
+def build_options(args: argparse.Namespace, ratio: float):
+    from exporter.magrip.finetune import DEFAULT_STEPS, FinetuneOptions
+    from exporter.magrip.mask import MaskOptions
+    from exporter.magrip.pipeline import PruneOptions
+    from exporter.magrip.saliency import SaliencyOptions
+
+    steps = args.finetune_steps
+    if steps is None:
+        steps = DEFAULT_STEPS if args.train_text else 0
+    if steps > 0 and not args.train_text:
+        raise ValueError("--finetune-steps needs --train-text")
+    options = PruneOptions(
+        ratio=ratio,
+        saliency=SaliencyOptions(method=args.method, sensitivity=args.sensitivity,
+                                 magnitude_weight=args.magnitude_weight,
+                                 sensitivity_weight=args.sensitivity_weight,
+                                 batch_size=args.batch_size),
+        allocation=args.allocation,
+        min_width=args.min_width,
+        seq_len=args.seq_len,
+        samples=args.samples,
+        coarse_fraction=args.coarse_fraction,
+        fine_steps=args.fine_steps,
+        mask=MaskOptions(steps=args.mask_steps, batch_size=args.batch_size),
+        finetune=FinetuneOptions(steps=steps, params=args.finetune_params, lr=args.finetune_lr,
+                                 batch_size=args.finetune_batch_size,
+                                 seq_len=args.finetune_seq_len),
+        seed=args.seed,
+    )
+    options.validate()
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.sweep:
+        return _run_sweep(args)
+    if args.ratio is None or args.out is None:
+        raise ValueError("give --ratio and --out (or --sweep and --report)")
+    from exporter.magrip.pipeline import prune_checkpoint
+
+    options = build_options(args, args.ratio)
+    result = prune_checkpoint(args.model, args.calib, args.out, options,
+                              train_text=args.train_text)
+    p = result.pruning
+    print(f"wrote {result.out}: FFN widths {p['source_ffn_widths']} -> {p['ffn_widths']}, "
+          f"parameters {p['params_before']:,} -> {p['params_after']:,} "
+          f"({p['ffn_ratio_removed']:.1%} of FFN neurons removed)")
+    if p.get("mask"):
+        m = p["mask"]
+        print(f"mask refinement: {m['neurons_swapped']} neurons swapped, held-out loss "
+              f"{m['held_out_loss_staged']:.4f} -> {m['held_out_loss_refined']:.4f} "
+              f"({'kept' if m['accepted'] else 'rejected'})")
+    if p.get("finetune"):
+        f = p["finetune"]
+        print(f"fine-tune: {f['steps']} steps ({f['params']}), loss {f['first_loss']:.4f} -> "
+              f"{f['last_loss']:.4f}")
+    print(f"took {p['seconds']:.0f} s, peak memory {p['peak_rss_mib']:.0f} MiB")
+    return 0
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from exporter.magrip.report import SweepOptions, run_sweep
+
+    if not args.report:
+        raise ValueError("--sweep needs --report DIR")
+    options = build_options(args, args.sweep[0])
+    sweep = SweepOptions(
+        ratios=args.sweep,
+        eval_texts=tuple(args.eval_text),
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        eval_max_tokens=args.eval_max_tokens,
+        decode_tokens=args.decode_tokens,
+        decode_rounds=args.decode_rounds,
+        threads=args.threads,
+        keep_artifacts=args.keep_artifacts,
+    )
+    report = run_sweep(args.model, args.calib, args.report, options, sweep,
+                       train_text=args.train_text)
+    for name, goal in report["goals"].items():
+        print(f"{name}: {'met' if goal['ok'] else 'NOT met'}")
+    print(f"wrote {args.report}/sweep.json and sweep.png ({report['seconds']:.0f} s, "
+          f"peak memory {report['peak_rss_mib']:.0f} MiB)")
+    return 0

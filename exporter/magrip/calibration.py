@@ -1,0 +1,134 @@
+"""Calibration text: read it (a path, a data-file name, or a slice of one), cut it into windows.
+
+A text spec is `PATH_OR_NAME` or `PATH_OR_NAME@A:B`, where A and B are fractions of
+the file's characters: `tinyshakespeare.txt@0:0.9` is its first 90 %, `...@0.9:1`
+the held-out rest. A name that is not an existing file is resolved by
+`e2edge.data.resolve_data_file` (E2EDGE_DATA_DIR, then the download cache).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from exporter.hf_checkpoint import CheckpointError
+from runtime.llm.tokenizer import Tokenizer
+
+_SLICE = re.compile(r"^(?P<path>.+)@(?P<a>\d*\.?\d*):(?P<b>\d*\.?\d*)$")
+
+
+class CalibrationError(ValueError):
+    """The calibration or evaluation text cannot give what was asked of it."""
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    path: str
+    start: float = 0.0  # fraction of the characters
+    end: float = 1.0
+
+    @classmethod
+    def parse(cls, spec: str) -> TextSpec:
+        match = _SLICE.match(spec)
+        if match is None:
+            return cls(spec)
+        start = float(match["a"]) if match["a"] else 0.0
+        end = float(match["b"]) if match["b"] else 1.0
+        if not 0.0 <= start < end <= 1.0:
+            raise CalibrationError(f"{spec}: slice @A:B needs 0 <= A < B <= 1")
+        return cls(match["path"], start, end)
+
+
+def resolve_text_path(name: str) -> Path:
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    try:
+        from e2edge.data import resolve_data_file
+    except ImportError:
+        raise FileNotFoundError(f"{name}: no such text file") from None
+    return Path(resolve_data_file(name))
+
+
+def read_text(spec: str) -> str:
+    """The text a spec names (see the module docstring)."""
+    parsed = TextSpec.parse(spec)
+    path = resolve_text_path(parsed.path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise CalibrationError(f"{path}: not UTF-8 text ({e})") from e
+    a, b = round(parsed.start * len(text)), round(parsed.end * len(text))
+    text = text[a:b]
+    if not text.strip():
+        raise CalibrationError(f"{spec}: the text is empty")
+    return text
+
+
+def checkpoint_tokenizer(model_dir: str | Path) -> Tokenizer:
+    """The checkpoint's tokenizer as the runtime will use it after export.
+
+    The BOS rule is the exporter's: prepend BOS exactly when the checkpoint's Hugging
+    Face tokenizer does, so a checkpoint and its package see the same token ids.
+    """
+    from transformers import AutoTokenizer
+
+    from exporter.hf_checkpoint import read_config
+
+    model_dir = Path(model_dir)
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        raise CheckpointError(f"{model_dir}: no tokenizer.json")
+    bos = read_config(model_dir).get("bos_token_id")
+    bare = Tokenizer(path, bos_token_id=bos, add_bos=False)
+    hf = AutoTokenizer.from_pretrained(model_dir)
+    probe = "Hello world"
+    add_bos = bos is not None and hf(probe)["input_ids"] == [bos, *bare.encode(probe)]
+    return Tokenizer(path, bos_token_id=bos, add_bos=add_bos)
+
+
+@dataclass(frozen=True)
+class TokenStream:
+    """A text's token ids without BOS, and the BOS id if the model starts texts with one.
+
+    A model whose tokenizer starts every text with BOS was trained seeing BOS at
+    position 0, so every window cut from the stream gets one.
+    """
+
+    ids: np.ndarray  # (T,) int64
+    bos: int | None
+
+
+def text_stream(tokenizer: Tokenizer, text: str) -> TokenStream:
+    ids = tokenizer.encode(text)
+    if tokenizer.add_bos:
+        return TokenStream(np.asarray(ids[1:], dtype=np.int64), tokenizer.bos_token_id)
+    return TokenStream(np.asarray(ids, dtype=np.int64), None)
+
+
+def token_windows(stream: TokenStream, seq_len: int, samples: int) -> np.ndarray:
+    """Up to `samples` non-overlapping windows, spread evenly over the text: (N, seq_len) int64.
+
+    With `bos`, each window is BOS + seq_len - 1 text tokens. A corpus with fewer
+    windows gives all it has; one too short for a single window is an error.
+    """
+    if seq_len < 2:
+        raise CalibrationError(f"sequence length must be >= 2, got {seq_len}")
+    if samples < 1:
+        raise CalibrationError(f"sample count must be >= 1, got {samples}")
+    bos = stream.bos
+    span = seq_len - (bos is not None)
+    available = len(stream.ids) // span
+    if available == 0:
+        raise CalibrationError(
+            f"the text has {len(stream.ids)} tokens, too short for one window of {seq_len} tokens: "
+            "give a longer text or a smaller --seq-len"
+        )
+    picks = np.unique(np.linspace(0, available - 1, num=min(samples, available)).round())
+    windows = np.stack([stream.ids[s : s + span] for s in picks.astype(np.int64) * span])
+    if bos is not None:
+        windows = np.concatenate([np.full((len(windows), 1), bos, np.int64), windows], axis=1)
+    return windows  # (N, seq_len)

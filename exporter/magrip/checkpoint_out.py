@@ -1,0 +1,123 @@
+"""Write a pruned checkpoint: a normal HF checkpoint directory, plus what pruning decided.
+
+- model.safetensors + config.json from `save_pretrained`, in the source's dtype;
+  config.json also gets `intermediate_sizes` (per-layer FFN widths),
+  `neurons_sorted_by_saliency: true` and `e2edge_pruning` (method, ratio, widths,
+  parameters before/after, ...), which `exporter.hf_checkpoint` reads back;
+- neuron_order.json: per layer, the kept neurons as indices of the source
+  checkpoint's neurons, most salient first; the saved weights are in this order;
+- the source's tokenizer and generation files, copied.
+
+Everything is written to a temporary sibling directory that is renamed into place,
+so an interrupted run never leaves a half checkpoint at the destination.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+    "generation_config.json", "added_tokens.json",
+)
+NEURON_ORDER_FORMAT = "e2edge-neuron-order"
+NEURON_ORDER_VERSION = 1
+
+
+def source_dtype(model_dir: Path) -> torch.dtype:
+    """The floating dtype the source checkpoint's weights are stored in."""
+    from safetensors import safe_open
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    with safe_open(str(files[0]), framework="pt") as f:
+        name = next(iter(f.keys()))
+        dtype = f.get_slice(name).get_dtype()
+    return {"BF16": torch.bfloat16, "F16": torch.float16}.get(dtype, torch.float32)
+
+
+def neuron_order_document(orders: Sequence[np.ndarray], scores: Sequence[np.ndarray],
+                          source_widths: Sequence[int]) -> dict[str, Any]:
+    """orders[l]: source indices of the saved neurons; scores[l]: their saliency, same order."""
+    return {
+        "format": NEURON_ORDER_FORMAT,
+        "version": NEURON_ORDER_VERSION,
+        "meaning": "per layer, the kept FFN neurons as indices of the source checkpoint's "
+                   "neurons, most salient first; the saved weights hold them in this order, "
+                   "so keeping the first k neurons of a layer keeps its k most salient",
+        "layers": [
+            {
+                "layer": layer,
+                "source_width": int(width),
+                "kept": [int(i) for i in order],
+                "saliency": [round(float(v), 6) for v in scores[layer]],
+            }
+            for layer, (order, width) in enumerate(zip(orders, source_widths))
+        ],
+    }
+
+
+def save_pruned_checkpoint(
+    model: nn.Module,
+    source_dir: Path,
+    out: Path,
+    pruning: dict[str, Any],
+    neuron_order: dict[str, Any],
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write `model` (already compacted) as a checkpoint at `out`; return `out`."""
+    source_dir, out = Path(source_dir), Path(out).expanduser().resolve()
+    widths = [int(w) for w in pruning["ffn_widths"]]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is an ordinary directory
+    try:
+        save_model = model if dtype in (None, torch.float32) else _cast_copy(model, dtype)
+        save_model.save_pretrained(tmp)
+        for name in TOKENIZER_FILES:
+            if (source_dir / name).is_file():
+                shutil.copyfile(source_dir / name, tmp / name)
+        config_path = tmp / "config.json"
+        config = json.loads(config_path.read_text())
+        config["intermediate_size"] = max(widths)
+        config["intermediate_sizes"] = widths
+        config["neurons_sorted_by_saliency"] = True
+        config["e2edge_pruning"] = pruning
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / "neuron_order.json").write_text(json.dumps(neuron_order) + "\n")
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _cast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).to(dtype)
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    # os.replace cannot swap non-empty directories: move the old one aside first.
+    backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    backup.rmdir()
+    os.replace(out, backup)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        os.replace(backup, out)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)

@@ -1,0 +1,163 @@
+"""Differentiable neuron mask: learnable logits, hard forward, straight-through backward.
+
+Each neuron i has a logit phi_i; the forward pass uses the hard mask
+m_i = 1[phi_i > 0] (the network sees exactly the pruned model), the backward pass
+the gradient of sigmoid(phi_i / T) (straight-through), so phi_i learns whether the
+task loss wants neuron i back or gone. Weights stay frozen. A quadratic penalty holds
+the kept fraction f = mean(m) at the target t:
+
+    loss = CE + lambda * (f - t)^2,
+
+with lambda set once, at the first step, so that a 1 % drift of f pushes each logit
+as hard as the mean task gradient (`penalty` = 1) whatever the model's loss scale.
+
+The logits start from the staged saliency ranking: in rank units, phi = (K - 1/2 - p)/N
+for the neuron at rank position p of N (K kept), so the kept set is exactly the
+staged one and only neurons near the boundary can cross it in a short training.
+`harden` then keeps the top neurons by logit under the allocation rule, so the
+final count is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from exporter.magrip.allocation import select_keep
+from exporter.magrip.ffn import NeuronMasks, find_ffns
+
+DRIFT_UNIT = 0.01  # the penalty scale is defined at a 1 % kept-fraction drift
+
+
+@dataclass(frozen=True)
+class MaskOptions:
+    steps: int = 32  # 0 = no mask refinement
+    lr: float = 2e-3  # Adam, in rank units (a logit moves at most ~lr per step)
+    temperature: float = 0.05  # of the sigmoid whose gradient stands in for the step
+    penalty: float = 1.0  # weight of the kept-fraction penalty (see the module docstring)
+    batch_size: int = 2
+
+    def validate(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"mask steps must be >= 0, got {self.steps}")
+        if self.lr <= 0 or self.temperature <= 0 or self.penalty < 0:
+            raise ValueError("mask lr and temperature must be > 0, penalty >= 0")
+        if self.batch_size < 1:
+            raise ValueError(f"mask batch size must be >= 1, got {self.batch_size}")
+
+
+def ste_mask(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(W,) hard 0/1 values in the forward pass, sigmoid(logits/T)'s gradient backward."""
+    soft = torch.sigmoid(logits / temperature)
+    hard = (logits > 0).to(logits.dtype)
+    return hard + (soft - soft.detach())
+
+
+def initial_logits(priority: Sequence[np.ndarray], keep: Sequence[np.ndarray],
+                   allocation: str) -> list[np.ndarray]:
+    """Logits in rank units from a per-neuron priority (higher = keep first).
+
+    priority[l] is (W, 2): (stage key, score), compared lexicographically; the kept
+    neurons must have the highest stage key. Global allocation ranks all layers on one
+    axis, uniform each layer on its own.
+    """
+    if allocation == "global":
+        scopes = [list(range(len(priority)))]
+    else:
+        scopes = [[layer] for layer in range(len(priority))]
+    logits = [np.zeros(len(k)) for k in keep]
+    for scope in scopes:
+        stage = np.concatenate([priority[i][:, 0] for i in scope])
+        score = np.concatenate([priority[i][:, 1] for i in scope])
+        kept = np.concatenate([keep[i] for i in scope])
+        order = np.lexsort((-score, -stage))  # best first
+        if not kept[order[: kept.sum()]].all():
+            raise ValueError("priorities must rank every kept neuron above the pruned ones")
+        position = np.empty(len(order))
+        position[order] = np.arange(len(order))
+        values = (kept.sum() - 0.5 - position) / len(order)
+        offsets = np.cumsum([0] + [len(keep[i]) for i in scope])
+        for j, layer in enumerate(scope):
+            logits[layer] = values[offsets[j] : offsets[j + 1]]
+    return logits
+
+
+@dataclass
+class MaskTrainingLog:
+    steps: int
+    first_loss: float
+    last_loss: float
+    kept_fraction_min: float  # of the hard mask over the training steps
+    kept_fraction_max: float
+    target_fraction: float
+
+
+def train_logits(
+    model: nn.Module,
+    windows: np.ndarray,  # (N, S) int64 calibration windows for the mask training
+    logits: Sequence[np.ndarray],  # per layer (W,) initial logits
+    target_fraction: float,
+    options: MaskOptions,
+) -> tuple[list[np.ndarray], MaskTrainingLog]:
+    """Train the mask logits with the weights frozen; return (logits, log)."""
+    ffns = find_ffns(model)
+    params = [nn.Parameter(torch.tensor(v, dtype=torch.float32)) for v in logits]
+    total = sum(p.numel() for p in params)
+    optimizer = torch.optim.Adam(params, lr=options.lr)
+    masks = NeuronMasks([None] * len(ffns))
+    requires = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    scale = None
+    fractions, losses = [], []
+    try:
+        with masks.applied(ffns):
+            for step in range(options.steps):
+                start = (step * options.batch_size) % len(windows)
+                batch = torch.from_numpy(windows[start : start + options.batch_size])
+                values = [ste_mask(p, options.temperature) for p in params]
+                for v in values:
+                    v.retain_grad()
+                masks.values = list(values)
+                task = model(input_ids=batch, labels=batch).loss
+                kept = torch.stack([v.sum() for v in values]).sum() / total
+                loss = task
+                if scale is not None:
+                    loss = task + scale * (kept - target_fraction) ** 2
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if scale is None:
+                    task_grad = torch.cat([v.grad.abs() for v in values]).mean().item()
+                    # d/dm_i of scale*(f-t)^2 at |f-t| = DRIFT_UNIT equals penalty * task_grad
+                    scale = options.penalty * task_grad * total / (2 * DRIFT_UNIT)
+                optimizer.step()
+                fractions.append(kept.item())
+                losses.append(task.item())
+    finally:
+        for p, r in zip(model.parameters(), requires):
+            p.requires_grad_(r)
+    log = MaskTrainingLog(
+        steps=options.steps,
+        first_loss=losses[0] if losses else float("nan"),
+        last_loss=losses[-1] if losses else float("nan"),
+        kept_fraction_min=min(fractions, default=target_fraction),
+        kept_fraction_max=max(fractions, default=target_fraction),
+        target_fraction=target_fraction,
+    )
+    return [p.detach().double().numpy() for p in params], log
+
+
+def harden(
+    logits: Sequence[np.ndarray],
+    keep_total: int,
+    allocation: str,
+    original_widths: Sequence[int],
+    min_widths: Sequence[int],
+) -> list[np.ndarray]:
+    """The final 0/1 mask: the top `keep_total` neurons by logit under the allocation rule."""
+    return select_keep(logits, keep_total, allocation, original_widths, min_widths)

@@ -1,0 +1,307 @@
+"""The pruning sweep: perplexity vs FFN prune ratio for MAGRIP and its ablations.
+
+For every method (magrip, magnitude, gradient, random) and ratio, the dense model is
+pruned (and, with training text, also fine-tuned from that pruned model), each
+result is saved as a checkpoint, exported to a verified package, and measured:
+sliding-window perplexity on each evaluation text (PyTorch, on the model that was
+saved), parameters, package weight bytes, and greedy decode tokens/s of the package
+relative to the dense package. Decode speed is measured at the end, round-robin over
+all packages for several rounds (median per package), so that drifts of a shared
+machine's load hit every package alike.
+
+Writes sweep.json (every row, the goals checked) and sweep.png to the report dir.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporter.magrip.calibration import (
+    TokenStream,
+    checkpoint_tokenizer,
+    read_text,
+    text_stream,
+    token_windows,
+)
+from exporter.magrip.pipeline import (
+    PruneOptions,
+    finetune_pruned,
+    fit_to_context,
+    peak_rss_mib,
+    prune_loaded,
+    save,
+    with_ratio,
+)
+from exporter.magrip.saliency import METHODS, neuron_saliency
+
+log = logging.getLogger(__name__)
+
+DECODE_PROMPT = "ROMEO:\nWhat light through yonder window breaks?"
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    ratios: tuple[float, ...]
+    eval_texts: tuple[str, ...]  # text specs
+    methods: tuple[str, ...] = METHODS
+    eval_max_tokens: int | None = 20000
+    eval_window: int | None = None
+    eval_stride: int | None = None
+    decode_tokens: int = 96
+    decode_rounds: int = 5
+    threads: int = 0  # onnxruntime intra-op threads for the decode measurement (0: default)
+    keep_artifacts: bool = False  # keep the pruned checkpoints and packages
+
+    def validate(self) -> None:
+        if not self.ratios or not all(0 < r < 1 for r in self.ratios):
+            raise ValueError(f"sweep ratios must be in (0, 1), got {list(self.ratios)}")
+        if not self.eval_texts:
+            raise ValueError("a sweep needs at least one --eval-text")
+        unknown = set(self.methods) - set(METHODS)
+        if unknown:
+            raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+        if self.decode_tokens < 2 or self.decode_rounds < 1:
+            raise ValueError("decode tokens must be >= 2 and decode rounds >= 1")
+
+
+def run_sweep(model_dir: str | Path, calib: str, report_dir: str | Path,
+              base: PruneOptions, sweep: SweepOptions, train_text: str | None = None
+              ) -> dict[str, Any]:
+    """Run the sweep; write sweep.json and sweep.png; return the report."""
+    from exporter.evaluation import TorchScorer
+    from exporter.hf_checkpoint import load_torch_model
+
+    sweep.validate()
+    base.validate()
+    started = time.monotonic()
+    model_dir, report_dir = Path(model_dir), Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    work = report_dir / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    dense = load_torch_model(model_dir)
+    base = fit_to_context(base, dense)
+    tokenizer = checkpoint_tokenizer(model_dir)
+    windows = token_windows(text_stream(tokenizer, read_text(calib)), base.seq_len,
+                            base.samples)
+    train = text_stream(tokenizer, read_text(train_text)) if train_text else None
+    if train is not None and base.finetune.steps == 0:
+        raise ValueError("a sweep with --train-text needs --finetune-steps > 0")
+    evals = {spec: _limit(text_stream(tokenizer, read_text(spec)), sweep.eval_max_tokens)
+             for spec in sweep.eval_texts}
+
+    def measure(model, name: str) -> dict[str, float]:
+        scorer = TorchScorer(model, tokenizer, name)
+        return {spec: round(_ppl(scorer, stream, sweep), 4) for spec, stream in evals.items()}
+
+    rows: list[dict[str, Any]] = []
+    packages: dict[str, Path] = {}
+    dense_row = {"method": "dense", "ratio": 0.0, "finetuned": False,
+                 "perplexity": measure(dense, "dense"),
+                 **_export(model_dir, work / "dense-pkg", packages, "dense")}
+    log.info("dense: %s", dense_row["perplexity"])
+    for method in sweep.methods:
+        method_options = with_ratio(base, sweep.ratios[0], method)
+        t0 = time.monotonic()
+        dense_scores = neuron_saliency(dense, windows, method_options.saliency,
+                                       seed=base.seed)
+        shared_seconds = time.monotonic() - t0
+        for ratio in sweep.ratios:
+            options = replace(with_ratio(base, ratio, method),
+                              finetune=replace(base.finetune, steps=0))
+            t0 = time.monotonic() - shared_seconds  # each row counts the shared first pass
+            pruned, pruning = prune_loaded(dense, windows, options, dense_scores=dense_scores)
+            key = f"{method}-r{ratio:.2f}"
+            rows.append(_row(method, ratio, False, pruned, pruning, model_dir, work, key,
+                             packages, measure, time.monotonic() - t0))
+            if train is not None:
+                t0 = time.monotonic()
+                tuned = copy.deepcopy(pruned)
+                order = [np.asarray(layer["kept"]) for layer in
+                         pruning["neuron_order"]["layers"]]
+                ft_options = replace(options, finetune=base.finetune)
+                order, scores, ft_pruning = finetune_pruned(tuned, order, windows, train,
+                                                            ft_options, pruning)
+                from exporter.magrip.checkpoint_out import neuron_order_document
+
+                ft_pruning["neuron_order"] = neuron_order_document(
+                    order, scores, pruning["source_ffn_widths"])
+                rows.append(_row(method, ratio, True, tuned, ft_pruning, model_dir, work,
+                                 key + "-ft", packages, measure, time.monotonic() - t0))
+            log.info("%s: %s", key, rows[-1]["perplexity"])
+    speeds = decode_speeds(packages, sweep)
+    for row in [dense_row, *rows]:
+        row["decode_tokens_per_s"] = round(speeds[row.pop("package_key")], 2)
+    _relative(dense_row, rows)
+    report = {
+        "model": str(model_dir.resolve()),
+        "model_type": dense.config.model_type,
+        "calibration": {"text": calib, "seq_len": base.seq_len, "windows": int(len(windows))},
+        "train_text": train_text,
+        "eval_texts": {spec: int(len(s.ids)) for spec, s in evals.items()},
+        "options": _jsonable(asdict(base)),
+        "decode": {"tokens": sweep.decode_tokens, "rounds": sweep.decode_rounds,
+                   "prompt": DECODE_PROMPT, "statistic": "median decode tokens/s"},
+        "dense": dense_row,
+        "rows": rows,
+        "goals": check_goals(dense_row, rows),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    (report_dir / "sweep.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, report_dir / "sweep.png")
+    if not sweep.keep_artifacts:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def _limit(stream: TokenStream, max_tokens: int | None) -> TokenStream:
+    return TokenStream(stream.ids[:max_tokens] if max_tokens else stream.ids, stream.bos)
+
+
+def _ppl(scorer, stream: TokenStream, sweep: SweepOptions) -> float:
+    from exporter.evaluation import perplexity
+
+    return perplexity(scorer, stream, sweep.eval_window, sweep.eval_stride).perplexity
+
+
+def _export(checkpoint: Path, out: Path, packages: dict[str, Path], key: str) -> dict[str, Any]:
+    from exporter.llm_export import LLMExportOptions, export_llm
+
+    result = export_llm(checkpoint, out, LLMExportOptions(name=key))
+    packages[key] = result.package
+    return {"parameters": result.parameters, "weight_bytes": result.weight_bytes,
+            "package_key": key}
+
+
+def _row(method, ratio, finetuned, model, pruning, model_dir, work, key, packages, measure,
+         seconds) -> dict[str, Any]:
+    checkpoint = save(model, model_dir, work / f"{key}-ckpt", pruning)
+    row = {
+        "method": method,
+        "ratio": ratio,
+        "finetuned": finetuned,
+        "perplexity": measure(model, key),
+        "ffn_widths": pruning["ffn_widths"],
+        "prune_seconds": round(seconds, 1),
+        "mask": pruning.get("mask"),
+        **_export(checkpoint, work / f"{key}-pkg", packages, key),
+    }
+    if finetuned:
+        row["finetune"] = pruning["finetune"]
+    return row
+
+
+def decode_speeds(packages: dict[str, Path], sweep: SweepOptions) -> dict[str, float]:
+    """Median greedy decode tokens/s per package, measured round-robin."""
+    from runtime.llm.engine import LLMEngine
+    from runtime.llm.sampling import SamplingParams
+
+    params = SamplingParams(max_new_tokens=sweep.decode_tokens, temperature=0.0,
+                            ignore_eos=True)
+    warmup = SamplingParams(max_new_tokens=4, temperature=0.0, ignore_eos=True)
+    samples: dict[str, list[float]] = {key: [] for key in packages}
+    for round_ in range(sweep.decode_rounds):
+        for key, path in packages.items():
+            engine = LLMEngine.load(path, threads=sweep.threads)
+            list(engine.generate(DECODE_PROMPT, warmup))
+            last = list(engine.generate(DECODE_PROMPT, params))[-1]
+            samples[key].append(last.stats.decode_tokens_per_s)
+            del engine
+        log.info("decode round %d of %d done", round_ + 1, sweep.decode_rounds)
+    return {key: statistics.median(values) for key, values in samples.items()}
+
+
+def _relative(dense: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        bytes_ratio = dense["weight_bytes"] / row["weight_bytes"]
+        speed_ratio = row["decode_tokens_per_s"] / dense["decode_tokens_per_s"]
+        row["relative"] = {
+            "parameters": round(row["parameters"] / dense["parameters"], 4),
+            "weight_bytes": round(row["weight_bytes"] / dense["weight_bytes"], 4),
+            "decode_speedup": round(speed_ratio, 4),
+            "bytes_speedup_bound": round(bytes_ratio, 4),
+            "speedup_over_bytes_bound": round(speed_ratio / bytes_ratio, 4),
+        }
+
+
+def check_goals(dense: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's three goals, cell by cell, with an overall verdict for each."""
+    by = {(r["method"], r["ratio"], r["finetuned"]): r for r in rows}
+    beats = []
+    for (method, ratio, tuned), row in by.items():
+        if method != "magrip" or ratio < 0.2 - 1e-9:
+            continue
+        for spec, value in row["perplexity"].items():
+            rivals = {m: by[(m, ratio, tuned)]["perplexity"][spec]
+                      for m in METHODS if m != "magrip" and (m, ratio, tuned) in by}
+            beats.append({"ratio": ratio, "finetuned": tuned, "text": spec,
+                          "magrip": value, "ablations": rivals,
+                          "ok": all(value < v for v in rivals.values())})
+    within = []
+    for (method, ratio, tuned), row in by.items():
+        if method == "magrip" and tuned and abs(ratio - 0.3) < 1e-9:
+            for spec, value in row["perplexity"].items():
+                limit = 1.15 * dense["perplexity"][spec]
+                within.append({"text": spec, "perplexity": value,
+                               "dense": dense["perplexity"][spec], "ok": value <= limit})
+    speed = [{"method": r["method"], "ratio": r["ratio"], "finetuned": r["finetuned"],
+              "speedup_over_bytes_bound": r["relative"]["speedup_over_bytes_bound"],
+              "ok": r["relative"]["speedup_over_bytes_bound"] >= 0.9} for r in rows]
+    return {
+        "magrip_beats_every_ablation_from_0.2": {
+            "ok": bool(beats) and all(c["ok"] for c in beats), "cells": beats},
+        "ppl_within_15pct_of_dense_at_0.3_finetuned": {
+            "ok": bool(within) and all(c["ok"] for c in within), "cells": within},
+        "decode_speedup_at_least_90pct_of_bytes_ratio": {
+            "ok": all(c["ok"] for c in speed), "cells": speed},
+    }
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    specs = list(report["dense"]["perplexity"])
+    fig, axes = plt.subplots(1, len(specs), figsize=(6 * len(specs), 4.5), squeeze=False)
+    colors = {"magrip": "tab:red", "magnitude": "tab:blue", "gradient": "tab:green",
+              "random": "tab:gray"}
+    for ax, spec in zip(axes[0], specs):
+        for method in dict.fromkeys(r["method"] for r in report["rows"]):
+            for tuned, style in ((False, "-"), (True, "--")):
+                points = sorted((r["ratio"], r["perplexity"][spec]) for r in report["rows"]
+                                if r["method"] == method and r["finetuned"] == tuned)
+                if points:
+                    xs, ys = zip(*points)
+                    ax.plot(xs, ys, style, marker="o", color=colors.get(method),
+                            label=f"{method}{' + fine-tune' if tuned else ''}")
+        ax.axhline(report["dense"]["perplexity"][spec], color="black", linestyle=":",
+                   label="dense")
+        values = [r["perplexity"][spec] for r in report["rows"]]
+        if max(values) > 5 * min(values):  # log only where the range needs it
+            ax.set_yscale("log")
+        ax.set_xticks(sorted({r["ratio"] for r in report["rows"]}))
+        ax.set_xlabel("FFN prune ratio")
+        ax.set_ylabel("perplexity")
+        ax.set_title(f"{report['model_type']}: {Path(spec).name}", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))

@@ -1,0 +1,83 @@
+"""`e2edge prune` end to end on a tiny checkpoint, and its errors on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from e2edge.cli import main
+from exporter.hf_checkpoint import CheckpointError, load_torch_model
+from exporter.magrip.calibration import CalibrationError, TextSpec, read_text
+from exporter.magrip.ffn import find_ffns
+
+FAST = ["--seq-len", "32", "--samples", "6", "--mask-steps", "4", "--batch-size", "3"]
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory, data_dir):
+    path = tmp_path_factory.mktemp("calib") / "calib.txt"
+    path.write_text((data_dir / "tinyshakespeare.txt").read_text()[:6000])
+    return path
+
+
+def test_prune_cli_writes_a_loadable_pruned_checkpoint(tmp_path, capsys, calib,
+                                                       tiny_llama_checkpoint):
+    out = tmp_path / "pruned"
+    code = main(["prune", "--model", str(tiny_llama_checkpoint), "--calib", f"{calib}@0:0.5",
+                 "--ratio", "0.25", "--out", str(out), "--train-text", f"{calib}@0.5:1",
+                 "--finetune-steps", "3", "--finetune-seq-len", "32", *FAST])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "FFN widths [96, 96] ->" in printed and "peak memory" in printed
+    pruning = json.loads((out / "config.json").read_text())["e2edge_pruning"]
+    assert sum(pruning["ffn_widths"]) == 144
+    assert pruning["finetune"]["steps"] == 3 and pruning["calibration"]["windows"] == 6
+    assert pruning["peak_rss_mib"] > 0
+    model = load_torch_model(out)
+    assert [m.down_proj.in_features for m in find_ffns(model)] == pruning["ffn_widths"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--ratio", "1.5"], "ratio must be in (0, 1)"),
+    (["--ratio", "0"], "ratio must be in (0, 1)"),
+    (["--ratio", "0.3", "--seq-len", "100000"], "too short for one window"),
+    (["--ratio", "0.3", "--finetune-steps", "5"], "--finetune-steps needs --train-text"),
+])
+def test_prune_cli_rejects_bad_input_in_one_line(tmp_path, capsys, calib,
+                                                 tiny_llama_checkpoint, args, message):
+    short = tmp_path / "short.txt"
+    short.write_text("To be, or not to be.")
+    calib_arg = str(short) if "100000" in args else str(calib)
+    args = [a if a != "100000" else "64" for a in args]
+    code = main(["prune", "--model", str(tiny_llama_checkpoint), "--calib", calib_arg,
+                 "--out", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err
+    assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_without_a_gated_ffn_is_refused(tmp_path, capsys, calib, tiny_llama_checkpoint):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=300)).save_pretrained(
+        tmp_path / "gpt2")
+    code = main(["prune", "--model", str(tmp_path / "gpt2"), "--calib", str(calib),
+                 "--ratio", "0.3", "--out", str(tmp_path / "out")])
+    assert code == 1 and "unsupported architecture 'gpt2'" in capsys.readouterr().err
+
+    model = load_torch_model(tiny_llama_checkpoint)
+    model.model.layers[1].mlp = torch.nn.Identity()
+    with pytest.raises(CheckpointError, match="layer 1 has no recognisable gated FFN"):
+        find_ffns(model)
+
+
+def test_text_specs_slice_the_file(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("abcdefghij")
+    assert read_text(f"{path}@0:0.3") == "abc" and read_text(f"{path}@0.9:1") == "j"
+    assert read_text(str(path)) == "abcdefghij"
+    assert TextSpec.parse("a@b.txt") == TextSpec("a@b.txt")
+    with pytest.raises(CalibrationError, match="0 <= A < B <= 1"):
+        read_text(f"{path}@0.5:0.2")
