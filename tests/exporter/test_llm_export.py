@@ -10,10 +10,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from llm_fixtures import make_tiny_checkpoint
 
 from exporter.hf_checkpoint import load_torch_model
 from exporter.llm_export import ExportVerificationError, LLMExportOptions, export_llm
-from llm_fixtures import make_tiny_checkpoint
 from runtime.llm.engine import LLMEngine
 from runtime.package import load_package
 
