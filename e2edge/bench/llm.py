@@ -9,11 +9,11 @@ the ratio is reported.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
+
+from e2edge.bench.result_file import save_result
 
 PROMPT_TEXT = (
     "First Citizen: Before we proceed any further, hear me speak. All: Speak, speak. "
@@ -132,10 +132,7 @@ def run(args: argparse.Namespace) -> int:
         result["prefill_speedup_vs_transformers"] = round(
             result["e2edge"]["prefill_tokens_per_s"] / hf["prefill_tokens_per_s"], 2
         )
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    text = save_result(result, args.out)
     if args.json:
         print(text)
     else:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import random
 import subprocess
@@ -33,6 +32,8 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from e2edge.bench.result_file import save_result
 
 KINDS = ("generate", "classify")
 DELIBERATE = "RESOURCE_EXHAUSTED"  # queue full: load shedding, not a failure
@@ -296,9 +297,8 @@ def run(args: argparse.Namespace) -> int:
                             "rss_end_mb": round(memory["end"] / 2**20, 1),
                             "growth_pct": round(growth, 2),
                             "within_goal": abs(growth) <= LEAK_GOAL_PCT}
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    text = save_result(report, args.out)
+    print(text if args.json else format_report(report))
     return 0
 
 

@@ -32,6 +32,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from e2edge.bench.result_file import save_result
+
 GOAL_OVERHEAD_PCT = 5.0
 # A pause before each timed run: onnxruntime's worker threads spin for a while after
 # a run, and the other side's spinning threads must not steal this side's cores.
@@ -213,8 +215,6 @@ def format_result(result: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     result = bench_serve(args.package, args.new_tokens, args.repeats, args.warmup,
                          args.prompt, args.threads, args.daemon)
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    text = save_result(result, args.out)
     print(text if args.json else format_result(result))
     return 0

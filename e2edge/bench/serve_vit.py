@@ -36,6 +36,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from e2edge.bench.result_file import save_result
+
 GOAL_SPEEDUP = 2.0
 GOAL_P99_OVER_P50 = 4.0
 MODES = {"unbatched": "off", "batched": "on"}
@@ -280,9 +282,6 @@ def format_result(result: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     result = bench_serve_vit(args)
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    text = save_result(result, args.out)
     print(text if args.json else format_result(result))
     return 0

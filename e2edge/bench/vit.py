@@ -12,11 +12,12 @@ run in the same process and the JSON carries compare / package latency ratios
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from e2edge.bench.result_file import save_result
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,10 +111,7 @@ def bench(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     result = bench(args)
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    text = save_result(result, args.out)
     if args.json:
         print(text)
     else:
