@@ -39,6 +39,8 @@ def source_dtype(model_dir: Path) -> torch.dtype:
     from safetensors import safe_open
 
     files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{model_dir}: no *.safetensors weights")
     with safe_open(str(files[0]), framework="pt") as f:
         name = next(iter(f.keys()))
         dtype = f.get_slice(name).get_dtype()
@@ -66,6 +68,13 @@ def neuron_order_document(orders: Sequence[np.ndarray], scores: Sequence[np.ndar
     }
 
 
+def copy_source_files(source_dir: Path, out: Path) -> None:
+    """Copy the source's tokenizer and generation files (those it has) into `out`."""
+    for name in TOKENIZER_FILES:
+        if (Path(source_dir) / name).is_file():
+            shutil.copyfile(Path(source_dir) / name, Path(out) / name)
+
+
 def save_pruned_checkpoint(
     model: nn.Module,
     source_dir: Path,
@@ -74,7 +83,10 @@ def save_pruned_checkpoint(
     neuron_order: dict[str, Any],
     dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write `model` (already compacted) as a checkpoint at `out`; return `out`."""
+    """Write `model` (already compacted) as a checkpoint at `out`; return `out`.
+
+    `source_dir` provides the tokenizer and generation files (copy_source_files).
+    """
     source_dir, out = Path(source_dir), Path(out).expanduser().resolve()
     widths = [int(w) for w in pruning["ffn_widths"]]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -83,9 +95,7 @@ def save_pruned_checkpoint(
     try:
         save_model = model if dtype in (None, torch.float32) else _cast_copy(model, dtype)
         save_model.save_pretrained(tmp)
-        for name in TOKENIZER_FILES:
-            if (source_dir / name).is_file():
-                shutil.copyfile(source_dir / name, tmp / name)
+        copy_source_files(source_dir, tmp)
         config_path = tmp / "config.json"
         config = json.loads(config_path.read_text())
         config["intermediate_size"] = max(widths)

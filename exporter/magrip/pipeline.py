@@ -336,11 +336,13 @@ def describe(options: PruneOptions, dense_widths, params_before, pruned, selecti
     }
 
 
-def save(pruned: nn.Module, model_dir: Path, out: Path, pruning: dict[str, Any]) -> Path:
+def save(pruned: nn.Module, model_dir: Path, out: Path, pruning: dict[str, Any],
+         dtype: torch.dtype | None = None) -> Path:
+    """Write the pruned checkpoint; `dtype` defaults to the source's weights' dtype."""
     pruning = dict(pruning)
     order = pruning.pop("neuron_order")
     return save_pruned_checkpoint(pruned, model_dir, out, pruning, order,
-                                  dtype=source_dtype(model_dir))
+                                  dtype=dtype or source_dtype(model_dir))
 
 
 def with_ratio(options: PruneOptions, ratio: float, method: str) -> PruneOptions:

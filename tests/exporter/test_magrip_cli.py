@@ -81,3 +81,27 @@ def test_text_specs_slice_the_file(tmp_path):
     assert TextSpec.parse("a@b.txt") == TextSpec("a@b.txt")
     with pytest.raises(CalibrationError, match="0 <= A < B <= 1"):
         read_text(f"{path}@0.5:0.2")
+
+
+def test_sweep_writes_a_table_and_a_plot(tmp_path, capsys, calib, tiny_llama_checkpoint):
+    report = tmp_path / "report"
+    code = main(["prune", "--model", str(tiny_llama_checkpoint), "--calib", f"{calib}@0:0.5",
+                 "--sweep", "0.3", "--methods", "magrip,random", "--report", str(report),
+                 "--eval-text", f"{calib}@0.5:1", "--train-text", f"{calib}@0:0.5",
+                 "--finetune-steps", "2", "--finetune-seq-len", "32", "--decode-rounds", "1",
+                 "--decode-tokens", "4", *FAST])
+    assert code == 0, capsys.readouterr().err
+    table = json.loads((report / "sweep.json").read_text())
+    rows = {(r["method"], r["finetuned"]): r for r in table["rows"]}
+    assert set(rows) == {("magrip", False), ("magrip", True), ("random", False),
+                         ("random", True)}
+    for row in rows.values():
+        assert row["parameters"] < table["dense"]["parameters"]
+        assert row["decode_tokens_per_s"] > 0 and row["relative"]["weight_bytes"] < 1
+        assert set(row["perplexity"]) == {f"{calib}@0.5:1"}
+    assert rows[("magrip", True)]["finetune"]["steps"] == 2
+    assert set(table["goals"]) == {"magrip_beats_every_ablation_from_0.2",
+                                   "ppl_within_15pct_of_dense_at_0.3_finetuned",
+                                   "decode_speedup_at_least_90pct_of_bytes_ratio"}
+    assert (report / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (report / "work").exists()  # checkpoints and packages are cleaned up
