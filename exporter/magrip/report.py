@@ -314,6 +314,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
                             label=f"{method}{' + fine-tune' if tuned else ''}")
         ax.axhline(report["dense"]["perplexity"][spec], color="black", linestyle=":",
                    label="dense")
+        control = report.get("dense_finetuned_control")
+        if control:
+            ax.axhline(control["perplexity"][spec], color="black", linestyle="--",
+                       linewidth=0.8, label="dense + same fine-tune")
         values = [r["perplexity"][spec] for r in report["rows"]]
         if max(values) > 5 * min(values):  # log only where the range needs it
             ax.set_yscale("log")

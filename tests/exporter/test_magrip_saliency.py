@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from exporter.hf_checkpoint import load_torch_model
+from exporter.magrip.brute_force import compare, removal_loss_changes
 from exporter.magrip.ffn import NeuronMasks, find_ffns
 from exporter.magrip.saliency import SaliencyOptions, median_normalise, neuron_saliency
 
@@ -55,6 +56,16 @@ def test_saliency_agrees_with_removing_each_neuron(model_and_windows):
         rank = np.argsort(np.argsort(-magrip[layer]))  # 0 = most salient
         assert rank[np.argsort(-change)[:3]].max() < 0.25 * width
         assert rank[np.argsort(change)[:3]].min() >= 0.5 * width
+
+
+def test_brute_force_tool_measures_the_same_loss_changes(model_and_windows):
+    model, windows = model_and_windows
+    batched = _brute_force_loss_change(model, windows, 1)
+    result = compare(model, windows, [1], neurons=12)["1"]
+    assert result["spearman_vs_abs_change"]["taylor only (gradient)"] > 0.7
+    neurons = np.array([3, 50, 95])
+    np.testing.assert_allclose(removal_loss_changes(model, windows, 1, neurons),
+                               batched[neurons], atol=1e-5)
 
 
 def test_ablation_signals_and_masked_neurons(model_and_windows):
