@@ -27,6 +27,7 @@ from exporter.hf_checkpoint import (
 )
 from exporter.package_writer import PackageWriter
 from runtime.errors import E2edgeError
+from runtime.package import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +135,10 @@ def _write_tokenizer(model_dir: Path, out_dir: Path, spec: DecoderSpec) -> bool:
 
 
 def _source_checksum(model_dir: Path) -> str:
+    """One sha256 over the checkpoint's weight files (names and contents)."""
     digest = hashlib.sha256()
     for path in sorted(model_dir.glob("*.safetensors")):
-        digest.update(path.name.encode())
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
+        digest.update(f"{path.name} {sha256_file(path)}\n".encode())
     return digest.hexdigest()
 
 

@@ -199,6 +199,9 @@ class DecoderGraphBuilder:
         g.const("mask_value", np.array(MASK_VALUE, dtype=f32))
         g.const("zero_i", np.array(0, dtype=np.int64))
         g.const("one_i", np.array(1, dtype=np.int64))
+        g.const("zero_i_axes", np.array([0], dtype=np.int64))
+        g.const("pad_axes", np.array([1, 2, 3], dtype=np.int64))
+        g.const("heads_shape", np.array([0, s.num_heads, -1, s.head_dim], dtype=np.int64))
         # (B, S, heads*hd) <-> (B, S, heads, hd) and the grouped-query views
         g.const("q_shape", np.array([0, 0, s.num_heads, s.head_dim], dtype=np.int64))
         g.const("kv_shape", np.array([0, 0, s.num_kv_heads, s.head_dim], dtype=np.int64))
@@ -225,8 +228,6 @@ class DecoderGraphBuilder:
             ],
             "causal",
         )  # (S, T)
-        g.const("zero_i_axes", np.array([0], dtype=np.int64))
-        g.const("pad_axes", np.array([1, 2, 3], dtype=np.int64))
         keep = g.op("Cast", ["attention_mask"], "keep", to=TensorProto.BOOL)
         keep = g.op("Unsqueeze", [keep, "pad_axes"], "keep4")  # (B, 1, 1, 1, T)
         allowed = g.op("And", [causal, keep], "allowed")  # (B, 1, 1, S, T)
@@ -245,7 +246,8 @@ class DecoderGraphBuilder:
             "Concat", ["group_prefix", s_1d, t_1d], ["scores_shape"], name="scores_shape", axis=0
         ))
         g.nodes.append(helper.make_node(
-            "Concat", ["flat_prefix", t_1d], ["group_scores_shape"], name="flat_shape", axis=0
+            "Concat", ["flat_prefix", t_1d], ["group_scores_shape"], name="group_shape_concat",
+            axis=0,
         ))
 
     def _heads(self, x: str, shape: str) -> str:
@@ -313,15 +315,14 @@ class DecoderGraphBuilder:
         g.const("flat_shape", np.array([-1, s.hidden_size], dtype=np.int64))
         flat = g.op("Reshape", [x, "flat_shape"])
         logits = g.op("Gemm", [flat, "model.embed_tokens.weight"], "logits_flat", transB=1)
-        batch_seq = g.op("Slice", [g.op("Shape", ["input_ids"]), "zero_i_axes", "two_i"])
         g.const("two_i", np.array([2], dtype=np.int64))
+        batch_seq = g.op("Slice", [g.op("Shape", ["input_ids"]), "zero_i_axes", "two_i"])
         g.const("vocab_dim", np.array([s.vocab_size], dtype=np.int64))
         out_shape = g.op("Concat", [batch_seq, "vocab_dim"], axis=0)
         return g.op("Reshape", [logits, out_shape], "logits_raw")
 
     def _model(self) -> onnx.ModelProto:
         s, g = self.spec, self.g
-        g.const("heads_shape", np.array([0, s.num_heads, -1, s.head_dim], dtype=np.int64))
         f32, i64 = TensorProto.FLOAT, TensorProto.INT64
         kv = ["batch", s.num_kv_heads, "past_sequence_length", s.head_dim]
         kv_out = ["batch", s.num_kv_heads, "total_sequence_length", s.head_dim]

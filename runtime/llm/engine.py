@@ -85,11 +85,13 @@ class LLMEngine:
         self.context_length = self.layout.context_length
         self.backend_name = backend.name
         self.providers = list(backend.providers)
-        self._present = [
-            self.layout.present_name(i, part)
+        # (present output, past input) name pairs: each step's cache feeds the next
+        self._cache_names = [
+            (self.layout.present_name(i, part), self.layout.past_name(i, part))
             for i in range(self.layout.num_layers)
             for part in ("key", "value")
         ]
+        self._present = [present for present, _ in self._cache_names]
 
     @classmethod
     def load(
@@ -140,8 +142,7 @@ class LLMEngine:
             **cache,
         }
         out = self.backend.run(feeds, keep=self._present)
-        next_cache = {name.replace("present.", "past_key_values.", 1): out[name]
-                      for name in self._present}
+        next_cache = {past: out[present] for present, past in self._cache_names}
         return out["logits"], next_cache
 
     # ---- generation -----------------------------------------------------------------
