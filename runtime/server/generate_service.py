@@ -37,6 +37,7 @@ from runtime.server.energy_accounting import EnergyAccounting, fill_generation_e
 from runtime.server.errors import DeadlineExceeded, Draining, abort, status_for
 from runtime.server.model_registry import ModelEntry, ModelRegistry
 from runtime.server.request_log import RequestRecord, log_request
+from runtime.server.unary import logged_unary
 
 
 @dataclass(frozen=True)
@@ -208,18 +209,10 @@ class EdgeRuntimeServicer(ClassifyServicer, pb_grpc.EdgeRuntimeServicer):
     async def GetModel(
         self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInfo:
-        record = RequestRecord(uuid.uuid4().hex[:16], "GetModel", model=request.name,
-                               peer=context.peer())
-        started = time.monotonic()
-        try:
+        async def info() -> pb.ModelInfo:
             return convert.model_info(self.registry.get(request.name), self.power_source)
-        except Exception as e:
-            code, details, _ = status_for(e, record.request_id)
-            record.status, record.error = code.name, details
-            await abort(context, e, record.request_id)
-        finally:
-            record.latency_s = time.monotonic() - started
-            log_request(record)
+
+        return await logged_unary(context, "GetModel", request.name, info)
 
 
 def _log_generation(record: RequestRecord, worker: asyncio.Future | None,

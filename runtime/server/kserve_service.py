@@ -47,6 +47,7 @@ from runtime.server.errors import DeadlineExceeded, Draining, abort, status_for
 from runtime.server.generate_service import Generation
 from runtime.server.model_registry import ModelEntry, ModelState
 from runtime.server.request_log import RequestRecord, log_request
+from runtime.server.unary import logged_unary
 
 SERVICE_NAME = kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 VERSION = "1"  # every model has one version
@@ -447,17 +448,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         return await self._unary_async(context, method, model, run)
 
     async def _unary_async(self, context, method: str, model: str, run: Callable):
-        record = RequestRecord(uuid.uuid4().hex[:16], method, model=model, peer=context.peer())
-        started = time.monotonic()
-        try:
-            return await run()
-        except Exception as e:
-            code, details, _ = status_for(e, record.request_id)
-            record.status, record.error = code.name, details
-            await abort(context, e, record.request_id)
-        finally:
-            record.latency_s = time.monotonic() - started
-            log_request(record)
+        return await logged_unary(context, method, model, run)
 
 
 

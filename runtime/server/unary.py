@@ -1,0 +1,35 @@
+"""One place that runs a unary RPC handler, logs it, and turns failures into statuses."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from runtime.server.errors import abort, status_for
+from runtime.server.request_log import RequestRecord, log_request
+
+Response = TypeVar("Response")
+
+
+async def logged_unary(
+    context: grpc.aio.ServicerContext,
+    method: str,
+    model: str,
+    run: Callable[[], Awaitable[Response]],
+) -> Response:
+    """Await `run()`; any failure aborts the RPC with its mapped status. One log line."""
+    record = RequestRecord(uuid.uuid4().hex[:16], method, model=model, peer=context.peer())
+    started = time.monotonic()
+    try:
+        return await run()
+    except Exception as e:
+        code, details, _ = status_for(e, record.request_id)
+        record.status, record.error = code.name, details
+        await abort(context, e, record.request_id)
+    finally:
+        record.latency_s = time.monotonic() - started
+        log_request(record)
