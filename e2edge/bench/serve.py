@@ -24,14 +24,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from e2edge.bench.daemon_process import daemon_process
 from e2edge.bench.result_file import save_result
 
 GOAL_OVERHEAD_PCT = 5.0
@@ -114,15 +112,8 @@ def _started_daemon(mode: str, config) -> Iterator[str]:
             f"models:\n  - name: {model.name}\n    path: {json.dumps(str(model.path))}\n"
             f"    threads: {model.threads}\n    max_queue: 0\n"
         )
-        child = subprocess.Popen(
-            [sys.executable, "-m", "e2edge.cli", "serve", "--config", str(config_path)]
-        )
-        try:
+        with daemon_process(config_path):
             yield target
-        finally:
-            child.send_signal(signal.SIGTERM)
-            if child.wait(timeout=30) != 0:
-                raise RuntimeError(f"the daemon exited with status {child.returncode}")
 
 
 def bench_serve(package: str, new_tokens: int = 128, repeats: int = 5, warmup: int = 2,

@@ -28,14 +28,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from e2edge.bench.daemon_process import daemon_process
 from e2edge.bench.result_file import save_result
 
 GOAL_SPEEDUP = 2.0
@@ -118,14 +117,8 @@ def _daemon(mode: str, text: str) -> Iterator[str]:
             with DaemonThread(load_config(config_path), grace_s=0) as daemon:
                 yield daemon.target
             return
-        child = subprocess.Popen(
-            [sys.executable, "-m", "e2edge.cli", "serve", "--config", str(config_path)])
-        try:
+        with daemon_process(config_path):
             yield target
-        finally:
-            child.send_signal(signal.SIGTERM)
-            if child.wait(timeout=30) != 0:
-                raise RuntimeError(f"the daemon exited with status {child.returncode}")
 
 
 def _measure(target: str, images: list, clients: int, rounds: int, window_s: float,
