@@ -127,6 +127,22 @@ class Streams:
         return self.results
 
 
+def _wait_admitted(target: str, counts: dict[str, int], timeout_s: float = 30) -> None:
+    """Block until the daemon holds every stream (running or queued) of each model.
+
+    A stream whose RPC has not reached the daemon when the reload lands is a new request
+    for a removed model, so NOT_FOUND would be right for it: wait until none is in flight.
+    """
+    deadline = time.monotonic() + timeout_s
+    with EdgeClient(target) as client:
+        while time.monotonic() < deadline:
+            held = {m.name: m.active_requests + m.queued_requests for m in client.list_models()}
+            if all(held.get(name, 0) >= count for name, count in counts.items()):
+                return
+            time.sleep(0.02)
+    raise AssertionError(f"the daemon did not admit {counts} streams: holds {held}")
+
+
 def test_reload_adds_removes_and_swaps_models_without_cutting_streams(
         tmp_path, serve, tiny_llama_package):
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -140,6 +156,7 @@ def test_reload_adds_removes_and_swaps_models_without_cutting_streams(
     steady = Streams(daemon.target, "steady", 6)
     leaving = Streams(daemon.target, "leaving", 6)
     assert steady.started.wait(30) and leaving.started.wait(30)
+    _wait_admitted(daemon.target, {"steady": 6, "leaving": 6})
 
     hammer_codes: list[str] = []
     hammering = threading.Event()
