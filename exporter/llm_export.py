@@ -48,6 +48,9 @@ class LLMExportOptions:
     weights: str = "fp32"  # fp32 | int8 | int4 (MatMulNBits, blockwise symmetric)
     block_size: int = 32
     accuracy_level: int = 0  # MatMulNBits: 4 = int8 activations (faster on CPU, inexact)
+    # gqa: onnxruntime's fused GroupQueryAttention over a shared KV buffer (fastest on
+    # onnxruntime); standard: plain ONNX that TensorRT's parser also reads
+    attention: str = "gqa"
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ def export_llm(
     spec = decoder_spec(config, weights)
     with PackageWriter(out) as writer:
         add_bos = _write_tokenizer(model_dir, writer.dir, spec)
-        model, effective = build_decoder_onnx(spec, weights, quant)
+        model, effective = build_decoder_onnx(spec, weights, quant, options.attention)
         onnx_path = writer.dir / "model.onnx"
         onnx.save_model(
             model, str(onnx_path), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -163,13 +166,7 @@ def _manifest(
     package_dir: Path,
 ) -> dict[str, Any]:
     weight_bytes = (package_dir / "model.onnx.data").stat().st_size
-    kv = ["batch", spec.num_kv_heads, "past_sequence_length", spec.head_dim]
-    kv_out = ["batch", spec.num_kv_heads, "total_sequence_length", spec.head_dim]
-    inputs = [
-        {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence_length"]},
-        {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "total_sequence_length"]},
-        {"name": "position_ids", "dtype": "int64", "shape": ["batch", "sequence_length"]},
-    ]
+    inputs, kv, kv_out, kv_cache = _decoder_io(spec, options.attention)
     outputs = [{"name": "logits", "dtype": "float32",
                 "shape": ["batch", "sequence_length", spec.vocab_size]}]
     for i in range(spec.num_layers):
@@ -204,18 +201,45 @@ def _manifest(
             "bos_token_id": spec.bos_token_id,
             "eos_token_ids": _generation_eos(model_dir, spec),
             "add_bos_token": add_bos,
-            "kv_cache": {
-                "layout": "batch, kv_heads, sequence, head_dim",
-                "dtype": "float32",
-                "past": "past_key_values.{layer}.{key|value}",
-                "present": "present.{layer}.{key|value}",
-            },
+            "kv_cache": kv_cache,
+            "attention": options.attention,
         },
         "pruning": pruning,
         "quantization": _quantization_facts(options),
         "parameters": parameters,
         "weight_bytes": weight_bytes,
     }
+
+
+def _decoder_io(spec: DecoderSpec, attention: str):
+    """(fixed inputs, past shape, present shape, kv_cache facts) of the exported graph."""
+    ids = {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence_length"]}
+    cache = {
+        "layout": "batch, kv_heads, sequence, head_dim",
+        "dtype": "float32",
+        "past": "past_key_values.{layer}.{key|value}",
+        "present": "present.{layer}.{key|value}",
+    }
+    if attention == "gqa":
+        kv = ["batch", spec.num_kv_heads, "max_sequence_length", spec.head_dim]
+        inputs = [
+            ids,
+            {"name": "seqlens_k", "dtype": "int32", "shape": ["batch"]},
+            {"name": "total_sequence_length", "dtype": "int32", "shape": []},
+        ]
+        cache["mode"] = "shared_buffer"
+        cache["note"] = ("past and present are one preallocated buffer per layer; "
+                         "seqlens_k[b] = row b's total length - 1")
+        return inputs, kv, kv, cache
+    kv = ["batch", spec.num_kv_heads, "past_sequence_length", spec.head_dim]
+    kv_out = ["batch", spec.num_kv_heads, "total_sequence_length", spec.head_dim]
+    inputs = [
+        ids,
+        {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "total_sequence_length"]},
+        {"name": "position_ids", "dtype": "int64", "shape": ["batch", "sequence_length"]},
+    ]
+    cache["mode"] = "concat"
+    return inputs, kv, kv_out, cache
 
 
 def _quantization_facts(options: LLMExportOptions) -> dict[str, Any]:

@@ -353,15 +353,28 @@ class DecoderGraphBuilder:
         return model
 
 
+ATTENTION_KINDS = ("gqa", "standard")
+
+
 def build_decoder_onnx(
     spec: DecoderSpec,
     weights: dict[str, np.ndarray],
     quant: WeightQuantConfig | None = None,
+    attention: str = "standard",
 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """The ONNX decoder with KV cache for `spec`, and the quantised weights it computes with.
 
+    attention: "standard" is plain opset-17 ONNX (onnxruntime and TensorRT); "gqa" uses
+    onnxruntime's fused contrib ops and a shared KV buffer (llm_onnx_gqa.py).
     The second value maps HF weight names to the dequantised float32 weights (empty
     for fp32), so a PyTorch reference with the same weights can check the export.
     """
-    builder = DecoderGraphBuilder(spec, weights, quant)
+    if attention == "gqa":
+        from exporter.llm_onnx_gqa import GqaDecoderGraphBuilder
+
+        builder: DecoderGraphBuilder = GqaDecoderGraphBuilder(spec, weights, quant)
+    elif attention == "standard":
+        builder = DecoderGraphBuilder(spec, weights, quant)
+    else:
+        raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
     return builder.build(), builder.effective

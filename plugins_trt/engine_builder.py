@@ -190,6 +190,12 @@ class BuildResult:
 def build_engine(package_path: str | Path, options: BuildOptions = BuildOptions()) -> BuildResult:
     """Lower, parse and build; write the engine and its sidecar into the package."""
     package = load_package(package_path)
+    if package.kind == "llm" and (package.manifest.get("llm") or {}).get("attention") == "gqa":
+        raise PackageError(
+            f"{package.root}: exported with --attention gqa (onnxruntime's fused "
+            "GroupQueryAttention, which TensorRT's parser cannot read); export it again with "
+            "`e2edge export llm --attention standard` to build an engine"
+        )
     trt = require_tensorrt()
     from plugins_trt import cuda_driver
 

@@ -11,6 +11,7 @@
         providers: []                  # e.g. [CUDAExecutionProvider]; [] = the default
         max_concurrent: 1              # generations running at once
         max_queue: 16                  # requests waiting for a slot; more -> RESOURCE_EXHAUSTED
+        max_sequence_length: 0         # LLMs: tokens per stream; 0 = min(context, 2048)
         batching: {max_batch: 16, max_delay_ms: 5}   # vision; see runtime/vision/serving_config.py
         image_limits: {max_bytes: 16777216, max_pixels: 25000000, max_images: 64}   # vision
     logging:
@@ -69,6 +70,9 @@ class ModelConfig:
     providers: tuple[str, ...] = ()
     max_concurrent: int = 1
     max_queue: int = 16
+    # LLM packages with a shared KV buffer: tokens (prompt + new) one stream may hold;
+    # the buffer is max_concurrent x this long. 0 = min(context length, 2048)
+    max_sequence_length: int = 0
     batching: BatchingConfig = BatchingConfig()  # vision models only
     image_limits: ImageLimits = ImageLimits()  # vision models only
 
@@ -281,6 +285,8 @@ def _model(node: yaml.Node, where: str, source: str, base_dir: Path) -> ModelCon
         providers=m.take("providers", _string_list, defaults.providers),
         max_concurrent=m.take("max_concurrent", _int_at_least(1), defaults.max_concurrent),
         max_queue=m.take("max_queue", _int_at_least(0), defaults.max_queue),
+        max_sequence_length=m.take("max_sequence_length", _int_at_least(0),
+                                   defaults.max_sequence_length),
         batching=_model_section(m, "batching", BatchingConfig, {
             "max_batch": _int_at_least(1, MAX_BATCH_LIMIT), "max_delay_ms": _milliseconds}),
         image_limits=_model_section(m, "image_limits", ImageLimits, {

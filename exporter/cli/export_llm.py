@@ -27,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="int8/int4 quantisation block along K (power of two >= 16)")
     parser.add_argument("--accuracy-level", type=int, default=0, choices=[0, 1, 2, 3, 4],
                         help="MatMulNBits accuracy level; 4 = int8 activations (faster on CPU)")
+    parser.add_argument("--attention", choices=["gqa", "standard"], default="gqa",
+                        help="gqa (default): onnxruntime's fused GroupQueryAttention over a "
+                             "shared KV buffer, fastest on onnxruntime and needed for "
+                             "continuous batching; standard: plain ONNX ops that TensorRT's "
+                             "parser also reads (use it for build-engine)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
             weights=args.weights,
             block_size=args.block_size,
             accuracy_level=args.accuracy_level,
+            attention=args.attention,
         ),
     )
     print(f"wrote {result.package} ({result.parameters:,} parameters, "

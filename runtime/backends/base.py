@@ -4,7 +4,8 @@ The engines (LLM, vision) only talk to this; which device or library runs the
 graph is the backend's business. Outputs named in `keep` stay in the backend's
 own memory as opaque handles that can be fed straight back as inputs: this is
 how the KV cache moves from one decode step to the next without a copy through
-numpy.
+numpy. Outputs named in `into` are written into tensors the caller owns (a KV
+buffer that past and present share, updated in place).
 """
 
 from __future__ import annotations
@@ -24,9 +25,19 @@ class Backend(Protocol):
     output_names: list[str]
 
     def run(
-        self, feeds: Mapping[str, np.ndarray | DeviceTensor], keep: Collection[str] = ()
+        self,
+        feeds: Mapping[str, np.ndarray | DeviceTensor],
+        keep: Collection[str] = (),
+        into: Mapping[str, DeviceTensor] | None = None,
     ) -> dict[str, np.ndarray | DeviceTensor]:
-        """Run the graph; outputs in `keep` come back as DeviceTensor, the rest as numpy."""
+        """Run the graph; outputs in `keep` come back as DeviceTensor, the rest as numpy.
+
+        Outputs in `into` are written into the given tensors and not returned.
+        """
+        ...
+
+    def wrap(self, array: np.ndarray) -> DeviceTensor:
+        """A tensor over `array`'s own memory, for `into` (writes show in the array)."""
         ...
 
     def to_numpy(self, tensor: DeviceTensor) -> np.ndarray:

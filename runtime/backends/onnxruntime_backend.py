@@ -57,7 +57,10 @@ class OnnxRuntimeBackend:
         log.info("onnxruntime session on %s with %s", onnx_path, self.providers)
 
     def run(
-        self, feeds: Mapping[str, np.ndarray], keep: Collection[str] = ()
+        self,
+        feeds: Mapping[str, np.ndarray],
+        keep: Collection[str] = (),
+        into: Mapping[str, object] | None = None,
     ) -> dict[str, np.ndarray]:
         binding = self.session.io_binding()
         for name, value in feeds.items():
@@ -65,13 +68,23 @@ class OnnxRuntimeBackend:
                 binding.bind_ortvalue_input(name, value)
             else:
                 binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        into = into or {}
+        returned = [name for name in self.output_names if name not in into]
         for name in self.output_names:
-            binding.bind_output(name)  # onnxruntime allocates; nothing is copied back yet
+            if name in into:
+                binding.bind_ortvalue_output(name, into[name])
+            else:
+                binding.bind_output(name)  # onnxruntime allocates; nothing is copied back yet
         self.session.run_with_iobinding(binding)
         outputs = dict(zip(self.output_names, binding.get_outputs()))
-        return {
-            name: value if name in keep else value.numpy() for name, value in outputs.items()
-        }
+        return {name: outputs[name] if name in keep else outputs[name].numpy()
+                for name in returned}
+
+    def wrap(self, array: np.ndarray):
+        """An OrtValue over the array's memory (CPU): onnxruntime writes land in the array."""
+        if not array.flags.c_contiguous:
+            raise ValueError("wrap() needs a C-contiguous array")
+        return self._ort.OrtValue.ortvalue_from_numpy(array)
 
     def to_numpy(self, tensor) -> np.ndarray:
         return tensor.numpy()

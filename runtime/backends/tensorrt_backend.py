@@ -164,8 +164,15 @@ class TensorRTBackend:
 
     # ---- the Backend interface ------------------------------------------------------------
     def run(
-        self, feeds: Mapping[str, np.ndarray | DeviceTensor], keep: Collection[str] = ()
+        self,
+        feeds: Mapping[str, np.ndarray | DeviceTensor],
+        keep: Collection[str] = (),
+        into: Mapping[str, DeviceTensor] | None = None,
     ) -> dict[str, np.ndarray | DeviceTensor]:
+        if into:
+            raise InvalidRequest(
+                "into", "the TensorRT backend allocates its own outputs (shared KV buffers "
+                "are an onnxruntime package feature)")
         unknown = sorted(set(feeds) - set(self.input_names))
         if unknown:
             raise InvalidRequest(
@@ -222,6 +229,11 @@ class TensorRTBackend:
         self._cuda.stream_synchronize(self._stream)
         del staged
         return outputs
+
+    def wrap(self, array: np.ndarray) -> DeviceTensor:
+        raise InvalidRequest(
+            "wrap", "the TensorRT backend keeps tensors in device memory; it cannot wrap "
+            "a host array")
 
     def to_numpy(self, tensor: DeviceTensor) -> np.ndarray:
         host = np.empty(tensor.shape, tensor.dtype)

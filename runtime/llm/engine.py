@@ -1,8 +1,12 @@
 """The LLM engine: a package's decoder on a backend, generating token by token.
 
-The KV cache lives in the backend between steps (`keep=` the present outputs),
-so a decode step feeds one token and the previous step's cache handles back in;
-no cache tensor is copied through numpy.
+Two cache layouts, named by the package manifest (llm.kv_cache.mode):
+- concat: the plain ONNX graph appends to the past and returns a new present; the
+  present stays in the backend between steps (`keep=`), so no cache tensor is copied
+  through numpy.
+- shared_buffer: the GroupQueryAttention graph writes new keys/values in place into a
+  preallocated buffer (runtime/llm/kv_buffer.py) bound as both past and present; rows
+  of one buffer can be decoded together (runtime/llm/continuous_batching.py).
 """
 
 from __future__ import annotations
@@ -16,29 +20,14 @@ import numpy as np
 
 from runtime.backends.base import Backend, create_backend
 from runtime.errors import InvalidRequest, PackageError
-from runtime.llm.sampling import Sampler, SamplingParams
-from runtime.llm.tokenizer import StreamingDetokenizer, Tokenizer
+from runtime.llm.kv_buffer import SharedKVBuffer
+from runtime.llm.sampling import SamplingParams
+from runtime.llm.sequence import GenerationEvent, GenerationStats, SequenceState
+from runtime.llm.tokenizer import Tokenizer
 from runtime.package import ModelPackage, load_package
 
-
-@dataclass(frozen=True)
-class GenerationStats:
-    prompt_tokens: int
-    completion_tokens: int
-    time_to_first_token_s: float  # request start -> first token ready
-    prefill_s: float
-    decode_s: float  # first token -> last token
-    decode_tokens_per_s: float  # (completion_tokens - 1) / decode_s; 0 with < 2 tokens
-    started_at: float  # time.monotonic()
-    finished_at: float
-
-
-@dataclass(frozen=True)
-class GenerationEvent:
-    token_ids: tuple[int, ...]  # new token(s); may be empty on the final event
-    text: str  # new text piece ("" while a character or a possible stop string is held)
-    finish_reason: str | None = None  # last event only: length | stop | eos | cancelled
-    stats: GenerationStats | None = None  # last event only
+__all__ = ["DecoderLayout", "GenerationEvent", "GenerationStats", "LLMEngine"]
+CACHE_MODES = ("concat", "shared_buffer")
 
 
 @dataclass(frozen=True)
@@ -51,6 +40,7 @@ class DecoderLayout:
     vocab_size: int
     context_length: int
     eos_token_ids: tuple[int, ...]
+    cache_mode: str = "concat"  # concat | shared_buffer
 
     def past_name(self, layer: int, part: str) -> str:
         return f"past_key_values.{layer}.{part}"
@@ -62,16 +52,22 @@ class DecoderLayout:
     def from_manifest(cls, manifest: dict) -> DecoderLayout:
         try:
             llm = manifest["llm"]
-            return cls(
+            layout = cls(
                 num_layers=int(llm["num_layers"]),
                 num_kv_heads=int(llm["num_kv_heads"]),
                 head_dim=int(llm["head_dim"]),
                 vocab_size=int(llm["vocab_size"]),
                 context_length=int(llm["context_length"]),
                 eos_token_ids=tuple(llm.get("eos_token_ids") or ()),
+                cache_mode=str((llm.get("kv_cache") or {}).get("mode", "concat")),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise PackageError(f"manifest.json: llm section is incomplete ({e})") from e
+        if layout.cache_mode not in CACHE_MODES:
+            raise PackageError(
+                f"manifest.json: llm.kv_cache.mode {layout.cache_mode!r} is not one of "
+                f"{CACHE_MODES}; a newer e2edge wrote this package")
+        return layout
 
 
 class LLMEngine:
@@ -123,7 +119,15 @@ class LLMEngine:
         return self.tokenizer.decode(ids)
 
     # ---- one forward pass ---------------------------------------------------------
-    def empty_cache(self, batch: int = 1) -> dict[str, np.ndarray]:
+    @property
+    def shared_cache(self) -> bool:
+        return self.layout.cache_mode == "shared_buffer"
+
+    def empty_cache(self, batch: int = 1, capacity: int | None = None):
+        """A cache for `batch` sequences of up to `capacity` tokens (default: the context)."""
+        if self.shared_cache:
+            return SharedKVBuffer(self.layout, self.backend, batch,
+                                  capacity or self.context_length)
         shape = (batch, self.layout.num_kv_heads, 0, self.layout.head_dim)
         empty = np.zeros(shape, dtype=np.float32)
         return {
@@ -132,18 +136,50 @@ class LLMEngine:
             for part in ("key", "value")
         }
 
-    def forward(self, input_ids: np.ndarray, past_length: int, cache: dict):
-        """input_ids (1, S) -> (logits (1, S, vocab), next cache); cache stays in the backend."""
+    def forward(self, input_ids: np.ndarray, past_length: int, cache):
+        """input_ids (B, S) -> (logits (B, S, vocab), next cache); cache stays in the backend.
+
+        Every row has `past_length` cached tokens; for rows of different lengths (shared
+        buffer only) use step().
+        """
+        if self.shared_cache:
+            totals = [past_length + input_ids.shape[1]] * input_ids.shape[0]
+            return self.step(input_ids, totals, cache), cache
         total = past_length + input_ids.shape[1]
+        batch = input_ids.shape[0]
         feeds = {
             "input_ids": input_ids,
-            "attention_mask": np.ones((1, total), dtype=np.int64),
-            "position_ids": np.arange(past_length, total, dtype=np.int64)[None, :],
+            "attention_mask": np.ones((batch, total), dtype=np.int64),
+            "position_ids": np.tile(np.arange(past_length, total, dtype=np.int64), (batch, 1)),
             **cache,
         }
         out = self.backend.run(feeds, keep=self._present)
         next_cache = {past: out[present] for present, past in self._cache_names}
         return out["logits"], next_cache
+
+    def step(self, input_ids: np.ndarray, totals: Sequence[int], cache: SharedKVBuffer,
+             first_slot: int = 0) -> np.ndarray:
+        """One pass over slots first_slot.. of a shared buffer; returns the logits.
+
+        Row b feeds input_ids[b] (all rows the same number S of new tokens) and ends at
+        totals[b] tokens in its slot: its new tokens take positions totals[b] - S ..
+        totals[b] - 1, attending to everything before them in that slot.
+        """
+        batch, new = input_ids.shape
+        if max(totals) > cache.capacity:
+            raise InvalidRequest(
+                "max_new_tokens",
+                f"{max(totals)} tokens do not fit the KV buffer of {cache.capacity}")
+        if min(totals) < new:
+            raise ValueError(f"totals {list(totals)} shorter than the {new} new tokens")
+        past, present = cache.bindings(first_slot, batch)
+        feeds = {
+            "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+            "seqlens_k": np.asarray(totals, dtype=np.int32) - 1,
+            "total_sequence_length": np.array(max(totals), dtype=np.int32),
+            **past,
+        }
+        return self.backend.run(feeds, into=present)["logits"]
 
     # ---- generation -----------------------------------------------------------------
     def prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
@@ -183,93 +219,19 @@ class LLMEngine:
         self, ids: list[int], params: SamplingParams, cancelled: Callable[[], bool]
     ) -> Iterator[GenerationEvent]:
         started = time.monotonic()
-        sampler = Sampler(params)
-        text = _StopText(params.stop)
-        detok = StreamingDetokenizer(self.tokenizer)
-        eos = () if params.ignore_eos else self.layout.eos_token_ids
-        banned = self.layout.eos_token_ids if params.ignore_eos else ()
-        history = list(ids)
-        logits, cache = self.forward(np.asarray([ids], dtype=np.int64), 0, self.empty_cache())
-        prefill_s = time.monotonic() - started
-        first_token_at = 0.0
-        completion: list[int] = []
-
-        def finish(reason: str, new: tuple[int, ...], piece: str) -> GenerationEvent:
-            now = time.monotonic()
-            decode_s = now - first_token_at if completion else 0.0
-            n = len(completion)
-            stats = GenerationStats(
-                prompt_tokens=len(ids),
-                completion_tokens=n,
-                time_to_first_token_s=(first_token_at - started) if n else 0.0,
-                prefill_s=prefill_s,
-                decode_s=decode_s,
-                decode_tokens_per_s=(n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0,
-                started_at=started,
-                finished_at=now,
-            )
-            return GenerationEvent(new, piece, finish_reason=reason, stats=stats)
-
+        sequence = SequenceState(self.tokenizer, self.layout.eos_token_ids, ids, params, started)
+        cache = self.empty_cache(capacity=len(ids) + params.max_new_tokens)
+        logits, cache = self.forward(np.asarray([ids], dtype=np.int64), 0, cache)
+        sequence.prefilled(time.monotonic() - started)
         while True:
             if cancelled():
-                yield finish("cancelled", (), text.flush(detok.flush()))
+                yield sequence.cancel()
                 return
-            token = sampler(logits[0, -1], history, banned)
-            if not completion:
-                first_token_at = time.monotonic()
-            completion.append(token)
-            history.append(token)
-            if token in eos:
-                yield finish("eos", (token,), text.flush(detok.flush()))
+            event = sequence.advance(logits[0, -1])
+            yield event
+            if event.finish_reason is not None:
                 return
-            piece, stopped = text.push(detok.push(token))
-            if stopped:
-                yield finish("stop", (token,), piece)
-                return
-            if len(completion) >= params.max_new_tokens:
-                yield finish("length", (token,), piece + text.flush(detok.flush()))
-                return
-            yield GenerationEvent((token,), piece)
-            past_length = len(history) - 1
+            past_length = len(sequence.history) - 1
             logits, cache = self.forward(
-                np.asarray([[token]], dtype=np.int64), past_length, cache
+                np.asarray([[sequence.last_token]], dtype=np.int64), past_length, cache
             )
-
-
-class _StopText:
-    """Streams text while watching for stop strings.
-
-    Text that could still be the start of a stop string is held back, so a client
-    never receives part of a stop string; on a match, the text ends before it.
-    """
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops = tuple(stops)
-        self.hold = max((len(s) for s in self.stops), default=1) - 1
-        self.full = ""
-        self.emitted = 0
-
-    def push(self, piece: str) -> tuple[str, bool]:
-        """Add a piece; return (text safe to send now, whether a stop string matched)."""
-        if not self.stops:
-            return piece, False
-        search_from = max(0, self.emitted - self.hold)
-        self.full += piece
-        hits = [i for i in (self.full.find(s, search_from) for s in self.stops) if i >= 0]
-        if hits:
-            out = self.full[self.emitted : min(hits)]
-            self.emitted = len(self.full)
-            return out, True
-        safe = max(self.emitted, len(self.full) - self.hold)
-        out = self.full[self.emitted : safe]
-        self.emitted = safe
-        return out, False
-
-    def flush(self, piece: str = "") -> str:
-        """The rest of the text at the end of generation (no stop string matched)."""
-        out, stopped = self.push(piece)
-        if stopped:
-            return out
-        rest = self.full[self.emitted :]
-        self.emitted = len(self.full)
-        return out + rest

@@ -35,15 +35,31 @@ class ModelState(enum.Enum):
     FAILED = "failed"
 
 
+DEFAULT_MAX_SEQUENCE_LENGTH = 2048
+
+
 def _load_llm(config: ModelConfig):
+    """The package's engine; with a shared KV buffer and several slots, batched streams."""
+    from runtime.llm.continuous_batching import ContinuousBatcher
     from runtime.llm.engine import LLMEngine
 
-    return LLMEngine.load(
+    engine = LLMEngine.load(
         config.path,
         backend=config.backend,
         threads=config.threads,
         providers=list(config.providers) or None,
     )
+    if not engine.shared_cache or config.max_concurrent == 1:
+        return engine
+    length = config.max_sequence_length or DEFAULT_MAX_SEQUENCE_LENGTH
+    return ContinuousBatcher(engine, slots=config.max_concurrent, capacity=length)
+
+
+def close_engine(engine: Any) -> None:
+    """Stop an engine's own threads, if it has any (the continuous batcher does)."""
+    close = getattr(engine, "close", None)
+    if close is not None:
+        close()
 
 
 def _load_vision(config: ModelConfig):
@@ -149,3 +165,4 @@ class ModelRegistry:
         for entry in self.entries.values():
             if entry.executor is not None:
                 entry.executor.shutdown(wait=True)
+            close_engine(entry.engine)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 
 from runtime.config import DaemonConfig, ModelConfig
 from runtime.errors import E2edgeError, ModelNotFound
-from runtime.server.model_registry import ModelEntry, ModelRegistry, ModelState
+from runtime.server.model_registry import ModelEntry, ModelRegistry, ModelState, close_engine
 from runtime.server.request_log import configure_logging
 from runtime.server.security import load_tokens
 
@@ -215,6 +215,7 @@ async def _drain_and_close(entry: ModelEntry) -> None:
 def _shut_down(entry: ModelEntry) -> None:
     if entry.executor is not None:
         entry.executor.shutdown(wait=False)  # idle now: its threads exit
+    close_engine(entry.engine)
     entry.engine = None  # the sessions go with the last reference
 
 

@@ -178,6 +178,6 @@ def test_a_bad_config_fails_start_up_with_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"e2edge serve: error: {config}:5: models[0].thread: unknown key (known keys here: "
-        "backend, batching, image_limits, max_concurrent, max_queue, name, path, providers, "
-        "threads)"
+        "backend, batching, image_limits, max_concurrent, max_queue, max_sequence_length, "
+        "name, path, providers, threads)"
     )

@@ -35,10 +35,17 @@ def _logits_with_padding(engine: LLMEngine, rows: list[list[int]]) -> np.ndarray
     return out["logits"]
 
 
+FIXED_INPUTS = {
+    "gqa": ["input_ids", "seqlens_k", "total_sequence_length"],
+    "standard": ["input_ids", "attention_mask", "position_ids"],
+}
+
+
+@pytest.mark.parametrize("attention", ["gqa", "standard"])
 @pytest.mark.parametrize("arch", ["llama", "gemma"])
-def test_export_writes_a_verified_package(tmp_path, arch):
+def test_export_writes_a_verified_package(tmp_path, arch, attention):
     checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", arch)
-    result = export_llm(checkpoint, tmp_path / "pkg", LLMExportOptions())
+    result = export_llm(checkpoint, tmp_path / "pkg", LLMExportOptions(attention=attention))
 
     package = load_package(result.package)
     manifest = package.manifest
@@ -48,8 +55,12 @@ def test_export_writes_a_verified_package(tmp_path, arch):
     assert result.max_logit_diff < 1e-4
     onnx.checker.check_model(str(package.onnx_path))
     names = [i["name"] for i in manifest["io"]["inputs"]]
-    assert names[:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert names[:3] == FIXED_INPUTS[attention]
     assert "past_key_values.1.value" in names
+    session_inputs = [i.name for i in LLMEngine.load(result.package).backend.session.get_inputs()]
+    assert session_inputs == names
+    ops = {node.op_type for node in onnx.load(str(package.onnx_path)).graph.node}
+    assert ("GroupQueryAttention" in ops) == (attention == "gqa")
     # nothing but the package is left in the output's parent directory
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "pkg"]
 
@@ -58,7 +69,8 @@ def test_export_writes_a_verified_package(tmp_path, arch):
 def test_batched_past_and_padding_match_pytorch(tmp_path, arch):
     """Dynamic batch, sequence and past length: a padded batch, then one cached step."""
     checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", arch, seed=3)
-    package = export_llm(checkpoint, tmp_path / "pkg", LLMExportOptions(verify=False)).package
+    options = LLMExportOptions(verify=False, attention="standard")
+    package = export_llm(checkpoint, tmp_path / "pkg", options).package
     engine = LLMEngine.load(package)
     model = load_torch_model(checkpoint)
     rows = [[5, 9, 14, 77, 120, 33], [42, 7, 8]]
@@ -80,6 +92,30 @@ def test_batched_past_and_padding_match_pytorch(tmp_path, arch):
     np.testing.assert_allclose(np.concatenate(steps), expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma"])
+def test_gqa_rows_of_different_lengths_decode_together_like_pytorch(tmp_path, arch):
+    """Slots prefilled one by one, then one batched step with each row at its own length."""
+    checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", arch, seed=3)
+    package = export_llm(checkpoint, tmp_path / "pkg", LLMExportOptions(verify=False)).package
+    engine = LLMEngine.load(package)
+    model = load_torch_model(checkpoint)
+    rows = [[5, 9, 14, 77, 120, 33], [42, 7, 8], [11]]
+    buffer = engine.empty_cache(batch=len(rows), capacity=16)
+    for slot, row in enumerate(rows):
+        prefill = engine.step(np.asarray([row[:-1] or row]), [max(len(row) - 1, 1)], buffer,
+                              first_slot=slot)
+        with torch.no_grad():
+            expected = model(torch.tensor([row[:-1] or row])).logits[0].numpy()
+        np.testing.assert_allclose(prefill[0], expected, atol=1e-4)
+    last = [[row[-1]] for row in rows[:2]] + [[64]]
+    totals = [len(rows[0]), len(rows[1]), 2]
+    logits = engine.step(np.asarray(last), totals, buffer)
+    for b, row in enumerate([rows[0], rows[1], [11, 64]]):
+        with torch.no_grad():
+            expected = model(torch.tensor([row])).logits[0, -1].numpy()
+        np.testing.assert_allclose(logits[b, -1], expected, atol=1e-4)
+
+
 def test_pruned_checkpoint_with_unequal_ffn_widths_exports_and_matches(tmp_path):
     checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", "llama", ffn_widths=[96, 40, 17],
                                       num_layers=3)
@@ -99,10 +135,10 @@ def test_export_fails_loudly_and_writes_nothing_when_logits_differ(tmp_path, mon
     checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", "llama")
     real_build = llm_onnx.build_decoder_onnx
 
-    def off_by_a_little(spec, weights, quant):
+    def off_by_a_little(spec, weights, *args):
         weights = dict(weights)
         weights["model.norm.weight"] = weights["model.norm.weight"] * 1.01
-        return real_build(spec, weights, quant)
+        return real_build(spec, weights, *args)
 
     monkeypatch.setattr(llm_onnx, "build_decoder_onnx", off_by_a_little)
     with pytest.raises(ExportVerificationError, match="logits differ"):
@@ -163,7 +199,7 @@ def test_quantised_export_is_exact_against_its_dequantised_weights(tmp_path, wei
     assert manifest["quantization"]["bits"] == int(weights[3:])
     model = onnx.load(str(result.package / "model.onnx"), load_external_data=False)
     nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
-    assert len(nbits) == 2 * 6 + 1  # q, k, v, o, gate_up, down in each layer, and lm_head
+    assert len(nbits) == 2 * 4 + 1  # qkv, o, gate_up, down in each layer, and lm_head
     assert result.weight_bytes < fp32.weight_bytes
 
 

@@ -136,6 +136,13 @@ def test_build_engine_without_tensorrt_is_one_clear_line(ternary_package, capsys
     assert not (ternary_package / "engines").exists()  # nothing half-written
 
 
+def test_build_engine_refuses_a_gqa_llm_package_with_the_fix(tiny_llama_package, capsys):
+    assert cli_main(["build-engine", str(tiny_llama_package)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--attention standard" in err
+    assert not (tiny_llama_package / "engines").exists()
+
+
 def test_build_engine_on_a_missing_package_names_it(tmp_path, capsys):
     assert cli_main(["build-engine", str(tmp_path / "nope")]) == 1
     err = capsys.readouterr().err.strip()

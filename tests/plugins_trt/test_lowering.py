@@ -378,12 +378,12 @@ def test_ffn_lowering_is_off_unless_asked():
     assert [n.op_type for n in lowered.graph.node] == [n.op_type for n in model.graph.node]
 
 
-def test_exported_llama_package_lowers_every_ffn_and_still_matches(tiny_llama_package):
+def test_exported_llama_package_lowers_every_ffn_and_still_matches(tiny_llama_package_standard):
     """The real LLM exporter's graph: every layer's FFN is found and the lowered model's
     logits at full width equal onnxruntime's on the original."""
     from runtime.package import load_package
 
-    package = load_package(tiny_llama_package)
+    package = load_package(tiny_llama_package_standard)
     model = onnx.load(str(package.onnx_path))
     lowered, report = lower_model(model, LoweringOptions(sparse_ffn=True))
     assert len(report.ffn_blocks) == package.manifest["llm"]["num_layers"]

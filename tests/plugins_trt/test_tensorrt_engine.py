@@ -58,12 +58,12 @@ def test_ternary_engine_matches_onnxruntime(tmp_path):
     backend.close()
 
 
-def test_llm_engine_with_sparse_ffn_decodes_like_onnxruntime(tiny_llama_package, tmp_path):
+def test_llm_engine_with_sparse_ffn_decodes_like_onnxruntime(tiny_llama_package_standard, tmp_path):
     from plugins_trt.engine_builder import BuildOptions, build_engine
     from runtime.backends.tensorrt_backend import DeviceTensor, TensorRTBackend
     from runtime.package import load_package
 
-    package = shutil.copytree(tiny_llama_package, tmp_path / "pkg")
+    package = shutil.copytree(tiny_llama_package_standard, tmp_path / "pkg")
     build_engine(package, BuildOptions(precision="fp32", max_seq=64, sparse_ffn=True))
     backend = TensorRTBackend(package)
     llm = load_package(package).manifest["llm"]

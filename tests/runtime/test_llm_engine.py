@@ -39,12 +39,34 @@ def test_greedy_equals_argmax_of_full_recompute(engine):
     assert ids == sequence[len(prompt):]
 
 
-def test_cache_stays_in_the_backend_between_steps(engine):
+def test_concat_cache_stays_in_the_backend_between_steps(tiny_llama_package_standard):
     import onnxruntime as ort
 
+    engine = LLMEngine.load(tiny_llama_package_standard)
+    assert engine.layout.cache_mode == "concat"
     _, cache = engine.forward(np.asarray([[5, 6, 7]]), 0, engine.empty_cache())
     assert all(isinstance(v, ort.OrtValue) for v in cache.values())
     assert cache["past_key_values.0.key"].shape() == [1, 2, 3, 16]
+
+
+def test_shared_buffer_is_written_in_place(engine):
+    assert engine.layout.cache_mode == "shared_buffer"
+    buffer = engine.empty_cache(capacity=8)
+    _, cache = engine.forward(np.asarray([[5, 6, 7]]), 0, buffer)
+    assert cache is buffer  # no new cache tensors: the graph wrote into the buffer
+    keys = buffer.arrays["past_key_values.0.key"]
+    assert keys.shape == (1, 2, 8, 16)
+    assert np.abs(keys[0, :, :3]).min() > 0 and not keys[0, :, 3:].any()
+    engine.forward(np.asarray([[8]]), 3, buffer)
+    assert np.abs(keys[0, :, 3]).min() > 0 and not keys[0, :, 4:].any()
+
+
+def test_both_graphs_give_the_same_logits(engine, tiny_llama_package_standard):
+    standard = LLMEngine.load(tiny_llama_package_standard)
+    ids = np.asarray([engine.encode("To be, or not to be")])
+    fused, _ = engine.forward(ids, 0, engine.empty_cache())
+    plain, _ = standard.forward(ids, 0, standard.empty_cache())
+    np.testing.assert_allclose(fused, plain, atol=1e-4)
 
 
 def test_same_seed_same_text_and_seeds_differ(engine):

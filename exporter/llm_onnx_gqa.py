@@ -1,0 +1,162 @@
+"""The onnxruntime-fused decoder graph: GroupQueryAttention over a shared KV buffer.
+
+The plain graph (llm_onnx.py) spells attention, RoPE and RMSNorm in ~40 standard
+ops per layer, so both onnxruntime and TensorRT's parser read it. On onnxruntime
+each small op costs a kernel launch and a pass over memory; this variant uses the
+com.microsoft contrib ops onnxruntime-genai uses instead:
+
+    SkipSimplifiedLayerNormalization   residual add + RMSNorm in one kernel
+    MatMul (q|k|v packed)              one projection instead of three
+    GroupQueryAttention                RoPE, cache append and attention in one kernel,
+                                       past and present share one preallocated buffer
+
+IO (B: batch, S: new tokens, M: the cache buffer's length, fixed per session):
+    input_ids                   (B, S) int64
+    seqlens_k                   (B,) int32: each row's total length - 1
+    total_sequence_length       () int32: max over rows of the total length
+    past_key_values.{i}.key     (B, n_kv_heads, M, head_dim) float32 (value alike)
+    logits                      (B, S, vocab) float32
+    present.{i}.key             the same buffer as past (bind both to one tensor)
+
+A row's new tokens sit at positions seqlens_k + 1 - S .. seqlens_k, so rows of one
+batch may have different lengths (continuous batching), without a mask input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from exporter.llm_onnx import OPSET, DecoderGraphBuilder, rope_tables
+
+
+class GqaDecoderGraphBuilder(DecoderGraphBuilder):
+    """DecoderGraphBuilder whose layers use onnxruntime's fused contrib ops."""
+
+    attention = "gqa"
+
+    def build(self) -> onnx.ModelProto:
+        s, g = self.spec, self.g
+        self._shared_constants()
+        cos_table, sin_table = rope_tables(s)
+        half = s.head_dim // 2  # the tables repeat their halves; GQA wants one half
+        g.const("rope_cos_half", np.ascontiguousarray(cos_table[:, :half]))
+        g.const("rope_sin_half", np.ascontiguousarray(sin_table[:, :half]))
+        embed = g.const("model.embed_tokens.weight", self.w["model.embed_tokens.weight"])
+        x = g.op("Gather", [embed, "input_ids"], "embed")  # (B, S, hidden)
+        if s.embed_scale:
+            scale = np.array(math.sqrt(s.hidden_size), dtype=np.float32)
+            x = g.op("Mul", [x, g.const("embed_scale", scale)], "embed_scaled")
+        h = self.rms_norm(x, "model.layers.0.input_layernorm.weight")
+        residual = x
+        for i in range(s.num_layers):
+            attn = self._attention(i, h)
+            h, residual = self._skip_norm(
+                attn, residual, f"model.layers.{i}.post_attention_layernorm.weight"
+            )
+            ffn = self._ffn_from_normed(i, h)
+            following = (
+                f"model.layers.{i + 1}.input_layernorm.weight"
+                if i + 1 < s.num_layers else "model.norm.weight"
+            )
+            h, residual = self._skip_norm(ffn, residual, following)
+        logits = self._lm_head(h)
+        g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits_out"))
+        return self._model()
+
+    def _skip_norm(self, x: str, residual: str, weight_name: str) -> tuple[str, str]:
+        """(RMSNorm(x + residual) * w, x + residual) in one fused kernel."""
+        s, g = self.spec, self.g
+        weight = (self.w[weight_name] + s.norm_offset).astype(np.float32)
+        normed, total = g.name("norm"), g.name("resid")
+        g.nodes.append(helper.make_node(
+            "SkipSimplifiedLayerNormalization",
+            [x, residual, g.const(weight_name, weight)],
+            [normed, "", "", total],
+            name=g.name("SkipSimplifiedLayerNormalization"),
+            domain="com.microsoft",
+            epsilon=float(s.rms_norm_eps),
+        ))
+        return normed, total
+
+    def _qkv_weight(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """q, k and v projections stacked into one (q + 2 kv, hidden) weight (and bias)."""
+        p = f"model.layers.{i}.self_attn"
+        parts = [f"{p}.{n}_proj" for n in ("q", "k", "v")]
+        weight = np.concatenate([self.w[f"{n}.weight"] for n in parts], axis=0)
+        if f"{parts[0]}.bias" not in self.w:
+            return weight, None
+        return weight, np.concatenate([self.w[f"{n}.bias"] for n in parts])
+
+    def _attention(self, i: int, h: str) -> str:
+        s, g = self.spec, self.g
+        p = f"model.layers.{i}.self_attn"
+        weight, bias = self._qkv_weight(i)
+        qkv = self.matmul(h, weight, f"{p}.qkv_proj.weight", "qkv")  # (B, S, q + 2 kv)
+        if self.quant is not None:
+            fused = self.effective.pop(f"{p}.qkv_proj.weight")
+            q_rows, kv_rows = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+            self.effective[f"{p}.q_proj.weight"] = fused[:q_rows]
+            self.effective[f"{p}.k_proj.weight"] = fused[q_rows:q_rows + kv_rows]
+            self.effective[f"{p}.v_proj.weight"] = fused[q_rows + kv_rows:]
+        if bias is not None:
+            qkv = g.op("Add", [qkv, g.const(f"{p}.qkv_proj.bias", bias)], "qkv_bias")
+        context = g.name("attn")
+        g.nodes.append(helper.make_node(
+            "GroupQueryAttention",
+            [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value",
+             "seqlens_k", "total_sequence_length", "rope_cos_half", "rope_sin_half"],
+            [context, f"present.{i}.key", f"present.{i}.value"],
+            name=f"gqa_{i}",
+            domain="com.microsoft",
+            num_heads=s.num_heads,
+            kv_num_heads=s.num_kv_heads,
+            scale=1.0 / math.sqrt(s.head_dim),
+            do_rotary=1,
+            rotary_interleaved=0,
+        ))
+        return self.linear(context, f"{p}.o_proj.weight", "o")
+
+    def _ffn_from_normed(self, i: int, h: str) -> str:
+        """The FFN on an already normalised input (the norm is fused with the residual)."""
+        g = self.g
+        p = f"model.layers.{i}"
+        width = self.spec.ffn_widths[i]
+        gate_up = np.concatenate(
+            [self.w[f"{p}.mlp.gate_proj.weight"], self.w[f"{p}.mlp.up_proj.weight"]], axis=0
+        )
+        both = self.matmul(h, gate_up, f"{p}.mlp.gate_up_proj.weight", "gate_up")
+        if self.quant is not None:
+            fused = self.effective.pop(f"{p}.mlp.gate_up_proj.weight")
+            self.effective[f"{p}.mlp.gate_proj.weight"] = fused[:width]
+            self.effective[f"{p}.mlp.up_proj.weight"] = fused[width:]
+        g.const(f"{p}.mlp.split", np.array([width, width], dtype=np.int64))
+        gate, up = g.op("Split", [both, f"{p}.mlp.split"], "gate", n_out=2, axis=-1)
+        product = g.op("Mul", [self.activation(gate), up], "ffn_act")
+        return self.linear(product, f"{p}.mlp.down_proj.weight", "down")
+
+    def _model(self) -> onnx.ModelProto:
+        s, g = self.spec, self.g
+        f32, i64, i32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
+        kv = ["batch", s.num_kv_heads, "max_sequence_length", s.head_dim]
+        inputs = [
+            helper.make_tensor_value_info("input_ids", i64, ["batch", "sequence_length"]),
+            helper.make_tensor_value_info("seqlens_k", i32, ["batch"]),
+            helper.make_tensor_value_info("total_sequence_length", i32, []),
+        ]
+        outputs = [helper.make_tensor_value_info(
+            "logits", f32, ["batch", "sequence_length", s.vocab_size])]
+        for i in range(s.num_layers):
+            for part in ("key", "value"):
+                inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{part}", f32, kv))
+                outputs.append(helper.make_tensor_value_info(f"present.{i}.{part}", f32, kv))
+        graph = helper.make_graph(
+            g.nodes, f"{s.model_type}_decoder_gqa", inputs, outputs, initializer=g.initializers
+        )
+        opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)]
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="e2edge")
+        model.ir_version = 8
+        return model

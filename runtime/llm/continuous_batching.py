@@ -1,0 +1,203 @@
+"""Continuous batching: the model's concurrent streams share one decode step.
+
+Decoding is memory-bound: a step for one sequence reads every weight once, and a step
+for eight sequences reads them once too. So one scheduler thread per model owns a
+shared KV buffer with a slot per sequence and loops:
+
+1. admit one waiting request into a free slot: prefill its prompt there (batch 1) and
+   sample its first token;
+2. run one decode step over all active slots at once (each row at its own length);
+3. hand every row's event to its client's queue; a finished or cancelled sequence
+   leaves, and the last slot's cache moves into the hole so active slots stay 0..B-1.
+
+A request joins at the next step and a finished one leaves at once, so throughput
+grows with clients while each stream sees the same tokens as it would alone.
+`generate()` has the engine's signature, so the daemon uses either the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime.errors import InvalidRequest
+from runtime.llm.engine import GenerationEvent, LLMEngine
+from runtime.llm.kv_buffer import SharedKVBuffer
+from runtime.llm.sampling import SamplingParams
+from runtime.llm.sequence import SequenceState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Request:
+    ids: list[int]
+    params: SamplingParams
+    cancelled: Callable[[], bool]
+    submitted: float
+    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    state: SequenceState | None = None
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+class ContinuousBatcher:
+    """Serves generate() calls from many threads as one batched decode loop."""
+
+    def __init__(self, engine: LLMEngine, slots: int, capacity: int):
+        if not engine.shared_cache:
+            raise ValueError("continuous batching needs a package exported with "
+                             "--attention gqa (a shared KV buffer)")
+        self.engine = engine
+        self.slots = slots
+        self.capacity = min(capacity, engine.context_length)
+        self.buffer = SharedKVBuffer(engine.layout, engine.backend, slots, self.capacity)
+        # what the daemon reads from an engine
+        self.package = engine.package
+        self.tokenizer = engine.tokenizer
+        self.backend_name = engine.backend_name
+        self.providers = engine.providers
+        self.context_length = self.capacity
+        self.layout = engine.layout
+        self.steps = 0  # decode steps run (for tests and metrics)
+        self.max_batch_seen = 0
+        self._waiting: deque[_Request] = deque()
+        self._active: list[_Request] = []  # index = slot
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="e2edge-batcher", daemon=True)
+        self._thread.start()
+
+    def encode(self, text: str) -> list[int]:
+        return self.engine.encode(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.engine.decode(ids)
+
+    # ---- the client side ------------------------------------------------------------
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        params: SamplingParams,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Iterator[GenerationEvent]:
+        """Validate now (raising InvalidRequest), then return the event stream."""
+        params.validate()
+        ids = self.engine.prompt_ids(prompt)
+        if len(ids) + params.max_new_tokens > self.capacity:
+            raise InvalidRequest(
+                "max_new_tokens",
+                f"prompt ({len(ids)} tokens) + max_new_tokens ({params.max_new_tokens}) "
+                f"exceeds the {self.capacity} tokens a sequence may hold here "
+                f"(the model's max_sequence_length)",
+            )
+        request = _Request(ids, params, cancelled or (lambda: False), time.monotonic())
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the model is shutting down")
+            self._waiting.append(request)
+            self._wake.notify()
+        return self._events(request)
+
+    @staticmethod
+    def _events(request: _Request) -> Iterator[GenerationEvent]:
+        while True:
+            item = request.events.get()
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+            if item.finish_reason is not None:
+                return
+
+    def close(self) -> None:
+        """Stop the loop; requests still waiting or running get an error."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(30)
+
+    # ---- the scheduler thread -------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self._waiting and not self._active:
+                    self._wake.wait()
+                if self._closed:
+                    break
+                joining = (self._waiting.popleft()
+                           if self._waiting and len(self._active) < self.slots else None)
+            if joining is not None:
+                try:
+                    self._prefill(joining)
+                except Exception as e:  # only this request fails; the loop goes on
+                    log.exception("prefill failed")
+                    joining.events.put(_Failed(e))
+            if self._active:
+                try:
+                    self._decode_step()
+                except Exception as e:  # the sequences in the step fail; the loop goes on
+                    log.exception("batched decode step failed")
+                    for request in self._active:
+                        request.events.put(_Failed(e))
+                    self._active.clear()
+        failure = _Failed(RuntimeError("the model was unloaded"))
+        for request in [*self._active, *self._waiting]:
+            request.events.put(failure)
+
+    def _prefill(self, request: _Request) -> None:
+        state = SequenceState(self.tokenizer, self.layout.eos_token_ids, request.ids,
+                              request.params, request.submitted)
+        request.state = state
+        if request.cancelled():
+            request.events.put(state.cancel())
+            return
+        slot = len(self._active)
+        began = time.monotonic()
+        ids = np.asarray([request.ids], dtype=np.int64)
+        logits = self.engine.step(ids, [len(request.ids)], self.buffer, first_slot=slot)
+        state.prefilled(time.monotonic() - began)
+        event = state.advance(logits[0, -1])
+        request.events.put(event)
+        if event.finish_reason is None:
+            self._active.append(request)
+
+    def _decode_step(self) -> None:
+        for request in list(self._active):  # cancelled before the step: leave now
+            if request.cancelled():
+                request.events.put(request.state.cancel())
+                self._leave(request)
+        if not self._active:
+            return
+        states = [r.state for r in self._active]
+        ids = np.asarray([[s.last_token] for s in states], dtype=np.int64)
+        logits = self.engine.step(ids, [len(s.history) for s in states], self.buffer)
+        self.steps += 1
+        self.max_batch_seen = max(self.max_batch_seen, len(states))
+        done = []
+        for row, request in enumerate(self._active):
+            event = request.state.advance(logits[row, -1])
+            request.events.put(event)
+            if event.finish_reason is not None:
+                done.append(request)
+        for request in done:
+            self._leave(request)
+
+    def _leave(self, request: _Request) -> None:
+        """Free the request's slot; the last active slot moves into it."""
+        slot = self._active.index(request)
+        last = len(self._active) - 1
+        if slot != last:
+            moved = self._active[last]
+            self.buffer.move(last, slot, len(moved.state.history) - 1)  # cached positions
+            self._active[slot] = moved
+        self._active.pop()
