@@ -1,9 +1,28 @@
-"""Benchmark LLM prefill and decode tokens/s of a package, optionally against transformers.
+"""Benchmark LLM prefill/decode tokens/s against onnxruntime-genai, transformers and the roofline.
 
-Batch 1, a fixed prompt, greedy decoding of --new-tokens tokens with EOS ignored,
-one warm-up run, then the median of --runs. With --compare-hf DIR the same is
-measured in the same run for transformers' eager generate on the checkpoint, and
-the ratio is reported.
+    e2edge bench llm --package PKG [--compare-ortgenai CKPT] [--compare-hf CKPT]
+                     [--streams 1,4,8] [--json] [--out FILE]
+
+Everything below is measured in one run and written into one JSON result:
+
+- e2edge: this runtime in-process, batch 1, the same --prompt-tokens prompt ids for
+  every side, greedy decoding of exactly --new-tokens tokens (EOS ignored), one
+  warm-up run, then the median of --runs. prefill tokens/s = prompt tokens / prompt
+  forward pass; decode tokens/s = (new tokens - 1) / (first token -> last token).
+- --compare-ortgenai CKPT: onnxruntime-genai on a model its own builder makes from
+  the Hugging Face checkpoint CKPT at the package's precision (fp32, int4 or int8,
+  with the package's block size and accuracy level), cached in
+  ~/.cache/e2edge/ortgenai so later runs skip the build; timed the same way. Its
+  first 16 greedy tokens are compared with the runtime's (greedy_tokens_match:
+  they must agree for fp32; quantised builds may drift apart).
+- --compare-hf CKPT: transformers' eager generate on the checkpoint.
+- memory bandwidth: a --threads-thread copy of a 1 GiB buffer (read + write bytes
+  counted, STREAM copy); roofline tokens/s = bandwidth / bytes read per decoded
+  token (every weight once: the package's weight bytes less the tables it only
+  gathers one row from, such as an untied fp32 embedding); fraction_of_roofline of
+  each side.
+- --streams 1,4,8: aggregate decode tokens/s of N concurrent Generate streams
+  through a real `e2edge serve` child process, and each N's speed-up over 1.
 """
 
 from __future__ import annotations
@@ -12,6 +31,7 @@ import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
 
 from e2edge.bench.result_file import save_result
 
@@ -19,15 +39,24 @@ PROMPT_TEXT = (
     "First Citizen: Before we proceed any further, hear me speak. All: Speak, speak. "
     "First Citizen: You are all resolved rather to die than to famish? All: Resolved. "
 )
+GREEDY_COMPARED = 16
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--package", required=True, help="llm package directory")
+    parser.add_argument("--compare-ortgenai", metavar="DIR",
+                        help="Hugging Face checkpoint to build and time with onnxruntime-genai")
     parser.add_argument("--compare-hf", metavar="DIR", help="checkpoint for transformers eager")
+    parser.add_argument("--streams", default="1,4,8",
+                        help="concurrent Generate streams through the daemon, e.g. 1,4,8 "
+                             "(default); '' or 0 skips it")
     parser.add_argument("--prompt-tokens", type=int, default=32)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0, help="0 = all cores")
+    parser.add_argument("--new-tokens", type=int, default=128, help="tokens per run (>= 2)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per side (median)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads of every side and of the bandwidth copy; 0 = all cores")
+    parser.add_argument("--bandwidth-mib", type=int, default=1024,
+                        help="buffer of the memory-bandwidth copy (default 1024); 0 skips it")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--out", help="also write the JSON to this file")
 
@@ -45,9 +74,11 @@ def bench_runtime(package: str, ids: list[int], new_tokens: int, runs: int, thre
     params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
     results = []
     for _ in range(runs + 1):  # the first run is the warm-up
-        stats = [e.stats for e in engine.generate(ids, params) if e.stats][0]
+        events = list(engine.generate(ids, params))
+        stats = events[-1].stats
         results.append((len(ids) / stats.prefill_s, stats.decode_tokens_per_s))
-    return _summary(results[1:], engine.providers)
+        tokens = [t for event in events for t in event.token_ids]
+    return {**summarise_runs(results[1:], engine.providers), "token_ids": tokens}
 
 
 def bench_transformers(model_dir: str, ids: list[int], new_tokens: int, runs: int, threads: int):
@@ -72,7 +103,7 @@ def bench_transformers(model_dir: str, ids: list[int], new_tokens: int, runs: in
                            streamer=streamer, pad_token_id=0)
         decode_s = streamer.times[-1] - streamer.times[0]
         results.append((len(ids) / prefill_s, (len(streamer.times) - 1) / decode_s))
-    return _summary(results[1:], [f"torch {torch.__version__} eager"])
+    return summarise_runs(results[1:], [f"torch {torch.__version__} eager"])
 
 
 class _TimingStreamer:
@@ -92,7 +123,8 @@ class _TimingStreamer:
         pass
 
 
-def _summary(results: list[tuple[float, float]], executor: list[str]) -> dict:
+def summarise_runs(results: list[tuple[float, float]], executor: list[str]) -> dict:
+    """(prefill tokens/s, decode tokens/s) of each timed run -> medians, and the runs."""
     return {
         "executor": executor,
         "prefill_tokens_per_s": round(statistics.median(r[0] for r in results), 1),
@@ -101,53 +133,134 @@ def _summary(results: list[tuple[float, float]], executor: list[str]) -> dict:
     }
 
 
+def _speedups(result: dict, side: str, suffix: str) -> None:
+    """e2edge / `side` for decode and prefill, as result[...speedup_vs_<suffix>]."""
+    for phase in ("decode", "prefill"):
+        result[f"{phase}_speedup_vs_{suffix}"] = round(
+            result["e2edge"][f"{phase}_tokens_per_s"] / result[side][f"{phase}_tokens_per_s"], 2
+        )
+
+
 def run(args: argparse.Namespace) -> int:
+    from e2edge.bench.llm_streams import bench_streams, parse_streams
     from e2edge.bench.machine import machine_facts
+    from e2edge.bench.memory_bandwidth import (
+        bytes_read_per_token,
+        measure_copy_bandwidth,
+        roofline_tokens_per_s,
+    )
     from runtime.llm.tokenizer import Tokenizer
     from runtime.package import load_package
 
+    if args.new_tokens < 2 or args.runs < 1 or args.bandwidth_mib < 0:
+        raise ValueError("--new-tokens must be >= 2, --runs >= 1 and --bandwidth-mib >= 0")
+    streams = parse_streams(args.streams)
+    if args.compare_ortgenai:  # fail before the long measurements, not after them
+        from e2edge.bench.ortgenai import checkpoint_files, import_ortgenai
+
+        import_ortgenai()
+        checkpoint_files(Path(args.compare_ortgenai))
     package = load_package(args.package)
     llm = package.manifest["llm"]
     tokenizer = Tokenizer(package.file("tokenizer.json"), llm.get("bos_token_id"), False)
     ids = prompt_ids(tokenizer.encode, llm["vocab_size"], args.prompt_tokens)
+    quantization = package.manifest.get("quantization")
     result = {
         "benchmark": "llm",
         "machine": machine_facts(),
         "package": {"path": str(package.root), "name": package.name,
                     "parameters": package.manifest["parameters"],
                     "weight_bytes": package.manifest["weight_bytes"],
-                    "quantization": package.manifest.get("quantization")},
+                    "quantization": quantization},
         "batch": 1,
         "prompt_tokens": len(ids),
         "new_tokens": args.new_tokens,
         "runs": args.runs,
-        "e2edge": bench_runtime(args.package, ids, args.new_tokens, args.runs, args.threads),
+        "threads": args.threads,
     }
+    # The copy first, while no onnxruntime thread pool of this process is spinning.
+    bandwidth = None
+    if args.bandwidth_mib:
+        bandwidth = measure_copy_bandwidth(args.threads, args.bandwidth_mib << 20)
+        result["memory_bandwidth"] = bandwidth.to_json()
+    result["e2edge"] = bench_runtime(args.package, ids, args.new_tokens, args.runs, args.threads)
+    ours = result["e2edge"].pop("token_ids")
+    result["e2edge"]["first_token_ids"] = ours[:GREEDY_COMPARED]
+    if args.compare_ortgenai:
+        from e2edge.bench.ortgenai import bench_ortgenai, compare_greedy
+
+        peer = bench_ortgenai(args.compare_ortgenai, quantization, ids, args.new_tokens,
+                              args.runs, args.threads)
+        result["ortgenai"] = peer
+        if "skipped" not in peer:
+            theirs = peer.pop("token_ids")
+            peer["first_token_ids"] = theirs[:GREEDY_COMPARED]
+            peer.update(compare_greedy(ours, theirs, GREEDY_COMPARED))
+            _speedups(result, "ortgenai", "ortgenai")
     if args.compare_hf:
-        hf = bench_transformers(args.compare_hf, ids, args.new_tokens, args.runs, args.threads)
-        result["transformers_eager"] = hf
-        result["decode_speedup_vs_transformers"] = round(
-            result["e2edge"]["decode_tokens_per_s"] / hf["decode_tokens_per_s"], 2
-        )
-        result["prefill_speedup_vs_transformers"] = round(
-            result["e2edge"]["prefill_tokens_per_s"] / hf["prefill_tokens_per_s"], 2
-        )
+        result["transformers_eager"] = bench_transformers(
+            args.compare_hf, ids, args.new_tokens, args.runs, args.threads)
+        _speedups(result, "transformers_eager", "transformers")
+    if bandwidth is not None:
+        weight_bytes = package.manifest["weight_bytes"]
+        per_token, tables = bytes_read_per_token(package.onnx_path, weight_bytes)
+        roofline = roofline_tokens_per_s(bandwidth, per_token)
+        result["roofline"] = {
+            "bytes_per_token": per_token,
+            "bytes_per_token_source": "the package's weight_bytes less the gather-only tables, "
+                                      "of which a decode step reads one row each",
+            "gather_only_tables": tables,
+            "weight_bytes": weight_bytes,
+            "bandwidth_gb_s": bandwidth.to_json()["best_gb_s"],
+            "weight_bytes_roofline_tokens_per_s": round(
+                roofline_tokens_per_s(bandwidth, weight_bytes), 1),
+        }
+        result["roofline_tokens_per_s"] = round(roofline, 1)
+        for side in ("e2edge", "ortgenai", "transformers_eager"):
+            if side in result and "decode_tokens_per_s" in result[side]:
+                result[side]["fraction_of_roofline"] = round(
+                    result[side]["decode_tokens_per_s"] / roofline, 3)
+    if streams:
+        result["streams"] = bench_streams(package.root, ids, args.new_tokens, args.runs,
+                                          args.threads, streams)
     text = save_result(result, args.out)
     if args.json:
         print(text)
     else:
-        _print_table(result, sys.stdout)
+        print_table(result, sys.stdout)
     return 0
 
 
-def _print_table(result: dict, out) -> None:
-    rows = [("e2edge", result["e2edge"])]
-    if "transformers_eager" in result:
-        rows.append(("transformers eager", result["transformers_eager"]))
-    print(f"{'':20s} {'prefill tok/s':>14s} {'decode tok/s':>13s}", file=out)
+def print_table(result: dict, out) -> None:
+    rows = [(name, result[key]) for key, name in (
+        ("e2edge", "e2edge"), ("ortgenai", "onnxruntime-genai"),
+        ("transformers_eager", "transformers eager"),
+    ) if key in result and "decode_tokens_per_s" in result[key]]
+    print(f"{'':20s} {'prefill tok/s':>14s} {'decode tok/s':>13s} {'of roofline':>12s}",
+          file=out)
     for name, r in rows:
-        print(f"{name:20s} {r['prefill_tokens_per_s']:14.1f} {r['decode_tokens_per_s']:13.1f}",
+        fraction = r.get("fraction_of_roofline")
+        share = f"{100 * fraction:11.1f}%" if fraction is not None else f"{'-':>12s}"
+        print(f"{name:20s} {r['prefill_tokens_per_s']:14.1f} {r['decode_tokens_per_s']:13.1f} "
+              f"{share}", file=out)
+    if "skipped" in result.get("ortgenai", {}):
+        print(f"onnxruntime-genai skipped: {result['ortgenai']['skipped']}", file=out)
+    if "greedy_tokens_match" in result.get("ortgenai", {}):
+        peer = result["ortgenai"]
+        verdict = ("match" if peer["greedy_tokens_match"]
+                   else f"differ from token {peer['greedy_first_mismatch']}")
+        print(f"greedy tokens vs onnxruntime-genai ({peer['greedy_tokens_compared']}): {verdict}",
               file=out)
-    if "decode_speedup_vs_transformers" in result:
-        print(f"decode speed-up vs transformers: {result['decode_speedup_vs_transformers']}x",
-              file=out)
+    for suffix, name in (("ortgenai", "onnxruntime-genai"), ("transformers", "transformers")):
+        if f"decode_speedup_vs_{suffix}" in result:
+            print(f"decode speed-up vs {name}: {result[f'decode_speedup_vs_{suffix}']}x, prefill "
+                  f"{result[f'prefill_speedup_vs_{suffix}']}x", file=out)
+    if "roofline" in result:
+        bw = result["memory_bandwidth"]
+        print(f"memory bandwidth {bw['best_gb_s']} GB/s (best, {bw['threads']}-thread copy, read "
+              f"+ write) / {result['roofline']['bytes_per_token'] / 1e6:.1f} MB per token = "
+              f"roofline {result['roofline_tokens_per_s']} tok/s", file=out)
+    for r in result.get("streams", {}).get("results", []):
+        print(f"{r['streams']} concurrent stream(s) through the daemon: "
+              f"{r['aggregate_tokens_per_s']} tok/s aggregate ({r['speedup_vs_1']}x of 1), "
+              f"{r['per_stream_decode_tokens_per_s_median']} tok/s per stream", file=out)

@@ -1,0 +1,123 @@
+"""This machine's memory bandwidth, and the decode roofline it implies.
+
+Decoding one token reads every weight once, so on a machine whose caches cannot hold
+the weights, decode tokens/s can never exceed
+
+    roofline tokens/s = memory bandwidth / bytes read per decoded token
+
+Bytes read per token are the package's weight bytes less the tables the graph only
+gathers rows from (the token embedding when it is not also the LM head, the rotary
+cos/sin caches): a decode step reads one row of each, not the table. For an fp32
+package with a tied embedding that is all of its weight bytes; for an int4 package
+whose fp32 embedding sits beside a quantised LM head, it is less than half of them.
+
+The bandwidth is measured, not looked up: a multi-threaded copy of a buffer much
+larger than the last-level cache (1 GiB by default; the development VM's L3 is
+300 MiB), each thread copying its own contiguous slice with `np.copyto` (numpy
+releases the GIL while it copies). Bytes are counted the STREAM "copy" way: every
+copied byte is read once and written once, so one copy of B bytes moves 2 B. After
+a warm-up copy (it also takes the destination's page faults), the best and the
+median of a few timed copies are kept; the roofline uses the best, the highest rate
+this machine was seen to sustain.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from multiprocessing.pool import ThreadPool
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_BUFFER_BYTES = 1 << 30
+COUNTING = "read + write bytes (STREAM copy: each copied byte is read once and written once)"
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    threads: int
+    buffer_bytes: int  # the copied source; the destination is as large
+    best_bytes_per_s: float
+    median_bytes_per_s: float
+    runs_bytes_per_s: tuple[float, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "method": f"{self.threads}-thread np.copyto of a {self.buffer_bytes / 2**20:.0f} MiB "
+                      "buffer, one contiguous slice per thread, after one warm-up copy",
+            "counted": COUNTING,
+            "threads": self.threads,
+            "buffer_bytes": self.buffer_bytes,
+            "best_gb_s": round(self.best_bytes_per_s / 1e9, 2),
+            "median_gb_s": round(self.median_bytes_per_s / 1e9, 2),
+            "runs_gb_s": [round(r / 1e9, 2) for r in self.runs_bytes_per_s],
+        }
+
+
+def measure_copy_bandwidth(threads: int = 0, buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+                           repeats: int = 5) -> Bandwidth:
+    """Copy `buffer_bytes` with `threads` threads (0 = os.cpu_count()), `repeats` times."""
+    threads = threads or os.cpu_count() or 1
+    if buffer_bytes < threads * 4096 or repeats < 1:
+        raise ValueError(f"need a buffer of at least 4 KiB per thread and repeats >= 1, got "
+                         f"{buffer_bytes} bytes for {threads} threads and {repeats} repeats")
+    src = np.empty(buffer_bytes, dtype=np.uint8)  # (buffer_bytes,) uint8
+    dst = np.empty_like(src)
+    # Slice edges on 4 KiB pages, so no two threads write into the same page.
+    edges = [(buffer_bytes * i // threads) // 4096 * 4096 for i in range(threads)] + [buffer_bytes]
+    slices = [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
+
+    def fill(part: slice) -> None:  # first touch: the pages get mapped before any timing
+        src[part].fill(1)
+
+    def copy(part: slice) -> None:
+        np.copyto(dst[part], src[part])
+
+    with ThreadPool(threads) as pool:
+        pool.map(fill, slices, chunksize=1)
+
+        def timed_copy() -> float:
+            start = time.perf_counter()
+            pool.map(copy, slices, chunksize=1)
+            return time.perf_counter() - start
+
+        timed_copy()  # warm-up: maps the destination's pages, starts the threads
+        rates = tuple(2 * buffer_bytes / timed_copy() for _ in range(repeats))
+    if not np.array_equal(dst[:: 1 << 20], src[:: 1 << 20]):
+        raise RuntimeError("the bandwidth copy did not copy the buffer")
+    return Bandwidth(threads, buffer_bytes, max(rates), statistics.median(rates), rates)
+
+
+def bytes_read_per_token(onnx_path: str | Path, weight_bytes: int) -> tuple[int, list[dict]]:
+    """`weight_bytes` less what a decode step skips of gather-only tables; and those tables.
+
+    A table is gather-only when every use of it is the data input of a Gather; a
+    decode step reads one row of it: its bytes / its first dimension.
+    """
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    uses: dict[str, list[tuple[str, int]]] = {}
+    for node in graph.node:
+        for position, name in enumerate(node.input):
+            uses.setdefault(name, []).append((node.op_type, position))
+    skipped, tables = 0, []
+    for init in graph.initializer:
+        used = uses.get(init.name, [])
+        if not used or any(use != ("Gather", 0) for use in used) or len(init.dims) < 2:
+            continue
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+        table = int(np.prod(init.dims)) * itemsize
+        skipped += table - table // init.dims[0]
+        tables.append({"name": init.name, "shape": list(init.dims), "bytes": table})
+    return weight_bytes - skipped, tables
+
+
+def roofline_tokens_per_s(bandwidth: Bandwidth, bytes_per_token: int) -> float:
+    """The decode tokens/s a memory-bound model cannot beat on this machine."""
+    if bytes_per_token <= 0:
+        raise ValueError(f"bytes per token must be positive, got {bytes_per_token}")
+    return bandwidth.best_bytes_per_s / bytes_per_token
