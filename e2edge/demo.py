@@ -95,7 +95,9 @@ def serve_and_generate(artifacts: Path, models: dict[str, Path]) -> None:
     config = artifacts / "demo-daemon.yaml"
     lines = [f"listen: unix:{socket_path}", "grace_period_s: 5", "models:"]
     for name, path in models.items():
-        batching = ", batching: {max_batch: 16, max_delay_ms: 2}" if "vit" in name else ""
+        # vision: dynamic batching; LLM: 4 streams share each decode step
+        batching = (", batching: {max_batch: 16, max_delay_ms: 2}" if "vit" in name
+                    else ", max_concurrent: 4, max_sequence_length: 512")
         lines.append(f"  - {{name: {name}, path: {path}{batching}}}")
     config.write_text("\n".join(lines) + "\n")
     target = f"unix:{socket_path}"

@@ -153,8 +153,10 @@ class GqaDecoderGraphBuilder(DecoderGraphBuilder):
             for part in ("key", "value"):
                 inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{part}", f32, kv))
                 outputs.append(helper.make_tensor_value_info(f"present.{i}.{part}", f32, kv))
+        used = {name for node in g.nodes for name in node.input}
+        initializers = [t for t in g.initializers if t.name in used]  # shared consts it skips
         graph = helper.make_graph(
-            g.nodes, f"{s.model_type}_decoder_gqa", inputs, outputs, initializer=g.initializers
+            g.nodes, f"{s.model_type}_decoder_gqa", inputs, outputs, initializer=initializers
         )
         opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)]
         model = helper.make_model(graph, opset_imports=opsets, producer_name="e2edge")

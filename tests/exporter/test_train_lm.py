@@ -161,3 +161,21 @@ def test_refuses_to_overwrite_a_foreign_directory(corpus, tmp_path, capsys):
     assert rc == 1
     assert "refusing to overwrite" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_int4_weights_cost_under_5_percent_perplexity_on_a_trained_model(tiny_llama, corpus,
+                                                                         tmp_path):
+    """Issue goal: int4 (MatMulNBits) perplexity within 5 % of fp32, on held-out text."""
+    from exporter.evaluation import PackageScorer, text_perplexity
+    from exporter.llm_export import LLMExportOptions, export_llm
+
+    checkpoint, _ = tiny_llama
+    heldout = corpus.read_text(encoding="utf-8")[-4000:]
+    ppl = {}
+    for weights in ("fp32", "int4"):
+        package = export_llm(checkpoint, tmp_path / weights,
+                             LLMExportOptions(weights=weights, verify=False)).package
+        ppl[weights] = text_perplexity(PackageScorer(package), heldout, window=64,
+                                       stride=32).perplexity
+    assert ppl["int4"] != ppl["fp32"]  # the weights really are quantised
+    assert abs(ppl["int4"] - ppl["fp32"]) / ppl["fp32"] < 0.05, ppl
