@@ -106,7 +106,12 @@ class TrainConfig:
     hflip: bool = True  # augmentation: random horizontal flip
     vflip: bool = False  # random vertical flip (fundus images have no "up")
     max_shift: int = 2  # random translation in pixels at the model's input size
+    rotation: float = 0.0  # random rotation, max degrees either way (0: off)
+    scale: float = 0.0  # random zoom by a factor in [1 - scale, 1 + scale] (0: off)
     eval_batch_size: int = 256
+    # Decay per step of an exponential moving average of the weights (0: off). When on,
+    # the average is what is validated, selected and saved.
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -115,6 +120,10 @@ class TrainConfig:
             raise ValueError("need 0 < min_lr <= lr")
         if self.max_shift < 0 or self.warmup_epochs < 0:
             raise ValueError("max_shift and warmup_epochs must be >= 0")
+        if not (0 <= self.rotation <= 180 and 0 <= self.scale < 1):
+            raise ValueError("need 0 <= rotation <= 180 degrees and 0 <= scale < 1")
+        if not 0 <= self.ema < 1:
+            raise ValueError("need 0 <= ema < 1")
 
 
 @dataclass(frozen=True)

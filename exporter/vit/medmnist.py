@@ -4,7 +4,7 @@ An npz holds `{split}_images` (N, H, W) or (N, H, W, C) uint8 and `{split}_label
 (N,) or (N, 1) integers for split in train, val, test. Images are preprocessed with
 the runtime's own `preprocess` (so training and serving see the same pixels),
 resized to the model's size on the fly, batch by batch; training batches are
-augmented (flips, translation) from a seeded generator.
+augmented (flips, translation, optionally rotation and zoom) from a seeded generator.
 """
 
 from __future__ import annotations
@@ -131,10 +131,43 @@ class Augmentation:
     hflip: bool = True
     vflip: bool = False
     max_shift: int = 2
+    rotation: float = 0.0  # max degrees of random rotation (0: off)
+    scale: float = 0.0  # max relative zoom: factor uniform in [1 - scale, 1 + scale] (0: off)
+
+
+def rotate_and_zoom(
+    batch: np.ndarray,  # (B, C, S, S)
+    degrees: np.ndarray,  # (B,) rotation per image, clockwise as displayed (rows down)
+    zoom: np.ndarray,  # (B,) > 0; above 1 enlarges the content
+) -> np.ndarray:
+    """Rotate and zoom each image about its centre; bilinear, edges extended (like the
+    edge-padded translation), so no black corners appear that the test images never have."""
+    n, _, size, _ = batch.shape
+    centre = (size - 1) / 2.0
+    ys, xs = np.meshgrid(np.arange(size) - centre, np.arange(size) - centre, indexing="ij")
+    theta = np.deg2rad(degrees)[:, None, None]
+    inv = 1.0 / zoom[:, None, None]
+    # Inverse map: each output pixel samples the source at R(-theta) * p / zoom.
+    cos, sin = np.cos(theta), np.sin(theta)
+    src_y = np.clip((cos * ys - sin * xs) * inv + centre, 0, size - 1)  # (B, S, S)
+    src_x = np.clip((sin * ys + cos * xs) * inv + centre, 0, size - 1)
+    y0 = np.minimum(np.floor(src_y).astype(np.int64), size - 2 if size > 1 else 0)
+    x0 = np.minimum(np.floor(src_x).astype(np.int64), size - 2 if size > 1 else 0)
+    y1, x1 = np.minimum(y0 + 1, size - 1), np.minimum(x0 + 1, size - 1)
+    wy, wx = (src_y - y0)[:, None], (src_x - x0)[:, None]  # (B, 1, S, S)
+    b = np.arange(n)[:, None, None]
+
+    def at(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+        return batch[b, :, yy, xx].transpose(0, 3, 1, 2)  # (B, S, S, C) -> (B, C, S, S)
+
+    top = at(y0, x0) * (1 - wx) + at(y0, x1) * wx
+    bottom = at(y1, x0) * (1 - wx) + at(y1, x1) * wx
+    return (top * (1 - wy) + bottom * wy).astype(batch.dtype)
 
 
 def augment(batch: np.ndarray, aug: Augmentation, rng: np.random.Generator) -> np.ndarray:
-    """(B, C, S, S) normalised -> same shape: random flips and edge-padded translation."""
+    """(B, C, S, S) normalised -> same shape: random flips, rotation and zoom, and
+    edge-padded translation."""
     out = batch.copy()
     n = len(out)
     if aug.hflip:
@@ -143,6 +176,11 @@ def augment(batch: np.ndarray, aug: Augmentation, rng: np.random.Generator) -> n
     if aug.vflip:
         flip = rng.random(n) < 0.5
         out[flip] = out[flip, :, ::-1, :]
+    if aug.rotation > 0 or aug.scale > 0:
+        # Drawn only when enabled, so recipes without them keep their random stream.
+        degrees = rng.uniform(-aug.rotation, aug.rotation, n)
+        zoom = rng.uniform(1 - aug.scale, 1 + aug.scale, n)
+        out = rotate_and_zoom(out, degrees, zoom)
     if aug.max_shift > 0:
         m = aug.max_shift
         size = out.shape[-1]

@@ -1,5 +1,6 @@
 """The training loop: AdamW, warm-up + cosine schedule, optional distillation,
-model selection on the validation split, metrics on val and test.
+optional weight averaging (EMA), model selection on the validation split, metrics on
+val and test.
 
 With a time budget, the first epochs are timed and the schedule is shortened to the
 number of epochs that fit, so the learning rate still decays to its floor instead
@@ -74,6 +75,17 @@ def lr_at(step: int, total: int, warmup: int, recipe: TrainConfig) -> float:
     return recipe.min_lr + 0.5 * (recipe.lr - recipe.min_lr) * (1 + math.cos(math.pi * progress))
 
 
+@torch.no_grad()
+def update_ema(ema_model: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """ema = d * ema + (1 - d) * weights, with d ramped up over the first steps
+    (d = min(decay, (1 + step) / (10 + step))) so the random start fades out quickly."""
+    d = min(decay, (1 + step) / (10 + step))
+    for averaged, current in zip(ema_model.parameters(), model.parameters()):
+        averaged.lerp_(current, 1.0 - d)
+    for averaged, current in zip(ema_model.buffers(), model.buffers()):
+        averaged.copy_(current)
+
+
 def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict]:
     """No weight decay on biases, norms and position embeddings (all 1-D or pos_embed)."""
     decay, no_decay = [], []
@@ -109,7 +121,9 @@ def train(
     if teacher is not None:
         teacher.to(device)
     rng = np.random.default_rng(seed)
-    aug = Augmentation(recipe.hflip, recipe.vflip, recipe.max_shift)
+    aug = Augmentation(
+        recipe.hflip, recipe.vflip, recipe.max_shift, recipe.rotation, recipe.scale,
+    )
     loss_fn: DistillationLoss | None = None
     if teacher is not None:
         teacher.eval()
@@ -117,6 +131,8 @@ def train(
             distill or DistillConfig(), model.config.width, teacher.config.width,
             recipe.label_smoothing,
         ).to(device)
+    # The averaged copy is never trained; it follows the weights after every step.
+    ema_model = copy.deepcopy(model).requires_grad_(False) if recipe.ema > 0 else None
     trainable = [model] + ([loss_fn] if loss_fn is not None else [])
     optimizer = torch.optim.AdamW(_param_groups(trainable, recipe.weight_decay), lr=recipe.lr)
 
@@ -154,9 +170,12 @@ def train(
             if recipe.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
             optimizer.step()
+            if ema_model is not None:
+                update_ema(ema_model, model, recipe.ema, step)
             losses.append(loss.item())
             step += 1
-        val = evaluate(model, val_split, spec, recipe.eval_batch_size)
+        selected = ema_model if ema_model is not None else model
+        val = evaluate(selected, val_split, spec, recipe.eval_batch_size)
         epoch_s = time.perf_counter() - epoch_start
         if epoch < 2 and time_budget_s is not None:
             # Re-estimated after the second epoch too: the first pays for warm-up.
@@ -179,7 +198,7 @@ def train(
         key = (val["accuracy"], val["auc"])
         if key > best_key:
             best_key, best_epoch = key, epoch + 1
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(selected.state_dict())
         epoch += 1
         if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
             if epoch < epochs:

@@ -156,8 +156,12 @@ def test_cli_export_llm(tmp_path, tiny_llama_checkpoint):
     result = _cli("export", "llm", "--model", str(tiny_llama_checkpoint),
                   "--out", str(tmp_path / "pkg"))
     assert result.returncode == 0, result.stderr
-    assert "verified" in result.stdout
-    assert load_package(tmp_path / "pkg").name == "ckpt"
+    assert "verified" in result.stdout and "greedy tokens match" in result.stdout
+    package = load_package(tmp_path / "pkg")
+    assert package.name == "ckpt"
+    # the command's defaults are the CPU deployment format: int4 weights, fused attention
+    assert package.manifest["quantization"]["weights"] == "int4"
+    assert package.manifest["llm"]["attention"] == "gqa"
 
 
 @pytest.mark.parametrize(
