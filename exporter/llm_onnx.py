@@ -286,10 +286,14 @@ class DecoderGraphBuilder:
         return g.op("Add", [x, self._ffn(i, x)], "resid")
 
     def _ffn(self, i: int, x: str) -> str:
+        h = self.rms_norm(x, f"model.layers.{i}.post_attention_layernorm.weight")
+        return self._gated_ffn(i, h)
+
+    def _gated_ffn(self, i: int, h: str) -> str:
+        """down(act(gate(h)) * up(h)) on the normalised input h, gate and up in one matmul."""
         g = self.g
         p = f"model.layers.{i}"
         width = self.spec.ffn_widths[i]
-        h = self.rms_norm(x, f"{p}.post_attention_layernorm.weight")
         gate_up = np.concatenate(
             [self.w[f"{p}.mlp.gate_proj.weight"], self.w[f"{p}.mlp.up_proj.weight"]], axis=0
         )  # (2 * width, hidden)

@@ -57,7 +57,7 @@ class GqaDecoderGraphBuilder(DecoderGraphBuilder):
             h, residual = self._skip_norm(
                 attn, residual, f"model.layers.{i}.post_attention_layernorm.weight"
             )
-            ffn = self._ffn_from_normed(i, h)
+            ffn = self._gated_ffn(i, h)  # the norm is fused with the residual
             following = (
                 f"model.layers.{i + 1}.input_layernorm.weight"
                 if i + 1 < s.num_layers else "model.norm.weight"
@@ -119,24 +119,6 @@ class GqaDecoderGraphBuilder(DecoderGraphBuilder):
             rotary_interleaved=0,
         ))
         return self.linear(context, f"{p}.o_proj.weight", "o")
-
-    def _ffn_from_normed(self, i: int, h: str) -> str:
-        """The FFN on an already normalised input (the norm is fused with the residual)."""
-        g = self.g
-        p = f"model.layers.{i}"
-        width = self.spec.ffn_widths[i]
-        gate_up = np.concatenate(
-            [self.w[f"{p}.mlp.gate_proj.weight"], self.w[f"{p}.mlp.up_proj.weight"]], axis=0
-        )
-        both = self.matmul(h, gate_up, f"{p}.mlp.gate_up_proj.weight", "gate_up")
-        if self.quant is not None:
-            fused = self.effective.pop(f"{p}.mlp.gate_up_proj.weight")
-            self.effective[f"{p}.mlp.gate_proj.weight"] = fused[:width]
-            self.effective[f"{p}.mlp.up_proj.weight"] = fused[width:]
-        g.const(f"{p}.mlp.split", np.array([width, width], dtype=np.int64))
-        gate, up = g.op("Split", [both, f"{p}.mlp.split"], "gate", n_out=2, axis=-1)
-        product = g.op("Mul", [self.activation(gate), up], "ffn_act")
-        return self.linear(product, f"{p}.mlp.down_proj.weight", "down")
 
     def _model(self) -> onnx.ModelProto:
         s, g = self.spec, self.g
