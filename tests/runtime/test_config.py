@@ -54,6 +54,7 @@ def test_every_key_is_read(tmp_path):
             providers: [CUDAExecutionProvider, CPUExecutionProvider]
             max_concurrent: 2
             max_queue: 0
+            max_sequence_length: 1024
           - {name: other, path: ~/other}
         logging:
           level: debug
@@ -67,6 +68,7 @@ def test_every_key_is_read(tmp_path):
     assert chat.path == Path("/opt/models/chat") and chat.backend == "tensorrt"
     assert chat.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
     assert (chat.threads, chat.max_concurrent, chat.max_queue) == (4, 2, 0)
+    assert (chat.max_sequence_length, other.max_sequence_length) == (1024, 0)
     assert other.path == Path("~/other").expanduser()
     assert (config.logging.level, config.logging.format) == ("DEBUG", "json")
 
@@ -80,6 +82,7 @@ BAD_CONFIGS = [
     (ONE + "    threads: -1\n", 4, "models[0].threads"),
     (ONE + "    max_concurrent: 0\n", 4, "models[0].max_concurrent"),
     (ONE + "    max_queue: true\n", 4, "models[0].max_queue"),
+    (ONE + "    max_sequence_length: -8\n", 4, "models[0].max_sequence_length"),
     (ONE + "    backend: tflite\n", 4, "models[0].backend: expected one of"),
     (ONE + "    providers: CPU\n", 4, "models[0].providers: expected a list"),
     ("models:\n  - name: a\n", 2, "models[0]: missing required key 'path'"),
