@@ -112,6 +112,9 @@ class TrainConfig:
     # Decay per step of an exponential moving average of the weights (0: off). When on,
     # the average is what is validated, selected and saved.
     ema: float = 0.0
+    # mixup (Zhang et al. 2018): Beta(alpha, alpha) blend of image pairs and of their
+    # label losses (0: off). The teacher sees the same blended images.
+    mixup: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -124,6 +127,8 @@ class TrainConfig:
             raise ValueError("need 0 <= rotation <= 180 degrees and 0 <= scale < 1")
         if not 0 <= self.ema < 1:
             raise ValueError("need 0 <= ema < 1")
+        if self.mixup < 0:
+            raise ValueError("need mixup >= 0")
 
 
 @dataclass(frozen=True)

@@ -156,15 +156,29 @@ def train(
                 break  # a large model on a CPU may not finish one epoch in the budget
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup, recipe)
+            mixes = [(1.0, labels)]  # (weight, labels) pairs of the label loss
+            if recipe.mixup > 0:
+                lam = float(rng.beta(recipe.mixup, recipe.mixup))
+                partner = rng.permutation(len(labels))
+                pixels = lam * pixels + (1 - lam) * pixels[partner]
+                mixes = [(lam, labels), (1 - lam, labels[partner])]
             images = torch.from_numpy(pixels).to(device)
-            targets = torch.from_numpy(labels).to(device)
             logits, features = model.forward_with_features(images)
             if loss_fn is not None and teacher is not None:
                 with torch.no_grad():
                     t_logits, t_features = teacher.forward_with_features(images)
-                loss, _ = loss_fn(logits, features, t_logits, t_features, targets)
-            else:
-                loss = F.cross_entropy(logits, targets, label_smoothing=recipe.label_smoothing)
+            loss = torch.zeros((), device=device)
+            # Only the label term depends on the labels, so blending whole losses blends
+            # exactly the cross-entropy (the mix weights sum to 1: KL, features unchanged).
+            for weight, y in mixes:
+                targets = torch.from_numpy(y).to(device)
+                if loss_fn is not None and teacher is not None:
+                    term, _ = loss_fn(logits, features, t_logits, t_features, targets)
+                else:
+                    term = F.cross_entropy(
+                        logits, targets, label_smoothing=recipe.label_smoothing,
+                    )
+                loss = loss + weight * term
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if recipe.grad_clip > 0:

@@ -92,3 +92,29 @@ def test_training_with_ema_and_rotation_learns_and_keeps_the_averaged_weights(tm
     best = result.history[result.best_epoch - 1]
     assert evaluate(model, data.splits["val"], spec)["accuracy"] == best["val_accuracy"]
     assert result.metrics["val"]["accuracy"] == best["val_accuracy"]
+
+
+def test_mixup_trains_a_distilled_student(tmp_path):
+    from vit_fixtures import one_torch_thread, write_synthetic_npz
+
+    from exporter.vit.distill import DistillConfig, init_from_teacher
+    from exporter.vit.medmnist import load_medmnist
+    from runtime.vision.preprocess import Preprocessing
+
+    data = load_medmnist(write_synthetic_npz(tmp_path / "synthmnist.npz"))
+    spec = Preprocessing(size=8, channels=1, mean=(0.4,), std=(0.2,))
+    torch.manual_seed(0)
+    teacher = ViT(SMALL)
+    recipe = TrainConfig(epochs=5, batch_size=32, lr=3e-3, warmup_epochs=0, max_shift=0,
+                         mixup=0.4)
+    with one_torch_thread():
+        train(teacher, data, spec, recipe, seed=0)
+        student = ViT(dataclasses.replace(SMALL, ternary="ffn", n_kv_heads=1))
+        init_from_teacher(student, teacher)
+        result = train(student, data, spec, recipe, seed=1, teacher=teacher,
+                       distill=DistillConfig())
+    losses = [row["loss"] for row in result.history]
+    assert all(np.isfinite(losses))
+    assert result.metrics["val"]["accuracy"] >= 0.9
+    with pytest.raises(ValueError):
+        TrainConfig(mixup=-0.1)
