@@ -126,9 +126,12 @@ def test_the_daemon_batches_concurrent_generate_calls(engine, tiny_llama_package
         ModelConfig("demo", tiny_llama_package, max_concurrent=4, max_sequence_length=256),))
     alone = [_tokens(engine.generate(p, _params(0))) for p in PROMPTS]
     results: dict[int, list[int]] = {}
+    together = threading.Barrier(len(PROMPTS))
 
     def stream(i: int, target: str) -> None:
         with EdgeClient(target) as client:
+            client.wait_loaded(30)  # connected: the streams start together
+            together.wait(30)
             results[i] = _tokens(client.generate("demo", PROMPTS[i], max_new_tokens=120,
                                                  ignore_eos=True))
 
