@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "bench serve": "e2edge.bench.serve",
     "bench serve-vit": "e2edge.bench.serve_vit",
     "bench load": "e2edge.bench.load",
+    "bench sweep-decode": "e2edge.bench.sweep_decode",
 }
 
 GROUP_HELP = {

@@ -189,6 +189,49 @@ def run_sweep(model_dir: str | Path, calib: str, report_dir: str | Path,
     return report
 
 
+def package_key(row: dict[str, Any]) -> str:
+    """The work-folder name of a sweep row's checkpoint and package (without -ckpt/-pkg)."""
+    if row["method"] == "dense":
+        return "dense"
+    return f"{row['method']}-r{row['ratio']:.2f}" + ("-ft" if row["finetuned"] else "")
+
+
+def remeasure_decode(report_dir: str | Path, sweep: SweepOptions) -> dict[str, Any]:
+    """Time the kept packages of a finished sweep again; rewrite its speeds and goals.
+
+    Pruning and fine-tuning a sweep takes half an hour; timing its packages takes a
+    minute. On a shared machine whose load changed (or to use more rounds), the kept
+    packages (`--keep-artifacts`) are re-timed round-robin as the sweep itself does,
+    and sweep.json records the new numbers (perplexities are untouched: they do not
+    depend on timing).
+    """
+    if sweep.decode_tokens < 2 or sweep.decode_rounds < 1:
+        raise ValueError("decode tokens must be >= 2 and decode rounds >= 1")
+    report_dir = Path(report_dir)
+    path = report_dir / "sweep.json"
+    if not path.is_file():
+        raise ValueError(f"{path}: no sweep report here")
+    report = json.loads(path.read_text())
+    dense, rows = report["dense"], report["rows"]
+    packages = {package_key(row): report_dir / "work" / f"{package_key(row)}-pkg"
+                for row in [dense, *rows]}
+    missing = [str(p) for p in packages.values() if not (p / "manifest.json").is_file()]
+    if missing:
+        raise ValueError(f"{missing[0]}: package missing ({len(missing)} in all); re-timing "
+                         "needs a sweep run with --keep-artifacts")
+    speeds = decode_speeds(packages, sweep)
+    for row in [dense, *rows]:
+        row["decode_tokens_per_s"] = round(speeds[package_key(row)], 2)
+    _relative(dense, rows)
+    report["goals"] = check_goals(dense, rows)
+    report["decode"] = {"tokens": sweep.decode_tokens, "rounds": sweep.decode_rounds,
+                        "threads": sweep.threads, "prompt": DECODE_PROMPT,
+                        "statistic": "median decode tokens/s", "remeasured": True}
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, report_dir / "sweep.png")
+    return report
+
+
 def _limit(stream: TokenStream, max_tokens: int | None) -> TokenStream:
     return TokenStream(stream.ids[:max_tokens] if max_tokens else stream.ids, stream.bos)
 

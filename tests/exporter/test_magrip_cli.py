@@ -105,3 +105,39 @@ def test_sweep_writes_a_table_and_a_plot(tmp_path, capsys, calib, tiny_llama_che
                                    "decode_speedup_at_least_90pct_of_bytes_ratio"}
     assert (report / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert not (report / "work").exists()  # checkpoints and packages are cleaned up
+
+
+def test_a_kept_sweep_is_retimed_by_bench_sweep_decode(tmp_path, capsys, calib,
+                                                        tiny_llama_checkpoint):
+    report = tmp_path / "report"
+    assert main(["prune", "--model", str(tiny_llama_checkpoint), "--calib", f"{calib}@0:0.5",
+                 "--sweep", "0.3", "--methods", "magrip", "--report", str(report),
+                 "--eval-text", f"{calib}@0.5:1", "--decode-rounds", "1",
+                 "--decode-tokens", "4", "--keep-artifacts", *FAST]) == 0
+    before = json.loads((report / "sweep.json").read_text())
+    assert (report / "work" / "magrip-r0.30-pkg" / "manifest.json").is_file()
+    capsys.readouterr()
+    assert main(["bench", "sweep-decode", "--report", str(report), "--rounds", "2",
+                 "--tokens", "6", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "magrip    0.30" in out and "goal (every package >= 0.9)" in out
+    after = json.loads((report / "sweep.json").read_text())
+    assert after["decode"] == {**after["decode"], "rounds": 2, "tokens": 6, "remeasured": True}
+    assert after["rows"][0]["perplexity"] == before["rows"][0]["perplexity"]
+    row = after["rows"][0]
+    assert row["decode_tokens_per_s"] > 0
+    assert row["relative"]["decode_speedup"] == round(
+        row["decode_tokens_per_s"] / after["dense"]["decode_tokens_per_s"], 4)
+
+
+def test_bench_sweep_decode_without_kept_packages_is_one_line(tmp_path, capsys, calib,
+                                                               tiny_llama_checkpoint):
+    report = tmp_path / "report"
+    assert main(["prune", "--model", str(tiny_llama_checkpoint), "--calib", f"{calib}@0:0.5",
+                 "--sweep", "0.3", "--methods", "random", "--report", str(report),
+                 "--eval-text", f"{calib}@0.5:1", "--decode-rounds", "1",
+                 "--decode-tokens", "4", *FAST]) == 0
+    capsys.readouterr()
+    assert main(["bench", "sweep-decode", "--report", str(report)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--keep-artifacts" in err
