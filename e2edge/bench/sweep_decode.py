@@ -2,7 +2,7 @@
 
     e2edge bench sweep-decode --report DIR [--rounds 9] [--tokens 96] [--threads 1]
 
-The sweep times its packages at its end, round-robin, median of its rounds; on a
+The sweep times its packages at its end, round-robin, best of its rounds; on a
 machine whose load changed since, or to use more rounds, this re-times the same kept
 packages the same way and rewrites the speeds, the speed-up over the weight-bytes
 ratio and the goals in DIR/sweep.json (perplexities stay: they do not depend on timing).
@@ -16,7 +16,8 @@ import json
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", required=True, help="the sweep's report directory")
-    parser.add_argument("--rounds", type=int, default=9, help="round-robin rounds (median)")
+    parser.add_argument("--rounds", type=int, default=9,
+                        help="round-robin rounds (the best counts)")
     parser.add_argument("--tokens", type=int, default=96, help="greedy tokens per timing")
     parser.add_argument("--threads", type=int, default=0,
                         help="onnxruntime intra-op threads (0: its default)")
