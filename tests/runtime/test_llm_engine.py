@@ -61,6 +61,14 @@ def test_shared_buffer_is_written_in_place(engine):
     assert np.abs(keys[0, :, 3]).min() > 0 and not keys[0, :, 4:].any()
 
 
+def test_a_gqa_package_runs_on_the_cpu_provider_and_refuses_a_gpu_one(tiny_llama_package):
+    assert LLMEngine.load(tiny_llama_package).providers == ["CPUExecutionProvider"]
+    with pytest.raises(PackageError, match="CPU provider only.*--attention standard"):
+        LLMEngine.load(tiny_llama_package, providers=["CUDAExecutionProvider"])
+    with pytest.raises(PackageError, match="onnxruntime only"):
+        LLMEngine.load(tiny_llama_package, backend="tensorrt")
+
+
 def test_both_graphs_give_the_same_logits(engine, tiny_llama_package_standard):
     standard = LLMEngine.load(tiny_llama_package_standard)
     ids = np.asarray([engine.encode("To be, or not to be")])
