@@ -37,7 +37,7 @@ from runtime.proto.e2edge.v1 import runtime_pb2 as pb
 from runtime.server import convert
 from runtime.server.classify_convert import check_images, classifications, prepare_images
 from runtime.server.energy_accounting import EnergyAccounting, energy_to_proto
-from runtime.server.errors import FIELD_METADATA_KEY, Draining, abort, status_for
+from runtime.server.errors import FIELD_METADATA_KEY, Draining, abort_recorded, status_for
 from runtime.server.model_registry import ModelRegistry
 from runtime.server.request_log import RequestRecord, log_request
 from runtime.server.vision_model import VisionModel
@@ -85,9 +85,7 @@ class ClassifyServicer:
             call.record.status = _ended_status(context)
             raise
         except Exception as e:
-            code, details, _ = status_for(e, call.record.request_id)
-            call.record.status, call.record.error = code.name, details
-            await abort(context, e, call.record.request_id)
+            await abort_recorded(context, e, call.record)
         finally:
             self._classified(call)
 

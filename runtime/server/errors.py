@@ -9,6 +9,7 @@ log: a request never takes the daemon down.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -20,6 +21,9 @@ from runtime.errors import (
     ModelNotFound,
     PackageError,
 )
+
+if TYPE_CHECKING:
+    from runtime.server.request_log import RequestRecord
 
 log = logging.getLogger("e2edge.server")
 
@@ -73,6 +77,14 @@ def status_for(
         f"internal error{where}: {type(error).__name__}; the daemon log has the traceback",
         (),
     )
+
+
+async def abort_recorded(context: grpc.aio.ServicerContext, error: BaseException,
+                         record: RequestRecord) -> None:
+    """Note the error's status on the request's log record, then abort the RPC with it."""
+    code, details, _ = status_for(error, record.request_id)
+    record.status, record.error = code.name, details
+    await abort(context, error, record.request_id)
 
 
 async def abort(context: grpc.aio.ServicerContext, error: BaseException, request_id: str = ""):

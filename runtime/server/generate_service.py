@@ -34,7 +34,7 @@ from runtime.proto.e2edge.v1 import runtime_pb2_grpc as pb_grpc
 from runtime.server import convert, power_watch
 from runtime.server.classify_service import ClassifyServicer
 from runtime.server.energy_accounting import EnergyAccounting, fill_generation_energy
-from runtime.server.errors import DeadlineExceeded, Draining, abort, status_for
+from runtime.server.errors import DeadlineExceeded, Draining, abort_recorded
 from runtime.server.model_registry import ModelEntry, ModelRegistry
 from runtime.server.request_log import RequestRecord, log_request
 from runtime.server.unary import logged_unary
@@ -160,9 +160,7 @@ class EdgeRuntimeServicer(ClassifyServicer, pb_grpc.EdgeRuntimeServicer):
             record.status = "DEADLINE_EXCEEDED" if past_deadline else "CANCELLED"
             raise
         except Exception as e:
-            code, details, _ = status_for(e, request_id)
-            record.status, record.error = code.name, details
-            await abort(context, e, request_id)
+            await abort_recorded(context, e, record)
         finally:
             stop.set()
             record.latency_s = time.monotonic() - received

@@ -43,7 +43,7 @@ from runtime.proto.kserve import grpc_service_pb2 as kpb
 from runtime.proto.kserve import grpc_service_pb2_grpc as kpb_grpc
 from runtime.repository import check_model_name, find_package, list_packages
 from runtime.server import kserve_convert as kc
-from runtime.server.errors import DeadlineExceeded, Draining, abort, status_for
+from runtime.server.errors import DeadlineExceeded, Draining, abort_recorded, status_for
 from runtime.server.generate_service import Generation
 from runtime.server.model_registry import ModelEntry, ModelState
 from runtime.server.request_log import RequestRecord, log_request
@@ -274,9 +274,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             # None only when the client left mid-generation: nobody reads the answer.
             return responses[-1] if responses else kpb.ModelInferResponse()
         except Exception as e:
-            code, details, _ = status_for(e, record.request_id)
-            record.status, record.error = code.name, details
-            await abort(context, e, record.request_id)
+            await abort_recorded(context, e, record)
         finally:
             stop.set()
             log_request(record)

@@ -22,7 +22,7 @@ from runtime.errors import BackendUnavailable
 from runtime.power.sample import PowerSample
 from runtime.proto.e2edge.v1 import runtime_pb2 as pb
 from runtime.server.energy_accounting import EnergyAccounting, put_latest
-from runtime.server.errors import Draining, abort, status_for
+from runtime.server.errors import Draining, abort_recorded
 from runtime.server.request_log import RequestRecord, log_request
 
 QUEUE_SAMPLES = 16  # readings buffered per stream before the oldest are dropped
@@ -83,9 +83,7 @@ async def watch_power(
         record.status = "CANCELLED"  # the client left, or its deadline passed
         raise
     except Exception as e:
-        code, details, _ = status_for(e, record.request_id)
-        record.status, record.error = code.name, details
-        await abort(context, e, record.request_id)
+        await abort_recorded(context, e, record)
     finally:
         record.latency_s = time.monotonic() - started
         log_request(record)

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 import grpc
 
-from runtime.server.errors import abort, status_for
+from runtime.server.errors import abort_recorded
 from runtime.server.request_log import RequestRecord, log_request
 
 Response = TypeVar("Response")
@@ -27,9 +27,7 @@ async def logged_unary(
     try:
         return await run()
     except Exception as e:
-        code, details, _ = status_for(e, record.request_id)
-        record.status, record.error = code.name, details
-        await abort(context, e, record.request_id)
+        await abort_recorded(context, e, record)
     finally:
         record.latency_s = time.monotonic() - started
         log_request(record)
