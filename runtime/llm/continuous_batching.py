@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.errors import InvalidRequest
 from runtime.llm.engine import GenerationEvent, LLMEngine
 from runtime.llm.kv_buffer import SharedKVBuffer
 from runtime.llm.sampling import SamplingParams
@@ -92,15 +91,10 @@ class ContinuousBatcher:
         cancelled: Callable[[], bool] | None = None,
     ) -> Iterator[GenerationEvent]:
         """Validate now (raising InvalidRequest), then return the event stream."""
-        params.validate()
-        ids = self.engine.prompt_ids(prompt)
-        if len(ids) + params.max_new_tokens > self.capacity:
-            raise InvalidRequest(
-                "max_new_tokens",
-                f"prompt ({len(ids)} tokens) + max_new_tokens ({params.max_new_tokens}) "
-                f"exceeds the {self.capacity} tokens a sequence may hold here "
-                f"(the model's max_sequence_length)",
-            )
+        ids = self.engine.request_ids(
+            prompt, params, self.capacity,
+            f"the {self.capacity} tokens a sequence may hold here "
+            "(the model's max_sequence_length)")
         request = _Request(ids, params, cancelled or (lambda: False), time.monotonic())
         with self._wake:
             if self._closed:

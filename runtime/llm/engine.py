@@ -229,15 +229,26 @@ class LLMEngine:
         cancelled: Callable[[], bool] | None = None,
     ) -> Iterator[GenerationEvent]:
         """Validate now (raising InvalidRequest), then return the event stream."""
+        ids = self.request_ids(prompt, params)
+        return self._generate(ids, params, cancelled or (lambda: False))
+
+    def request_ids(self, prompt: str | Sequence[int], params: SamplingParams,
+                    limit: int | None = None, limit_text: str = "") -> list[int]:
+        """Check a request (raising InvalidRequest) and return its prompt's token ids.
+
+        Prompt + max_new_tokens must fit `limit` tokens (default: the context length,
+        described by `limit_text` in the message).
+        """
         params.validate()
         ids = self.prompt_ids(prompt)
-        if len(ids) + params.max_new_tokens > self.context_length:
+        limit = limit or self.context_length
+        if len(ids) + params.max_new_tokens > limit:
             raise InvalidRequest(
                 "max_new_tokens",
                 f"prompt ({len(ids)} tokens) + max_new_tokens ({params.max_new_tokens}) "
-                f"exceeds the context length {self.context_length}",
+                f"exceeds {limit_text or f'the context length {limit}'}",
             )
-        return self._generate(ids, params, cancelled or (lambda: False))
+        return ids
 
     def _generate(
         self, ids: list[int], params: SamplingParams, cancelled: Callable[[], bool]
