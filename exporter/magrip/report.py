@@ -145,7 +145,7 @@ def run_sweep(model_dir: str | Path, calib: str, report_dir: str | Path,
                               finetune=replace(base.finetune, steps=0))
             t0 = time.monotonic() - shared_seconds  # each row counts the shared first pass
             pruned, pruning = prune_loaded(dense, windows, options, dense_scores=dense_scores)
-            key = f"{method}-r{ratio:.2f}"
+            key = package_key(method, ratio, False)
             rows.append(_row(method, ratio, False, pruned, pruning, (source, dtype), work, key,
                              packages, measure, time.monotonic() - t0))
             if train is not None:
@@ -159,7 +159,8 @@ def run_sweep(model_dir: str | Path, calib: str, report_dir: str | Path,
                 ft_pruning["neuron_order"] = neuron_order_document(
                     order, scores, pruning["source_ffn_widths"])
                 rows.append(_row(method, ratio, True, tuned, ft_pruning, (source, dtype), work,
-                                 key + "-ft", packages, measure, time.monotonic() - t0))
+                                 package_key(method, ratio, True), packages, measure,
+                                 time.monotonic() - t0))
             log.info("%s: %s", key, rows[-1]["perplexity"])
     speeds = decode_speeds(packages, sweep)
     for row in [dense_row, *rows]:
@@ -188,11 +189,15 @@ def run_sweep(model_dir: str | Path, calib: str, report_dir: str | Path,
     return report
 
 
-def package_key(row: dict[str, Any]) -> str:
+def package_key(method: str, ratio: float, finetuned: bool) -> str:
     """The work-folder name of a sweep row's checkpoint and package (without -ckpt/-pkg)."""
-    if row["method"] == "dense":
+    if method == "dense":
         return "dense"
-    return f"{row['method']}-r{row['ratio']:.2f}" + ("-ft" if row["finetuned"] else "")
+    return f"{method}-r{ratio:.2f}" + ("-ft" if finetuned else "")
+
+
+def _row_key(row: dict[str, Any]) -> str:
+    return package_key(row["method"], row["ratio"], row["finetuned"])
 
 
 def remeasure_decode(report_dir: str | Path, sweep: SweepOptions) -> dict[str, Any]:
@@ -212,7 +217,7 @@ def remeasure_decode(report_dir: str | Path, sweep: SweepOptions) -> dict[str, A
         raise ValueError(f"{path}: no sweep report here")
     report = json.loads(path.read_text())
     dense, rows = report["dense"], report["rows"]
-    packages = {package_key(row): report_dir / "work" / f"{package_key(row)}-pkg"
+    packages = {_row_key(row): report_dir / "work" / f"{_row_key(row)}-pkg"
                 for row in [dense, *rows]}
     missing = [str(p) for p in packages.values() if not (p / "manifest.json").is_file()]
     if missing:
@@ -220,7 +225,7 @@ def remeasure_decode(report_dir: str | Path, sweep: SweepOptions) -> dict[str, A
                          "needs a sweep run with --keep-artifacts")
     speeds = decode_speeds(packages, sweep)
     for row in [dense, *rows]:
-        row["decode_tokens_per_s"] = round(speeds[package_key(row)], 2)
+        row["decode_tokens_per_s"] = round(speeds[_row_key(row)], 2)
     _relative(dense, rows)
     report["goals"] = check_goals(dense, rows)
     report["decode"] = {"tokens": sweep.decode_tokens, "rounds": sweep.decode_rounds,

@@ -107,13 +107,19 @@ def test_sweep_writes_a_table_and_a_plot(tmp_path, capsys, calib, tiny_llama_che
     assert not (report / "work").exists()  # checkpoints and packages are cleaned up
 
 
+def _quick_sweep(tmp_path, calib, checkpoint, method: str, *extra: str):
+    """A one-ratio, one-method sweep without fine-tuning; returns its report folder."""
+    report = tmp_path / "report"
+    assert main(["prune", "--model", str(checkpoint), "--calib", f"{calib}@0:0.5",
+                 "--sweep", "0.3", "--methods", method, "--report", str(report),
+                 "--eval-text", f"{calib}@0.5:1", "--decode-rounds", "1",
+                 "--decode-tokens", "4", *extra, *FAST]) == 0
+    return report
+
+
 def test_a_kept_sweep_is_retimed_by_bench_sweep_decode(tmp_path, capsys, calib,
                                                         tiny_llama_checkpoint):
-    report = tmp_path / "report"
-    assert main(["prune", "--model", str(tiny_llama_checkpoint), "--calib", f"{calib}@0:0.5",
-                 "--sweep", "0.3", "--methods", "magrip", "--report", str(report),
-                 "--eval-text", f"{calib}@0.5:1", "--decode-rounds", "1",
-                 "--decode-tokens", "4", "--keep-artifacts", *FAST]) == 0
+    report = _quick_sweep(tmp_path, calib, tiny_llama_checkpoint, "magrip", "--keep-artifacts")
     before = json.loads((report / "sweep.json").read_text())
     assert (report / "work" / "magrip-r0.30-pkg" / "manifest.json").is_file()
     capsys.readouterr()
@@ -132,11 +138,7 @@ def test_a_kept_sweep_is_retimed_by_bench_sweep_decode(tmp_path, capsys, calib,
 
 def test_bench_sweep_decode_without_kept_packages_is_one_line(tmp_path, capsys, calib,
                                                                tiny_llama_checkpoint):
-    report = tmp_path / "report"
-    assert main(["prune", "--model", str(tiny_llama_checkpoint), "--calib", f"{calib}@0:0.5",
-                 "--sweep", "0.3", "--methods", "random", "--report", str(report),
-                 "--eval-text", f"{calib}@0.5:1", "--decode-rounds", "1",
-                 "--decode-tokens", "4", *FAST]) == 0
+    report = _quick_sweep(tmp_path, calib, tiny_llama_checkpoint, "random")
     capsys.readouterr()
     assert main(["bench", "sweep-decode", "--report", str(report)]) == 1
     err = capsys.readouterr().err.strip()
