@@ -68,6 +68,43 @@ __device__ __forceinline__ int dp4a(int a, int b, int c) {
 }
 
 // ---- reductions -----------------------------------------------------------------------
+// Sums each of N values (N a power of two <= 32) over the warp in N - 1 + 5 - log2(N)
+// shuffles instead of 5N: at each of the first log2(N) steps a lane keeps half of its
+// values and trades the other half with its partner. Afterwards v[0] of every lane holds
+// the warp's total of value index warp_scatter_index<N>(lane).
+template <int N>
+__device__ __forceinline__ void warp_reduce_scatter(float (&v)[N]) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int step = 0; step < 5; ++step) {
+        const int offset = 16 >> step;
+        const int half = (N >> step) / 2;  // values traded at this step (0: plain sums)
+        if (half == 0) {
+            v[0] += __shfl_xor_sync(0xffffffffu, v[0], offset);
+            continue;
+        }
+        const bool upper = (lane & offset) != 0;
+#pragma unroll
+        for (int j = 0; j < N / 2; ++j) {
+            if (j < half) {
+                const float keep = upper ? v[j + half] : v[j];
+                const float send = upper ? v[j] : v[j + half];
+                v[j] = keep + __shfl_xor_sync(0xffffffffu, send, offset);
+            }
+        }
+    }
+}
+
+template <int N>
+__device__ __forceinline__ int warp_scatter_index(int lane) {
+    int index = 0;
+    int offset = 16;
+#pragma unroll
+    for (int n = N; n > 1; n >>= 1, offset >>= 1)
+        if (lane & offset) index += n / 2;
+    return index;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
@@ -85,11 +122,22 @@ __device__ __forceinline__ float warp_max(float v) {
 // A 32-bit word holds 16 codes along K, code i in bits 2i..2i+1; value = (code - 2) * scale.
 #define TERNARY_ZERO_WORD 0xAAAAAAAAu  // sixteen codes of 2: dequantises to zeros
 
-// Codes i and i+8 of a word as a half2 of (code - 2), exact: OR-ing a code into the
-// mantissa of 1024.0 (0x6400) gives 1024 + code, and subtracting 1026 leaves code - 2.
+// Codes i and i+8 of a word as a half2 of (code - 2), exact, in two instructions (i is a
+// compile-time constant in every caller's unrolled loop): a code at bit 2j of a half with
+// j <= 4 lies inside the 10-bit mantissa of 1024.0 (0x6400), so one LOP3 (mask, OR 0x6400)
+// gives 1024 + code * 4^j, and one fma by 4^-j plus -(1024 * 4^-j + 2) leaves code - 2
+// (the product is a power-of-two scaling, the sum a small integer: no rounding). Codes
+// 5..7 are first moved down by 6 bits (one shift, shared by the three).
 __device__ __forceinline__ u32 ternary_pair(u32 word, int i) {
-    const u32 biased = ((word >> (2 * i)) & 0x00030003u) | 0x64006400u;
-    return hsub2(biased, 0x64026402u);
+    const int j = i <= 4 ? i : i - 3;
+    const u32 src = i <= 4 ? word : word >> 6;
+    const u32 biased = (src & (0x00030003u << (2 * j))) | 0x64006400u;
+    // 4^-j and -(1024 * 4^-j + 2) as fp16 bit patterns, both halves alike
+    const u32 scale = j == 0 ? 0x3C003C00u : j == 1 ? 0x34003400u : j == 2 ? 0x2C002C00u
+                    : j == 3 ? 0x24002400u : 0x1C001C00u;
+    const u32 bias = j == 0 ? 0xE402E402u : j == 1 ? 0xDC08DC08u : j == 2 ? 0xD420D420u
+                   : j == 3 ? 0xCC80CC80u : 0xC600C600u;
+    return hfma2(biased, scale, bias);
 }
 
 // One code as a float (code - 2): 0x4B000000 is 2^23, whose mantissa ULP is 1.

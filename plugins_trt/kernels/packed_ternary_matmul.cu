@@ -78,14 +78,13 @@ __device__ __forceinline__ void gemv_block_store(float (&acc)[R][MT], OutT* __re
     __shared__ float red[GEMV_WARPS][R * MT];
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
+    float v[R * MT];
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
+    for (int r = 0; r < R; ++r)
 #pragma unroll
-        for (int m = 0; m < MT; ++m) {
-            const float total = warp_sum(acc[r][m]);
-            if (lane == 0) red[warp][r * MT + m] = total;
-        }
-    }
+        for (int m = 0; m < MT; ++m) v[r * MT + m] = acc[r][m];
+    warp_reduce_scatter<R * MT>(v);
+    if ((lane & (32 / (R * MT) - 1)) == 0) red[warp][warp_scatter_index<R * MT>(lane)] = v[0];
     __syncthreads();
     if (threadIdx.x < R * MT) {
         const int r = threadIdx.x / MT;
@@ -124,17 +123,22 @@ __device__ __forceinline__ void ternary_gemv_f16(const f16_t* __restrict__ X,
 #pragma unroll
         for (int m = 0; m < MT; ++m) acc[r][m] = 0.0f;
 
-#pragma unroll 2
+    // One token (decode): nothing to reuse a decoded word for, so each word is decoded where
+    // it is used, which keeps the registers (and so the blocks per SM) for more loads in flight.
+#pragma unroll(MT == 1 ? 1 : 2)
     for (int j = threadIdx.x; j < kw; j += GEMV_THREADS) {
-        u32 v[R][8];
+        u32 word[R];
+        u32 v[MT == 1 ? 1 : R][8];
         float s[R];
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             const int n = n0 + r;
-            const u32 word = n < N ? __ldg(W + (size_t)n * wpr + j) : TERNARY_ZERO_WORD;
+            word[r] = n < N ? __ldg(W + (size_t)n * wpr + j) : TERNARY_ZERO_WORD;
             s[r] = n < N ? __ldg(S + (size_t)n * n_blocks + (j >> wpb_log2)) : 0.0f;
+            if (MT > 1) {
 #pragma unroll
-            for (int i = 0; i < 8; ++i) v[r][i] = ternary_pair(word, i);
+                for (int i = 0; i < 8; ++i) v[MT == 1 ? 0 : r][i] = ternary_pair(word[r], i);
+            }
         }
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
@@ -145,7 +149,8 @@ __device__ __forceinline__ void ternary_gemv_f16(const f16_t* __restrict__ X,
                 for (int r = 0; r < R; ++r) {
                     u32 h = 0u;
 #pragma unroll
-                    for (int i = 0; i < 8; ++i) h = hfma2(xp[i], v[r][i], h);
+                    for (int i = 0; i < 8; ++i)
+                        h = hfma2(xp[i], MT == 1 ? ternary_pair(word[r], i) : v[MT == 1 ? 0 : r][i], h);
                     float lo, hi;
                     f16x2_to_f32(h, lo, hi);
                     acc[r][m] = fmaf(s[r], lo + hi, acc[r][m]);
