@@ -26,12 +26,16 @@ from exporter.hf_checkpoint import (
     read_weights,
 )
 from exporter.package_writer import PackageWriter
+from exporter.weight_quant import BLOCK_FORMATS, weight_quant_config
 from runtime.errors import E2edgeError
 from runtime.package import sha256_file
 
 log = logging.getLogger(__name__)
 
 SAMPLE_PROMPT = "The quick brown fox jumps over the lazy dog. To be, or not to be:"
+# fp32 and fp16 are float initializers (fp16 widened by a Cast in the graph, computed in
+# fp32); int8 and int4 are MatMulNBits blocks (exporter/weight_quant.py)
+WEIGHT_FORMATS = ("fp32", "fp16", *BLOCK_FORMATS)
 
 
 class ExportVerificationError(E2edgeError):
@@ -45,7 +49,7 @@ class LLMExportOptions:
     logits_tolerance: float = 1e-4  # max |logit difference| allowed (fp32)
     verify_tokens: int = 32  # greedy tokens that must equal transformers' generate
     threads: int = 0
-    weights: str = "fp32"  # fp32 | int8 | int4 (MatMulNBits, blockwise symmetric)
+    weights: str = "fp32"  # fp32 | fp16 (Cast to fp32) | int8 | int4 (MatMulNBits)
     block_size: int = 32
     accuracy_level: int = 0  # MatMulNBits: 4 = int8 activations (faster on CPU, inexact)
     # gqa: onnxruntime's fused GroupQueryAttention over a shared KV buffer (fastest on
@@ -68,9 +72,8 @@ def export_llm(
     import onnx
 
     from exporter.llm_onnx import build_decoder_onnx
-    from exporter.weight_quant import weight_quant_config
 
-    quant = weight_quant_config(options.weights, options.block_size, options.accuracy_level)
+    quant = _weight_quant(options)
     model_dir = Path(model_dir)
     config = read_config(model_dir)
     check_architecture(config)
@@ -78,7 +81,9 @@ def export_llm(
     spec = decoder_spec(config, weights)
     with PackageWriter(out) as writer:
         add_bos = _write_tokenizer(model_dir, writer.dir, spec)
-        model, effective = build_decoder_onnx(spec, weights, quant, options.attention)
+        weight_dtype = np.float16 if options.weights == "fp16" else np.float32
+        model, effective = build_decoder_onnx(spec, weights, quant, options.attention,
+                                              weight_dtype)
         onnx_path = writer.dir / "model.onnx"
         onnx.save_model(
             model, str(onnx_path), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -100,6 +105,19 @@ def export_llm(
             writer.seal(manifest)
         package = writer.commit()
     return LLMExportResult(package, diff, match, parameters, manifest["weight_bytes"])
+
+
+def _weight_quant(options: LLMExportOptions):
+    """The MatMulNBits config of an int8/int4 export; None for float weights."""
+    if options.weights not in WEIGHT_FORMATS:
+        raise ValueError(f"--weights must be one of {', '.join(WEIGHT_FORMATS)}, "
+                         f"got {options.weights!r}")
+    if options.weights in BLOCK_FORMATS:
+        return weight_quant_config(options.weights, options.block_size, options.accuracy_level)
+    if options.accuracy_level:
+        raise ValueError(f"--accuracy-level applies to int8/int4 weights (MatMulNBits), "
+                         f"not {options.weights}")
+    return None
 
 
 def _write_tokenizer(model_dir: Path, out_dir: Path, spec: DecoderSpec) -> bool:
@@ -245,6 +263,14 @@ def _decoder_io(spec: DecoderSpec, attention: str):
 def _quantization_facts(options: LLMExportOptions) -> dict[str, Any]:
     if options.weights == "fp32":
         return {"weights": "fp32", "activations": "fp32"}
+    if options.weights == "fp16":
+        return {
+            "weights": "fp16",
+            "activations": "fp32",
+            "storage": "float16 initializers, each widened by a Cast to float32 before its op",
+            "layers": "attention and FFN projections, embedding, lm_head; norms, biases and "
+                      "rotary tables fp32",
+        }
     return {
         "weights": options.weights,
         "op": "com.microsoft::MatMulNBits",
@@ -258,7 +284,7 @@ def _quantization_facts(options: LLMExportOptions) -> dict[str, Any]:
 
 
 def _reference_model(model_dir: Path, effective: dict[str, np.ndarray]):
-    """The checkpoint in PyTorch, with the package's dequantised weights where it has them."""
+    """The checkpoint in PyTorch, with the package's dequantised or fp16-rounded weights."""
     import torch
 
     from exporter.hf_checkpoint import load_torch_model
@@ -282,8 +308,9 @@ def verify_package(
     """Compare the package with the checkpoint; raise ExportVerificationError on mismatch.
 
     A quantised package is compared with the checkpoint whose weights are replaced
-    by the dequantised ones, so the check stays exact: it tests the graph, and the
-    quantisation's own cost is measured by `e2edge eval ppl` instead. With int8
+    by the dequantised ones, an fp16 package with the checkpoint whose weights are
+    rounded to fp16 and back, so the check stays exact: it tests the graph, and the
+    rounding's own cost is measured by `e2edge eval ppl` instead. With int8
     activations (accuracy level 4) onnxruntime's result is inexact by design: the
     logits must then agree within 2 % of their range, and greedy tokens are not required
     to match.
@@ -301,7 +328,7 @@ def verify_package(
     with torch.no_grad():
         torch_logits = model(torch.tensor([ids])).logits.numpy()
     diff = float(np.abs(ort_logits - torch_logits).max())
-    inexact = options.weights != "fp32" and options.accuracy_level > 0
+    inexact = options.weights in BLOCK_FORMATS and options.accuracy_level > 0
     tolerance = options.logits_tolerance
     if inexact:
         tolerance = 0.02 * float(torch_logits.max() - torch_logits.min())

@@ -15,6 +15,12 @@ IO (B: batch, S: new tokens, P: past length, T = P + S):
 Folded at export time, so they cost nothing at run time: the attention scale
 1/sqrt(head_dim) into the query projection, Gemma's (1 + weight) RMSNorm offset into
 the norm weights, and gate+up into one matmul per layer.
+
+Weight storage (one place: `float_weight`, `matmul`, `_embed`): float32 initializers;
+or float16 ones (--weights fp16) that a Cast widens to float32 before their op, so the
+graph computes in float32 exactly as the fp32 one does with the rounded weights; or
+MatMulNBits blocks (int8/int4). fp16 covers the weight matrices: projections, FFN,
+embedding and lm_head; norms, biases and the rotary tables stay float32.
 """
 
 from __future__ import annotations
@@ -98,19 +104,43 @@ class DecoderGraphBuilder:
         spec: DecoderSpec,
         weights: dict[str, np.ndarray],
         quant: WeightQuantConfig | None = None,
+        weight_dtype: type = np.float32,
     ):
+        if weight_dtype not in (np.float32, np.float16):
+            raise ValueError(f"weight dtype must be float32 or float16, got {weight_dtype}")
         self.spec = spec
         self.w = weights
         self.quant = quant
+        self.weight_dtype = weight_dtype  # storage of the float weight matrices
         self.g = _Graph()
-        # HF name -> the float32 weight the graph really computes with (quantised ones)
+        # HF name -> the float32 weight the graph really computes with, where it differs
+        # from the checkpoint's (quantised or fp16-rounded ones)
         self.effective: dict[str, np.ndarray] = {}
+        self._widened: dict[str, str] = {}  # fp16 initializer -> its Cast to float32
+
+    # ---- weight storage -------------------------------------------------------------
+    def float_weight(self, name: str, array: np.ndarray) -> str:
+        """A float32 tensor holding `array`: the initializer itself, or, for fp16 storage,
+        one Cast of its float16 initializer (onnxruntime folds constant Casts when it
+        creates a session, TensorRT when it builds an engine)."""
+        stored = self.g.const(name, array.astype(self.weight_dtype, copy=False))
+        if self.weight_dtype == np.float32:
+            return stored
+        if name not in self._widened:
+            self._widened[name] = self.g.op("Cast", [stored], "widened", to=TensorProto.FLOAT)
+        return self._widened[name]
+
+    def _record_rounded(self, name: str, weight: np.ndarray) -> None:
+        """Note the rounded float32 value of an fp16-stored checkpoint weight."""
+        if self.weight_dtype != np.float32:
+            self.effective[name] = weight.astype(self.weight_dtype).astype(np.float32)
 
     # ---- small blocks -------------------------------------------------------------
     def matmul(self, x: str, weight: np.ndarray, name: str, hint: str) -> str:
         """x @ weight.T for a (out, in) weight: MatMul over W.T, or MatMulNBits when quantised."""
         if self.quant is None:
-            return self.g.op("MatMul", [x, self.g.const(name, weight.T)], hint)
+            self._record_rounded(name, weight)
+            return self.g.op("MatMul", [x, self.float_weight(name, weight.T)], hint)
         q = self.quant
         packed, scales = quantize_blockwise(weight, q)
         self.effective[name] = dequantize_blockwise(packed, scales, weight.shape[1], q.bits)
@@ -176,17 +206,34 @@ class DecoderGraphBuilder:
         sin = g.op("Unsqueeze", [g.op("Gather", ["rope_sin", "position_ids"]), "axis_1"], "sin")
         mask_bias = self._attention_bias()  # (B, 1, 1, S, T)
 
-        embed = g.const("model.embed_tokens.weight", self.w["model.embed_tokens.weight"])
-        x = g.op("Gather", [embed, "input_ids"], "embed")  # (B, S, hidden)
-        if s.embed_scale:
-            scale = np.array(math.sqrt(s.hidden_size), dtype=np.float32)
-            x = g.op("Mul", [x, g.const("embed_scale", scale)], "embed_scaled")
+        x = self._embed()  # (B, S, hidden)
         for i in range(s.num_layers):
             x = self._layer(i, x, cos, sin, mask_bias)
         x = self.rms_norm(x, "model.norm.weight")
         logits = self._lm_head(x)
         g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits_out"))
         return self._model()
+
+    def _embed(self) -> str:
+        """(B, S, hidden) float32 embedding rows of input_ids (Gemma: times sqrt(hidden))."""
+        s, g = self.spec, self.g
+        name = "model.embed_tokens.weight"
+        table = self.w[name]  # (vocab, hidden)
+        self._record_rounded(name, table)
+        if self.weight_dtype == np.float32 or s.tie_word_embeddings:
+            # tied: the lm_head's float32 Cast of the table also feeds the Gather, so an
+            # onnxruntime session holds one folded float32 copy, not a float16 one beside it
+            x = g.op("Gather", [self.float_weight(name, table), "input_ids"], "embed")
+        else:
+            # only looked up: gather float16 rows and widen them; the table stays float16
+            # in memory (a Cast of a non-constant is not folded)
+            rows = g.op("Gather", [g.const(name, table.astype(self.weight_dtype)), "input_ids"],
+                        "embed_rows")
+            x = g.op("Cast", [rows], "embed", to=TensorProto.FLOAT)
+        if s.embed_scale:
+            scale = np.array(math.sqrt(s.hidden_size), dtype=np.float32)
+            x = g.op("Mul", [x, g.const("embed_scale", scale)], "embed_scaled")
+        return x
 
     def _shared_constants(self) -> None:
         s, g = self.spec, self.g
@@ -298,7 +345,7 @@ class DecoderGraphBuilder:
             [self.w[f"{p}.mlp.gate_proj.weight"], self.w[f"{p}.mlp.up_proj.weight"]], axis=0
         )  # (2 * width, hidden)
         both = self.matmul(h, gate_up, f"{p}.mlp.gate_up_proj.weight", "gate_up")  # (B,S,2w)
-        if self.quant is not None:
+        if f"{p}.mlp.gate_up_proj.weight" in self.effective:
             fused = self.effective.pop(f"{p}.mlp.gate_up_proj.weight")
             self.effective[f"{p}.mlp.gate_proj.weight"] = fused[:width]
             self.effective[f"{p}.mlp.up_proj.weight"] = fused[width:]
@@ -318,7 +365,8 @@ class DecoderGraphBuilder:
         # tied: reuse the embedding matrix through Gemm(transB) instead of storing W.T twice
         g.const("flat_shape", np.array([-1, s.hidden_size], dtype=np.int64))
         flat = g.op("Reshape", [x, "flat_shape"])
-        logits = g.op("Gemm", [flat, "model.embed_tokens.weight"], "logits_flat", transB=1)
+        table = self.float_weight("model.embed_tokens.weight", self.w["model.embed_tokens.weight"])
+        logits = g.op("Gemm", [flat, table], "logits_flat", transB=1)
         g.const("two_i", np.array([2], dtype=np.int64))
         batch_seq = g.op("Slice", [g.op("Shape", ["input_ids"]), "zero_i_axes", "two_i"])
         g.const("vocab_dim", np.array([s.vocab_size], dtype=np.int64))
@@ -365,20 +413,24 @@ def build_decoder_onnx(
     weights: dict[str, np.ndarray],
     quant: WeightQuantConfig | None = None,
     attention: str = "standard",
+    weight_dtype: type = np.float32,
 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """The ONNX decoder with KV cache for `spec`, and the quantised weights it computes with.
+    """The ONNX decoder with KV cache for `spec`, and the weights it computes with.
 
     attention: "standard" is plain opset-17 ONNX (onnxruntime and TensorRT); "gqa" uses
     onnxruntime's fused contrib ops and a shared KV buffer (llm_onnx_gqa.py).
-    The second value maps HF weight names to the dequantised float32 weights (empty
-    for fp32), so a PyTorch reference with the same weights can check the export.
+    weight_dtype: float16 stores the float weight matrices in half precision, each
+    widened to float32 by a Cast in the graph.
+    The second value maps HF weight names to the float32 weights the graph computes with
+    where they differ from the checkpoint's (dequantised, or rounded to fp16; empty for
+    fp32), so a PyTorch reference with the same weights can check the export.
     """
     if attention == "gqa":
         from exporter.llm_onnx_gqa import GqaDecoderGraphBuilder
 
-        builder: DecoderGraphBuilder = GqaDecoderGraphBuilder(spec, weights, quant)
+        builder: DecoderGraphBuilder = GqaDecoderGraphBuilder(spec, weights, quant, weight_dtype)
     elif attention == "standard":
-        builder = DecoderGraphBuilder(spec, weights, quant)
+        builder = DecoderGraphBuilder(spec, weights, quant, weight_dtype)
     else:
         raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
     return builder.build(), builder.effective

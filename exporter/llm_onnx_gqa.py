@@ -45,11 +45,7 @@ class GqaDecoderGraphBuilder(DecoderGraphBuilder):
         half = s.head_dim // 2  # the tables repeat their halves; GQA wants one half
         g.const("rope_cos_half", np.ascontiguousarray(cos_table[:, :half]))
         g.const("rope_sin_half", np.ascontiguousarray(sin_table[:, :half]))
-        embed = g.const("model.embed_tokens.weight", self.w["model.embed_tokens.weight"])
-        x = g.op("Gather", [embed, "input_ids"], "embed")  # (B, S, hidden)
-        if s.embed_scale:
-            scale = np.array(math.sqrt(s.hidden_size), dtype=np.float32)
-            x = g.op("Mul", [x, g.const("embed_scale", scale)], "embed_scaled")
+        x = self._embed()  # (B, S, hidden)
         h = self.rms_norm(x, "model.layers.0.input_layernorm.weight")
         residual = x
         for i in range(s.num_layers):
@@ -96,7 +92,7 @@ class GqaDecoderGraphBuilder(DecoderGraphBuilder):
         p = f"model.layers.{i}.self_attn"
         weight, bias = self._qkv_weight(i)
         qkv = self.matmul(h, weight, f"{p}.qkv_proj.weight", "qkv")  # (B, S, q + 2 kv)
-        if self.quant is not None:
+        if f"{p}.qkv_proj.weight" in self.effective:
             fused = self.effective.pop(f"{p}.qkv_proj.weight")
             q_rows, kv_rows = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
             self.effective[f"{p}.q_proj.weight"] = fused[:q_rows]

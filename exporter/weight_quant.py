@@ -15,7 +15,7 @@ import numpy as np
 
 from runtime.ternary_layout import pack_codes, padded_k, unpack_codes
 
-WEIGHT_FORMATS = ("fp32", "int8", "int4")
+BLOCK_FORMATS = ("int8", "int4")  # the --weights choices stored as MatMulNBits blocks
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,10 @@ class WeightQuantConfig:
 
 def weight_quant_config(
     weights: str, block_size: int = 32, accuracy_level: int = 0
-) -> WeightQuantConfig | None:
-    """The config for a --weights choice; None for fp32."""
-    if weights not in WEIGHT_FORMATS:
-        raise ValueError(f"--weights must be one of {WEIGHT_FORMATS}, got {weights!r}")
-    if weights == "fp32":
-        return None
+) -> WeightQuantConfig:
+    """The MatMulNBits config for an int8 / int4 --weights choice."""
+    if weights not in BLOCK_FORMATS:
+        raise ValueError(f"block-quantised weights are one of {BLOCK_FORMATS}, got {weights!r}")
     return WeightQuantConfig(int(weights[3:]), block_size, accuracy_level)
 
 

@@ -193,17 +193,29 @@ class _FfnMatch:
     x: str
     gate: np.ndarray  # (F, D)
     up: np.ndarray  # (F, D)
-    down_name: str  # initializer (F, D), reused as it is
+    down_name: str | None  # initializer (F, D) reused as it is; None: widened by a Cast
     down: np.ndarray
     activation: str
     nodes: list[onnx.NodeProto]  # everything the SparseFFN node replaces
 
 
-def _weight_2d(g: _Graph, node: onnx.NodeProto) -> np.ndarray | None:
+def _weight_2d(g: _Graph, node: onnx.NodeProto) -> tuple[np.ndarray | None, list]:
+    """(the MatMul's constant 2-D weight, the Cast nodes that only widen it for this MatMul).
+
+    An fp16 package stores a weight as fp16 with a Cast to fp32 in front of its MatMul:
+    the weight is the Cast's value, and the Cast goes with the MatMul it feeds.
+    """
     if node.op_type != "MatMul" or node.domain not in STANDARD_DOMAINS:
-        return None
-    w = g.array(node.input[1])
-    return w if w is not None and w.ndim == 2 else None
+        return None, []
+    w, casts = g.array(node.input[1]), []
+    cast = g.producer.get(node.input[1])
+    if w is None and cast is not None and cast.op_type == "Cast" and g.only_feeds(
+        node.input[1], [node]
+    ):
+        source = g.array(cast.input[0])
+        if source is not None:
+            w, casts = source.astype(helper.tensor_dtype_to_np_dtype(_attrs(cast)["to"])), [cast]
+    return (w, casts) if w is not None and w.ndim == 2 else (None, [])
 
 
 def _activation_nodes(g: _Graph, out: str) -> tuple[list[onnx.NodeProto], str] | None:
@@ -268,7 +280,7 @@ def _classify_activation(
 
 def _match_ffn(g: _Graph, down: onnx.NodeProto) -> tuple[_FfnMatch | None, str]:
     """(match, "") or (None, reason) for a down-projection MatMul candidate."""
-    down_w = _weight_2d(g, down)
+    down_w, down_casts = _weight_2d(g, down)
     mul = g.producer.get(down.input[0])
     if down_w is None or mul is None or mul.op_type != "Mul" or mul.domain not in STANDARD_DOMAINS:
         return None, ""  # not an FFN shape at all: no report
@@ -284,11 +296,11 @@ def _match_ffn(g: _Graph, down: onnx.NodeProto) -> tuple[_FfnMatch | None, str]:
         if up_src is None or found is None:
             continue
         act_nodes, gate = found
-        nodes = [*act_nodes, mul, down]
+        nodes = [*down_casts, *act_nodes, mul, down]
         if up_src.op_type == "Split":  # fused gate_up MatMul, then Split
             split = up_src
             fused = g.producer.get(split.input[0])
-            fused_w = _weight_2d(g, fused) if fused is not None else None
+            fused_w, casts = _weight_2d(g, fused) if fused is not None else (None, [])
             sizes = g.array(split.input[1]) if len(split.input) > 1 and split.input[1] else None
             if sizes is None:
                 sizes = _attrs(split).get("split")  # opset < 13 keeps the sizes here
@@ -301,18 +313,18 @@ def _match_ffn(g: _Graph, down: onnx.NodeProto) -> tuple[_FfnMatch | None, str]:
             ):
                 continue
             x, gate_w, up_w = fused.input[0], fused_w[:, :f].T, fused_w[:, f:].T
-            nodes = [fused, split, *nodes]
+            nodes = [*casts, fused, split, *nodes]
             private = [(split.input[0], [split]), (gate, act_nodes), (up, [mul])]
         else:  # separate gate and up MatMuls on the same input
             gate_mm = g.producer.get(gate)
-            gate_w = _weight_2d(g, gate_mm) if gate_mm is not None else None
-            up_w = _weight_2d(g, up_src)
+            gate_w, gate_casts = _weight_2d(g, gate_mm) if gate_mm is not None else (None, [])
+            up_w, up_casts = _weight_2d(g, up_src)
             if gate_w is None or up_w is None or gate_mm.input[0] != up_src.input[0]:
                 continue
             if gate_w.shape != (d, f) or up_w.shape != (d, f):
                 continue
             x, gate_w, up_w = up_src.input[0], gate_w.T, up_w.T
-            nodes = [gate_mm, up_src, *nodes]
+            nodes = [*gate_casts, *up_casts, gate_mm, up_src, *nodes]
             private = [(gate, act_nodes), (up, [mul])]
         for node in act_nodes:
             private += [(o, act_nodes + [mul]) for o in node.output]
@@ -321,7 +333,8 @@ def _match_ffn(g: _Graph, down: onnx.NodeProto) -> tuple[_FfnMatch | None, str]:
         activation = _classify_activation(g, act_nodes, gate, act_out, down_w.dtype)
         if activation is None:
             return None, "the activation is neither silu nor tanh-GELU"
-        return _FfnMatch(x, gate_w, up_w, down.input[1], down_w, activation, nodes), ""
+        down_name = None if down_casts else down.input[1]
+        return _FfnMatch(x, gate_w, up_w, down_name, down_w, activation, nodes), ""
     return None, "no gate/up MatMul pair with an elementwise activation feeds the product"
 
 
@@ -338,7 +351,9 @@ def _lower_ffn(
                 f"{label}: neuron order for FFN {layer} is not a permutation of {f} neurons"
             )
         gate, up = gate[perm], up[perm]
-        down_name = g.add_initializer(match.down[perm], f"{match.down_name}.ordered")
+        down_name = g.add_initializer(match.down[perm], f"{label}.down_rows")
+    elif down_name is None:  # the package widened an fp16 weight with a Cast
+        down_name = g.add_initializer(match.down, f"{label}.down_rows")
     gate_name = g.add_initializer(gate, f"{label}.gate_rows")
     up_name = g.add_initializer(up, f"{label}.up_rows")
     f_const = g.add_initializer(np.array([f], dtype=np.float32), f"{label}.ffn_width")

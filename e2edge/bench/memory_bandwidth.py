@@ -95,25 +95,35 @@ def bytes_read_per_token(onnx_path: str | Path, weight_bytes: int) -> tuple[int,
     """`weight_bytes` less what a decode step skips of gather-only tables; and those tables.
 
     A table is gather-only when every use of it is the data input of a Gather; a
-    decode step reads one row of it: its bytes / its first dimension.
+    decode step reads one row of it: its bytes / its first dimension. An initializer
+    used only by Casts (an fp16 package's weight matrices) counts at the Cast's type:
+    onnxruntime folds a Cast of a constant when it creates the session, so a decode
+    step reads the widened copy.
     """
     import onnx
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     uses: dict[str, list[tuple[str, int]]] = {}
+    cast_to: dict[str, int] = {}
     for node in graph.node:
         for position, name in enumerate(node.input):
             uses.setdefault(name, []).append((node.op_type, position))
-    skipped, tables = 0, []
+        if node.op_type == "Cast":
+            cast_to[node.input[0]] = next(a.i for a in node.attribute if a.name == "to")
+    skipped, widened, tables = 0, 0, []
     for init in graph.initializer:
         used = uses.get(init.name, [])
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+        if used and all(use == ("Cast", 0) for use in used):
+            to = onnx.helper.tensor_dtype_to_np_dtype(cast_to[init.name]).itemsize
+            widened += int(np.prod(init.dims)) * (to - itemsize)
+            continue
         if not used or any(use != ("Gather", 0) for use in used) or len(init.dims) < 2:
             continue
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
         table = int(np.prod(init.dims)) * itemsize
         skipped += table - table // init.dims[0]
         tables.append({"name": init.name, "shape": list(init.dims), "bytes": table})
-    return weight_bytes - skipped, tables
+    return weight_bytes - skipped + widened, tables
 
 
 def roofline_tokens_per_s(bandwidth: Bandwidth, bytes_per_token: int) -> float:

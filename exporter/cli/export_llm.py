@@ -2,7 +2,8 @@
 
 The export checks itself: onnxruntime's logits must match PyTorch's within
 --tolerance on a sample prompt, and 32 greedy tokens from the package must equal
-transformers' generate; otherwise it fails and writes nothing.
+transformers' generate; otherwise it fails and writes nothing. For fp16/int8/int4
+weights, PyTorch runs the checkpoint with the package's rounded weights.
 """
 
 from __future__ import annotations
@@ -17,18 +18,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="package name (default: the checkpoint directory name)")
     parser.add_argument("--no-verify", action="store_true", help="skip the parity checks")
     parser.add_argument("--tolerance", type=float, default=1e-4,
-                        help="max |logit difference| vs PyTorch (default 1e-4, fp32)")
+                        help="max |logit difference| vs PyTorch with the package's weights "
+                             "(rounded to fp16 or dequantised; default 1e-4)")
     parser.add_argument("--verify-tokens", type=int, default=32,
                         help="greedy tokens compared with transformers generate (default 32)")
-    parser.add_argument("--weights", choices=["fp32", "int8", "int4"], default="int4",
+    parser.add_argument("--weights", choices=["fp32", "fp16", "int8", "int4"], default="int4",
                         help="weight precision (default int4, the CPU deployment format: "
                              "about 0.3 %% perplexity for a third of the bytes); int8/int4 use "
-                             "MatMulNBits blockwise quantisation (onnxruntime); fp32 for "
-                             "TensorRT engines")
+                             "MatMulNBits blockwise quantisation (onnxruntime); fp16 stores the "
+                             "weight matrices in half precision, widened to fp32 by Cast nodes "
+                             "(half the file; onnxruntime's CPU provider folds the Casts at "
+                             "load, so it decodes at fp32 speed; TensorRT builds fp16 engines "
+                             "from it); fp32 or fp16 with --attention standard for TensorRT")
     parser.add_argument("--block-size", type=int, default=32,
                         help="int8/int4 quantisation block along K (power of two >= 16)")
     parser.add_argument("--accuracy-level", type=int, default=0, choices=[0, 1, 2, 3, 4],
-                        help="MatMulNBits accuracy level; 4 = int8 activations (faster on CPU)")
+                        help="int8/int4 only: MatMulNBits accuracy level; 4 = int8 activations "
+                             "(faster on CPU)")
     parser.add_argument("--attention", choices=["gqa", "standard"], default="gqa",
                         help="gqa (default): onnxruntime's fused GroupQueryAttention over a "
                              "shared KV buffer, fastest on onnxruntime and needed for "

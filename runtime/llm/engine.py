@@ -77,7 +77,7 @@ def _host_buffer_providers(root: Path, backend: str, providers: Sequence[str] | 
     copy it to the device and back each step, and its GroupQueryAttention would no
     longer see one shared buffer. So "auto" means CPU here, and a GPU request is refused.
     """
-    advice = ("for a GPU, export with `e2edge export llm --weights fp32 --attention "
+    advice = ("for a GPU, export with `e2edge export llm --weights fp32|fp16 --attention "
               "standard` and build a TensorRT engine")
     if backend != "onnxruntime":
         raise PackageError(f"{root}: a --attention gqa package runs on onnxruntime only; "

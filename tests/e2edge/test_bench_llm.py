@@ -215,3 +215,20 @@ def test_parse_streams_and_compare_greedy():
     assert compare_greedy([1, 2, 3, 4], [1, 2, 9, 4]) == {
         "greedy_tokens_match": False, "greedy_first_mismatch": 2, "greedy_tokens_compared": 4}
     assert compare_greedy([1, 2, 3], [1, 2, 3, 7], count=16)["greedy_tokens_match"] is True
+
+
+def test_an_fp16_packages_bytes_per_token_count_its_weights_as_onnxruntime_folds_them(
+    tmp_path, tiny_llama_checkpoint
+):
+    from e2edge.bench.memory_bandwidth import bytes_read_per_token
+    from exporter.llm_export import LLMExportOptions, export_llm
+
+    per_token = {}
+    for weights in ("fp32", "fp16"):
+        result = export_llm(tiny_llama_checkpoint, tmp_path / weights,
+                            LLMExportOptions(weights=weights, verify=False))
+        per_token[weights] = bytes_read_per_token(result.package / "model.onnx",
+                                                  result.weight_bytes)[0]
+    # the CPU provider widens the fp16 matrices once at load: a decode step reads fp32
+    # bytes; only the untied embedding's one gathered row stays fp16 (hidden 64: 128 B less)
+    assert per_token["fp16"] == per_token["fp32"] - 64 * 2

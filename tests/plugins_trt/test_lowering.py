@@ -5,6 +5,7 @@ run on the CPU through onnx.reference with the plugins' NumPy references, and th
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -378,16 +379,30 @@ def test_ffn_lowering_is_off_unless_asked():
     assert [n.op_type for n in lowered.graph.node] == [n.op_type for n in model.graph.node]
 
 
-def test_exported_llama_package_lowers_every_ffn_and_still_matches(tiny_llama_package_standard):
+@pytest.fixture(scope="module")
+def tiny_llama_package_standard_fp16(tmp_path_factory, tiny_llama_checkpoint) -> Path:
+    from exporter.llm_export import LLMExportOptions, export_llm
+
+    out = tmp_path_factory.mktemp("tiny-llama-std-fp16") / "pkg"
+    options = LLMExportOptions(attention="standard", weights="fp16", verify=False)
+    return export_llm(tiny_llama_checkpoint, out, options).package
+
+
+@pytest.mark.parametrize("weights", ["fp32", "fp16"])
+def test_exported_llama_package_lowers_every_ffn_and_still_matches(request, weights):
     """The real LLM exporter's graph: every layer's FFN is found and the lowered model's
-    logits at full width equal onnxruntime's on the original."""
+    logits at full width equal onnxruntime's on the original. An fp16 package's FFN
+    weights come through Casts: those go with the FFN, no fp16 FFN weight is left."""
     from runtime.package import load_package
 
-    package = load_package(tiny_llama_package_standard)
+    fixture = "tiny_llama_package_standard" + ("_fp16" if weights == "fp16" else "")
+    package = load_package(request.getfixturevalue(fixture))
     model = onnx.load(str(package.onnx_path))
     lowered, report = lower_model(model, LoweringOptions(sparse_ffn=True))
     assert len(report.ffn_blocks) == package.manifest["llm"]["num_layers"]
-    assert not report.unsupported
+    assert not report.unsupported and not report.skipped_ffn
+    ffn_casts = [n for n in lowered.graph.node if n.op_type == "Cast" and "mlp" in n.input[0]]
+    assert not ffn_casts
     llm = package.manifest["llm"]
     feeds = {
         "input_ids": np.array([[5, 17, 42, 7]], np.int64),
