@@ -182,8 +182,11 @@ def test_sigterm_under_load_finishes_what_started_and_refuses_the_rest(tmp_path,
         [o for o in outcomes if o[0] != "OK"], text[-3000:])
     completed = [tokens for status, tokens in outcomes if status == "OK"]
     assert len(completed) >= 6 and set(completed) == {60}, "a stream was cut short"
-    # A refused request was refused before any token: nothing was lost mid-way.
-    assert all(tokens == 0 for status, tokens in outcomes if status != "OK"), outcomes
+    # A refused request was refused before any token: nothing was lost mid-way. (A stream
+    # whose 60 tokens all arrived can still see its trailing status reset by the transport
+    # as the process exits, like the just-sent calls above: that loses nothing either.)
+    assert all(tokens == 0 or tokens >= 60 for status, tokens in outcomes if status != "OK"), (
+        [o for o in outcomes if o[0] != "OK"], text[-3000:])
     assert "UNAVAILABLE" in statuses, "no request arrived during the drain"
     drained = re.search(r"draining: in-flight requests have ([\d.]+)s", text)
     assert drained and float(drained[1]) == 20.0
