@@ -135,6 +135,16 @@ class DecoderGraphBuilder:
         if self.weight_dtype != np.float32:
             self.effective[name] = weight.astype(self.weight_dtype).astype(np.float32)
 
+    def _unfuse_effective(self, fused_name: str, parts: list[tuple[str, int]]) -> None:
+        """Split a fused weight's effective value back into the checkpoint's weights
+        (name, rows each, in order), for the PyTorch reference; nothing when it has none."""
+        if fused_name not in self.effective:
+            return
+        fused, start = self.effective.pop(fused_name), 0
+        for name, rows in parts:
+            self.effective[name] = fused[start:start + rows]
+            start += rows
+
     # ---- small blocks -------------------------------------------------------------
     def matmul(self, x: str, weight: np.ndarray, name: str, hint: str) -> str:
         """x @ weight.T for a (out, in) weight: MatMul over W.T, or MatMulNBits when quantised."""
@@ -345,10 +355,8 @@ class DecoderGraphBuilder:
             [self.w[f"{p}.mlp.gate_proj.weight"], self.w[f"{p}.mlp.up_proj.weight"]], axis=0
         )  # (2 * width, hidden)
         both = self.matmul(h, gate_up, f"{p}.mlp.gate_up_proj.weight", "gate_up")  # (B,S,2w)
-        if f"{p}.mlp.gate_up_proj.weight" in self.effective:
-            fused = self.effective.pop(f"{p}.mlp.gate_up_proj.weight")
-            self.effective[f"{p}.mlp.gate_proj.weight"] = fused[:width]
-            self.effective[f"{p}.mlp.up_proj.weight"] = fused[width:]
+        self._unfuse_effective(f"{p}.mlp.gate_up_proj.weight", [
+            (f"{p}.mlp.gate_proj.weight", width), (f"{p}.mlp.up_proj.weight", width)])
         g.const(f"{p}.mlp.split", np.array([width, width], dtype=np.int64))
         gate, up = g.op("Split", [both, f"{p}.mlp.split"], "gate", n_out=2, axis=-1)
         product = g.op("Mul", [self.activation(gate), up], "ffn_act")  # (B, S, width)

@@ -92,12 +92,10 @@ class GqaDecoderGraphBuilder(DecoderGraphBuilder):
         p = f"model.layers.{i}.self_attn"
         weight, bias = self._qkv_weight(i)
         qkv = self.matmul(h, weight, f"{p}.qkv_proj.weight", "qkv")  # (B, S, q + 2 kv)
-        if f"{p}.qkv_proj.weight" in self.effective:
-            fused = self.effective.pop(f"{p}.qkv_proj.weight")
-            q_rows, kv_rows = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
-            self.effective[f"{p}.q_proj.weight"] = fused[:q_rows]
-            self.effective[f"{p}.k_proj.weight"] = fused[q_rows:q_rows + kv_rows]
-            self.effective[f"{p}.v_proj.weight"] = fused[q_rows + kv_rows:]
+        q_rows, kv_rows = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+        self._unfuse_effective(f"{p}.qkv_proj.weight", [
+            (f"{p}.q_proj.weight", q_rows), (f"{p}.k_proj.weight", kv_rows),
+            (f"{p}.v_proj.weight", kv_rows)])
         if bias is not None:
             qkv = g.op("Add", [qkv, g.const(f"{p}.qkv_proj.bias", bias)], "qkv_bias")
         context = g.name("attn")

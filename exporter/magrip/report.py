@@ -162,10 +162,7 @@ def run_sweep(model_dir: str | Path, calib: str, report_dir: str | Path,
                                  package_key(method, ratio, True), packages, measure,
                                  time.monotonic() - t0))
             log.info("%s: %s", key, rows[-1]["perplexity"])
-    speeds = decode_speeds(packages, sweep)
-    for row in [dense_row, *rows]:
-        row["decode_tokens_per_s"] = round(speeds[row.pop("package_key")], 2)
-    _relative(dense_row, rows)
+    _set_decode_speeds(dense_row, rows, decode_speeds(packages, sweep))
     report = {
         "model": str(model_dir.resolve()),
         "model_type": dense.config.model_type,
@@ -200,6 +197,14 @@ def _row_key(row: dict[str, Any]) -> str:
     return package_key(row["method"], row["ratio"], row["finetuned"])
 
 
+def _set_decode_speeds(dense: dict[str, Any], rows: list[dict[str, Any]],
+                       speeds: dict[str, float]) -> None:
+    """Each row's decode tokens/s from `speeds` (by package key), then the ratios to dense."""
+    for row in [dense, *rows]:
+        row["decode_tokens_per_s"] = round(speeds[_row_key(row)], 2)
+    _relative(dense, rows)
+
+
 def remeasure_decode(report_dir: str | Path, sweep: SweepOptions) -> dict[str, Any]:
     """Time the kept packages of a finished sweep again; rewrite its speeds and goals.
 
@@ -223,10 +228,7 @@ def remeasure_decode(report_dir: str | Path, sweep: SweepOptions) -> dict[str, A
     if missing:
         raise ValueError(f"{missing[0]}: package missing ({len(missing)} in all); re-timing "
                          "needs a sweep run with --keep-artifacts")
-    speeds = decode_speeds(packages, sweep)
-    for row in [dense, *rows]:
-        row["decode_tokens_per_s"] = round(speeds[_row_key(row)], 2)
-    _relative(dense, rows)
+    _set_decode_speeds(dense, rows, decode_speeds(packages, sweep))
     report["goals"] = check_goals(dense, rows)
     report["decode"] = {"tokens": sweep.decode_tokens, "rounds": sweep.decode_rounds,
                         "threads": sweep.threads, "prompt": DECODE_PROMPT,
@@ -251,8 +253,7 @@ def _export(checkpoint: Path, out: Path, packages: dict[str, Path], key: str) ->
 
     result = export_llm(checkpoint, out, LLMExportOptions(name=key))
     packages[key] = result.package
-    return {"parameters": result.parameters, "weight_bytes": result.weight_bytes,
-            "package_key": key}
+    return {"parameters": result.parameters, "weight_bytes": result.weight_bytes}
 
 
 def _row(method, ratio, finetuned, model, pruning, source, work, key, packages, measure,

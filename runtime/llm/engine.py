@@ -48,6 +48,15 @@ class DecoderLayout:
     def present_name(self, layer: int, part: str) -> str:
         return f"present.{layer}.{part}"
 
+    def cache_names(self) -> list[tuple[str, str]]:
+        """(past input, present output) per layer and part: each step's present feeds
+        the next step's past (or, in a shared buffer, both are the same tensor)."""
+        return [
+            (self.past_name(i, part), self.present_name(i, part))
+            for i in range(self.num_layers)
+            for part in ("key", "value")
+        ]
+
     @classmethod
     def from_manifest(cls, manifest: dict) -> DecoderLayout:
         try:
@@ -103,13 +112,8 @@ class LLMEngine:
         self.context_length = self.layout.context_length
         self.backend_name = backend.name
         self.providers = list(backend.providers)
-        # (present output, past input) name pairs: each step's cache feeds the next
-        self._cache_names = [
-            (self.layout.present_name(i, part), self.layout.past_name(i, part))
-            for i in range(self.layout.num_layers)
-            for part in ("key", "value")
-        ]
-        self._present = [present for present, _ in self._cache_names]
+        self._cache_names = self.layout.cache_names()
+        self._present = [present for _, present in self._cache_names]
 
     @classmethod
     def load(
@@ -154,11 +158,7 @@ class LLMEngine:
                                   capacity or self.context_length)
         shape = (batch, self.layout.num_kv_heads, 0, self.layout.head_dim)
         empty = np.zeros(shape, dtype=np.float32)
-        return {
-            self.layout.past_name(i, part): empty
-            for i in range(self.layout.num_layers)
-            for part in ("key", "value")
-        }
+        return {past: empty for past, _ in self._cache_names}
 
     def forward(self, input_ids: np.ndarray, past_length: int, cache):
         """input_ids (B, S) -> (logits (B, S, vocab), next cache); cache stays in the backend.
@@ -178,7 +178,7 @@ class LLMEngine:
             **cache,
         }
         out = self.backend.run(feeds, keep=self._present)
-        next_cache = {past: out[present] for present, past in self._cache_names}
+        next_cache = {past: out[present] for past, present in self._cache_names}
         return out["logits"], next_cache
 
     def step(self, input_ids: np.ndarray, totals: Sequence[int], cache: SharedKVBuffer,

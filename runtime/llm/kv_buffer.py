@@ -22,11 +22,7 @@ class SharedKVBuffer:
         self.slots = slots
         self.capacity = capacity
         self._backend = backend
-        self._names = [  # (past input, present output)
-            (layout.past_name(i, part), layout.present_name(i, part))
-            for i in range(layout.num_layers)
-            for part in ("key", "value")
-        ]
+        self._names = layout.cache_names()  # (past input, present output)
         shape = (slots, layout.num_kv_heads, capacity, layout.head_dim)
         # np.zeros maps untouched pages lazily: memory is used as sequences grow
         self.arrays = {past: np.zeros(shape, dtype=np.float32) for past, _ in self._names}

@@ -222,7 +222,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
                                                    f"{entry.error}")
             return kpb.RepositoryModelLoadResponse()
 
-        return await self._unary_async(context, "RepositoryModelLoad", request.model_name, load)
+        return await logged_unary(context, "RepositoryModelLoad", request.model_name, load)
 
     async def RepositoryModelUnload(self, request, context) -> kpb.RepositoryModelUnloadResponse:
         async def unload() -> kpb.RepositoryModelUnloadResponse:
@@ -230,7 +230,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             await self.daemon.lifecycle.unload(check_model_name(request.model_name))
             return kpb.RepositoryModelUnloadResponse()
 
-        return await self._unary_async(context, "RepositoryModelUnload", request.model_name,
+        return await logged_unary(context, "RepositoryModelUnload", request.model_name,
                                        unload)
 
     def _repository_control(self):
@@ -443,9 +443,6 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         async def run():
             return build()
 
-        return await self._unary_async(context, method, model, run)
-
-    async def _unary_async(self, context, method: str, model: str, run: Callable):
         return await logged_unary(context, method, model, run)
 
 
