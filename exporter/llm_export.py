@@ -26,16 +26,13 @@ from exporter.hf_checkpoint import (
     read_weights,
 )
 from exporter.package_writer import PackageWriter
-from exporter.weight_quant import BLOCK_FORMATS, weight_quant_config
+from exporter.weight_quant import BLOCK_FORMATS, WEIGHT_FORMATS, weight_quant_config
 from runtime.errors import E2edgeError
 from runtime.package import sha256_file
 
 log = logging.getLogger(__name__)
 
 SAMPLE_PROMPT = "The quick brown fox jumps over the lazy dog. To be, or not to be:"
-# fp32 and fp16 are float initializers (fp16 widened by a Cast in the graph, computed in
-# fp32); int8 and int4 are MatMulNBits blocks (exporter/weight_quant.py)
-WEIGHT_FORMATS = ("fp32", "fp16", *BLOCK_FORMATS)
 
 
 class ExportVerificationError(E2edgeError):

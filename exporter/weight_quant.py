@@ -16,6 +16,9 @@ import numpy as np
 from runtime.ternary_layout import pack_codes, padded_k, unpack_codes
 
 BLOCK_FORMATS = ("int8", "int4")  # the --weights choices stored as MatMulNBits blocks
+# Every --weights choice: fp32 and fp16 are float initializers (fp16 widened by a Cast in
+# the graph, computed in fp32); int8 and int4 are MatMulNBits blocks.
+WEIGHT_FORMATS = ("fp32", "fp16", *BLOCK_FORMATS)
 
 
 @dataclass(frozen=True)

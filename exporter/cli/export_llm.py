@@ -12,6 +12,8 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from exporter.weight_quant import WEIGHT_FORMATS  # numpy only: the CLI stays quick
+
     parser.add_argument("--model", required=True, help="checkpoint directory (config.json, "
                         "model.safetensors, tokenizer files)")
     parser.add_argument("--out", required=True, help="package directory to write")
@@ -22,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(rounded to fp16 or dequantised; default 1e-4)")
     parser.add_argument("--verify-tokens", type=int, default=32,
                         help="greedy tokens compared with transformers generate (default 32)")
-    parser.add_argument("--weights", choices=["fp32", "fp16", "int8", "int4"], default="int4",
+    parser.add_argument("--weights", choices=WEIGHT_FORMATS, default="int4",
                         help="weight precision (default int4, the CPU deployment format: "
                              "about 0.3 %% perplexity for a third of the bytes); int8/int4 use "
                              "MatMulNBits blockwise quantisation (onnxruntime); fp16 stores the "
