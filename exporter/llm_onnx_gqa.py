@@ -6,6 +6,7 @@ each small op costs a kernel launch and a pass over memory; this variant uses th
 com.microsoft contrib ops onnxruntime-genai uses instead:
 
     SkipSimplifiedLayerNormalization   residual add + RMSNorm in one kernel
+    FastGelu                           Gemma's tanh-GELU in one kernel instead of ten
     MatMul (q|k|v packed)              one projection instead of three
     GroupQueryAttention                RoPE, cache append and attention in one kernel,
                                        past and present share one preallocated buffer
@@ -62,6 +63,13 @@ class GqaDecoderGraphBuilder(DecoderGraphBuilder):
         logits = self._lm_head(h)
         g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits_out"))
         return self._model()
+
+    def activation(self, x: str) -> str:
+        # onnxruntime fuses SiLU's Sigmoid + Mul itself (QuickGelu) but not the ten ops of
+        # the tanh-GELU; FastGelu is exactly gelu_pytorch_tanh.
+        if self.spec.activation == "gelu_tanh":
+            return self.g.op("FastGelu", [x], "gelu", domain="com.microsoft")
+        return super().activation(x)
 
     def _skip_norm(self, x: str, residual: str, weight_name: str) -> tuple[str, str]:
         """(RMSNorm(x + residual) * w, x + residual) in one fused kernel."""

@@ -61,6 +61,9 @@ def test_export_writes_a_verified_package(tmp_path, arch, attention):
     assert session_inputs == names
     ops = {node.op_type for node in onnx.load(str(package.onnx_path)).graph.node}
     assert ("GroupQueryAttention" in ops) == (attention == "gqa")
+    # Gemma's tanh-GELU: one fused kernel on onnxruntime, plain ops for TensorRT's parser
+    assert ("FastGelu" in ops) == (arch == "gemma" and attention == "gqa")
+    assert ("Tanh" in ops) == (arch == "gemma" and attention == "standard")
     # nothing but the package is left in the output's parent directory
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "pkg"]
 
