@@ -116,19 +116,41 @@ def test_a_cancelled_waiting_request_never_runs():
     async def go(batcher):
         first = asyncio.ensure_future(batcher.submit(_rows(1)))
         await asyncio.to_thread(model.started.acquire)  # batch [1] holds the only worker
-        leaving = asyncio.ensure_future(batcher.submit(_rows(2)))
-        staying = asyncio.ensure_future(batcher.submit(_rows(3)))
+        ahead = asyncio.ensure_future(batcher.submit(_rows(2)))  # handed over, next in line
+        leaving = asyncio.ensure_future(batcher.submit(_rows(3)))
+        staying = asyncio.ensure_future(batcher.submit(_rows(4)))
         await asyncio.sleep(0.01)
-        assert batcher.queued == 2
+        assert (batcher.queued, batcher.active) == (2, 2)
         leaving.cancel()
         await asyncio.sleep(0)
         assert batcher.queued == 1
         model.release.set()
-        return await first, await staying
+        return await first, await ahead, await staying
 
-    first, staying = _run(go, model, BatchingConfig(max_batch=1, max_delay_ms=0))
-    assert model.batches == [[1], [3]]
-    np.testing.assert_array_equal(staying.outputs, [[3, 30]])
+    first, ahead, staying = _run(go, model, BatchingConfig(max_batch=1, max_delay_ms=0))
+    assert model.batches == [[1], [2], [4]]
+    np.testing.assert_array_equal(staying.outputs, [[4, 40]])
+
+
+def test_a_full_batch_waiting_for_a_busy_worker_starts_without_the_event_loop():
+    """The next full batch is already in the worker's queue when the running one ends,
+    so it starts even while the event loop is busy elsewhere (here: blocked)."""
+    model = Model(hold=True)
+
+    async def go(batcher):
+        first = asyncio.ensure_future(batcher.submit(_rows(1, 2)))
+        await asyncio.to_thread(model.started.acquire)
+        full = asyncio.ensure_future(batcher.submit(_rows(3, 4)))  # handed over at once
+        partial = asyncio.ensure_future(batcher.submit(_rows(5)))  # not full: waits
+        await asyncio.sleep(0.01)
+        assert batcher.queued == 1 and batcher.active == 2
+        model.release.set()
+        started_while_blocked = model.started.acquire(timeout=5)  # blocks the event loop
+        return started_while_blocked, await first, await full, await partial
+
+    started, *_ = _run(go, model, BatchingConfig(max_batch=2, max_delay_ms=0))
+    assert started
+    assert model.batches == [[1, 2], [3, 4], [5]]
 
 
 def test_a_full_queue_refuses_at_once():
@@ -137,16 +159,17 @@ def test_a_full_queue_refuses_at_once():
     async def go(batcher):
         running = asyncio.ensure_future(batcher.submit(_rows(1)))
         await asyncio.to_thread(model.started.acquire)
-        waiting = asyncio.ensure_future(batcher.submit(_rows(2)))
+        ahead = asyncio.ensure_future(batcher.submit(_rows(2)))  # next in line
+        waiting = asyncio.ensure_future(batcher.submit(_rows(3)))
         await asyncio.sleep(0.01)
-        with pytest.raises(QueueFull, match=r"model 'm' is busy: 1 requests running and 1 "
-                                            r"queued \(max_queue 1\)"):
-            await batcher.submit(_rows(3))
+        with pytest.raises(QueueFull, match=r"model 'm' is busy: 2 requests in batches and 1 "
+                                            r"queued \(max_queue 2\)"):
+            await batcher.submit(_rows(4))
         model.release.set()
-        return await running, await waiting
+        return await running, await ahead, await waiting
 
-    _run(go, model, BatchingConfig(max_batch=1, max_delay_ms=0), max_queue=1)
-    assert model.batches == [[1], [2]]
+    _run(go, model, BatchingConfig(max_batch=1, max_delay_ms=0), max_queue=2)
+    assert model.batches == [[1], [2], [3]]
 
 
 def test_batches_run_on_as_many_workers_as_max_concurrent():
