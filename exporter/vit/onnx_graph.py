@@ -20,9 +20,10 @@ activation quantisation, one GEMM); a ternary fused matrix keeps each part's abs
 scale in its rows' block scales. The attention scale 1/sqrt(head_dim) is folded into
 the q rows.
 
-Attention is bidirectional and grouped: q is viewed as (B, KV, group, N, dh) and
-k, v as (B, KV, 1, ., .), so MatMul's broadcasting lets one K/V head serve its group
-of query heads without copying (multi-query attention is KV = 1).
+Attention is bidirectional and grouped: the query heads that share a K/V head are
+stacked as rows, q viewed as (B, KV, N*group, dh), so one K/V head serves its group
+in one GEMM per image without copying K or V (multi-query attention is KV = 1,
+where the views are free reshapes).
 
 Opset 17 (LayerNormalization) and com.microsoft opset 1 (MatMulNBits, Gelu), IR 8,
 so the file also loads in the onnxruntime builds of JetPack 6.
@@ -73,10 +74,16 @@ class _Builder:
         self.initializers: list[onnx.TensorProto] = []
         self.facts = GraphFacts()
         self.zero_points: str | None = None
+        self._constants: dict[str, np.ndarray] = {}
         self._count = 0
 
     def const(self, name: str, value: np.ndarray, part: str | None = None) -> str:
         array = np.ascontiguousarray(value)
+        if part is None and name in self._constants:  # a shape or scalar, shared by layers
+            if not np.array_equal(self._constants[name], array):
+                raise ValueError(f"constant {name!r} defined twice with different values")
+            return name
+        self._constants[name] = array
         self.initializers.append(numpy_helper.from_array(array, name))
         if part is not None:  # a weight (vs a shape or a scalar of the graph's arithmetic)
             self.facts.bytes_by_part[part] += array.nbytes
@@ -162,6 +169,38 @@ def _shape(b: _Builder, name: str, dims: list[int]) -> str:
     return b.const(name, np.asarray(dims, dtype=np.int64))
 
 
+
+def _grouped_attention(
+    b: _Builder, q: str, k: str, v: str, name: str,
+    n: int, kv: int, group: int, dh: int, rows: str,
+) -> str:
+    """Bidirectional attention of `group` query heads per K/V head, (B*N, .) rows in and out.
+
+    The query heads that share a K/V head are stacked as rows: q (B*N, D) is viewed
+    as (B, KV, N*g, dh), row n*g + j holding token n's head j of that group, so each
+    K/V head needs one (N*g, dh) x (dh, N) GEMM per image instead of g small ones,
+    and the context comes back in q's column order. For multi-query attention
+    (KV = 1) every view is a free reshape; only k is transposed.
+    """
+    def swap_1_2(x: str, dims: list[int], label: str) -> str:
+        """Reshape to dims, then swap axes 1 and 2; a reshape alone when KV = 1."""
+        swapped = [dims[0], dims[2], dims[1], dims[3]]
+        if kv == 1:  # moving an axis of size 1 keeps the memory order
+            return b.op("Reshape", [x, _shape(b, f"shape_{label}_t", swapped)], name)
+        x = b.op("Reshape", [x, _shape(b, f"shape_{label}", dims)], name)
+        return b.op("Transpose", [x], name, perm=[0, 2, 1, 3])
+
+    q = swap_1_2(q, [-1, n, kv, group * dh], "q")  # (B, KV, N, g*dh)
+    q = b.op("Reshape", [q, _shape(b, "shape_q_rows", [-1, kv, n * group, dh])], name)
+    k = b.op("Reshape", [k, _shape(b, "shape_kv", [-1, n, kv, dh])], name)
+    k = b.op("Transpose", [k], name, perm=[0, 2, 3, 1])  # (B, KV, dh, N)
+    v = swap_1_2(v, [-1, n, kv, dh], "kv")  # (B, KV, N, dh)
+    probs = b.op("Softmax", [b.op("MatMul", [q, k], name)], name, axis=-1)  # (B, KV, N*g, N)
+    ctx = b.op("MatMul", [probs, v], name)  # (B, KV, N*g, dh)
+    ctx = swap_1_2(ctx, [-1, kv, n, group * dh], "ctx")  # (B, N, KV, g*dh)
+    return b.op("Reshape", [ctx, rows], name)  # (B*N, D); heads in q's order
+
+
 def build_vit_onnx(
     model: ViT, max_block_size: int = 128, accuracy_level: int = 0
 ) -> tuple[onnx.ModelProto, GraphFacts]:
@@ -182,8 +221,6 @@ def build_vit_onnx(
     x = b.op("Reshape", [x, rows], "tokens")  # (B*N, D): one row per token
 
     n = cfg.n_tokens
-    q_shape = _shape(b, "shape_q", [-1, n, kv, group, dh])  # (B, N, KV, g, dh)
-    kv_shape = _shape(b, "shape_kv", [-1, n, kv, 1, dh])  # (B, N, KV, 1, dh)
     split_sizes = b.const("split_qkv", np.asarray([d, kv * dh, kv * dh], dtype=np.int64))
     fold = 1.0 / math.sqrt(dh)
     for i, block in enumerate(model.blocks):
@@ -195,16 +232,7 @@ def build_vit_onnx(
         q_flat, k_flat, v_flat = (f"{name}.attn.{part}" for part in "qkv")
         b.nodes.append(helper.make_node("Split", [qkv, split_sizes], [q_flat, k_flat, v_flat],
                                         name=f"{name}.attn.split", axis=-1))
-        q = b.op("Reshape", [q_flat, q_shape], name)
-        q = b.op("Transpose", [q], name, perm=[0, 2, 3, 1, 4])  # (B, KV, g, N, dh)
-        k = b.op("Reshape", [k_flat, kv_shape], name)
-        k = b.op("Transpose", [k], name, perm=[0, 2, 3, 4, 1])  # (B, KV, 1, dh, N)
-        v = b.op("Reshape", [v_flat, kv_shape], name)
-        v = b.op("Transpose", [v], name, perm=[0, 2, 3, 1, 4])  # (B, KV, 1, N, dh)
-        probs = b.op("Softmax", [b.op("MatMul", [q, k], name)], name, axis=-1)  # (B,KV,g,N,N)
-        ctx = b.op("MatMul", [probs, v], name)  # (B, KV, g, N, dh)
-        ctx = b.op("Transpose", [ctx], name, perm=[0, 3, 1, 2, 4])  # (B, N, KV, g, dh)
-        ctx = b.op("Reshape", [ctx, rows], name)  # (B*N, D); heads in q's order
+        ctx = _grouped_attention(b, q_flat, k_flat, v_flat, name, n, kv, group, dh, rows)
         out = _linear(b, ctx, [attn.o], f"{name}.attn.o", "attention",
                       max_block_size, accuracy_level)
         x = b.op("Add", [x, out], name)

@@ -139,3 +139,7 @@ def test_torch_and_onnx_agree_on_random_weights():
                                     providers=["CPUExecutionProvider"])
         out = sess.run(None, {"pixel_values": x.numpy()})[0]
         np.testing.assert_allclose(out, ref, atol=1e-4 * max(1.0, np.abs(ref).max()))
+        # Query heads sharing a K/V head are stacked as rows: one score GEMM per K/V head,
+        # and with one K/V head only k is transposed (plus the patch embedding's tokens).
+        transposes = sum(node.op_type == "Transpose" for node in onnx_model.graph.node)
+        assert transposes == 1 + cfg.depth * (1 if kv == 1 else 4)
