@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.backends.base import DeviceTensor
 from runtime.errors import BackendUnavailable, PackageError
 
 log = logging.getLogger(__name__)
@@ -58,27 +59,52 @@ class OnnxRuntimeBackend:
 
     def run(
         self,
-        feeds: Mapping[str, np.ndarray],
+        feeds: Mapping[str, np.ndarray | DeviceTensor],
         keep: Collection[str] = (),
         into: Mapping[str, object] | None = None,
     ) -> dict[str, np.ndarray]:
-        binding = self.session.io_binding()
+        into = into or {}
+        reused = self._reused_binding(feeds, into)
+        binding, bound = reused if reused is not None else (self._new_binding(into), {})
         for name, value in feeds.items():
             if isinstance(value, self._ort.OrtValue):
-                binding.bind_ortvalue_input(name, value)
+                if bound.get(name) is not value:  # a reused binding holds it already
+                    binding.bind_ortvalue_input(name, value)
+                    bound[name] = value
             else:
                 binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        into = into or {}
+                bound.pop(name, None)
         returned = [name for name in self.output_names if name not in into]
+        for name in returned:
+            binding.bind_output(name)  # onnxruntime allocates; nothing is copied back yet
+        self.session.run_with_iobinding(binding)
+        # Outputs come back in the order they were first bound: `into`'s, then the rest.
+        order = [name for name in self.output_names if name in into] + returned
+        outputs = dict(zip(order, binding.get_outputs()))
+        return {name: outputs[name] if name in keep else outputs[name].numpy()
+                for name in returned}
+
+    def _new_binding(self, into: Mapping[str, object]):
+        binding = self.session.io_binding()
         for name in self.output_names:
             if name in into:
                 binding.bind_ortvalue_output(name, into[name])
-            else:
-                binding.bind_output(name)  # onnxruntime allocates; nothing is copied back yet
-        self.session.run_with_iobinding(binding)
-        outputs = dict(zip(self.output_names, binding.get_outputs()))
-        return {name: outputs[name] if name in keep else outputs[name].numpy()
-                for name in returned}
+        return binding
+
+    def _reused_binding(self, feeds: Mapping[str, object], into: Mapping[str, object]):
+        """(binding, inputs bound to OrtValues) kept in a ReusedOutputs' state, or None.
+
+        The binding is rebuilt when the set of inputs changes, so no input is ever left
+        bound to a host array of an earlier run.
+        """
+        state = getattr(into, "backend_state", None)
+        if state is None:
+            return None
+        names = tuple(feeds)
+        kept = state.get(self)  # one binding per backend that runs with these outputs
+        if kept is None or kept[0] != names:
+            kept = state[self] = (names, self._new_binding(into), {})
+        return kept[1], kept[2]
 
     def wrap(self, array: np.ndarray):
         """An OrtValue over the array's memory (CPU): onnxruntime writes land in the array."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.backends.base import Backend, DeviceTensor
+from runtime.backends.base import Backend, DeviceTensor, ReusedOutputs
 
 
 class SharedKVBuffer:
@@ -40,7 +40,8 @@ class SharedKVBuffer:
                 raise ValueError(f"slots {first}..{first + count - 1} outside 0..{self.slots - 1}")
             tensors = {past: self._backend.wrap(self.arrays[past][first:first + count])
                        for past, _ in self._names}
-            self._views[key] = (tensors, {present: tensors[past] for past, present in self._names})
+            presents = ReusedOutputs({present: tensors[past] for past, present in self._names})
+            self._views[key] = (tensors, presents)
         return self._views[key]
 
     def move(self, source: int, target: int, length: int) -> None:

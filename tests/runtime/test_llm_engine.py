@@ -61,6 +61,28 @@ def test_shared_buffer_is_written_in_place(engine):
     assert np.abs(keys[0, :, 3]).min() > 0 and not keys[0, :, 4:].any()
 
 
+
+def test_decode_steps_reuse_one_io_binding_and_match_fresh_bindings(engine):
+    """A KV buffer's slot view keeps its onnxruntime binding from step to step; the
+    logits equal those of a binding built anew for every step."""
+    prompt = np.asarray([[5, 6, 7, 8]])
+    reused, fresh = engine.empty_cache(capacity=16), engine.empty_cache(capacity=16)
+    past, present = fresh.bindings(0, 1)
+    fresh._views[(0, 1)] = (past, dict(present))  # a plain dict: no state to reuse
+    tokens, seen = [], set()
+    for step in range(6):
+        ids = prompt if step == 0 else np.asarray([[tokens[-1]]])
+        total = prompt.shape[1] + step
+        a = engine.step(ids, [total], reused)
+        b = engine.step(ids, [total], fresh)
+        np.testing.assert_array_equal(a, b)
+        tokens.append(int(np.argmax(a[0, -1])))
+        (kept,) = reused.bindings(0, 1)[1].backend_state.values()
+        seen.add(id(kept[1]))
+    assert len(seen) == 1  # one binding served every step, prefill included
+    np.testing.assert_array_equal(reused.arrays["past_key_values.0.key"],
+                                  fresh.arrays["past_key_values.0.key"])
+
 def test_a_gqa_package_runs_on_the_cpu_provider_and_refuses_a_gpu_one(tiny_llama_package):
     assert LLMEngine.load(tiny_llama_package).providers == ["CPUExecutionProvider"]
     with pytest.raises(PackageError, match="CPU provider only.*--attention standard"):
