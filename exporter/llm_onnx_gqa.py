@@ -7,6 +7,7 @@ com.microsoft contrib ops onnxruntime-genai uses instead:
 
     SkipSimplifiedLayerNormalization   residual add + RMSNorm in one kernel
     FastGelu                           Gemma's tanh-GELU in one kernel instead of ten
+    FusedMatMul (transB)               a tied float LM head without reshapes around Gemm
     MatMul (q|k|v packed)              one projection instead of three
     GroupQueryAttention                RoPE, cache append and attention in one kernel,
                                        past and present share one preallocated buffer
@@ -70,6 +71,16 @@ class GqaDecoderGraphBuilder(DecoderGraphBuilder):
         if self.spec.activation == "gelu_tanh":
             return self.g.op("FastGelu", [x], "gelu", domain="com.microsoft")
         return super().activation(x)
+
+    def _lm_head(self, x: str) -> str:
+        # A tied float table (vocab, hidden) times (B, S, hidden) in one kernel: FusedMatMul
+        # takes transB on N-d inputs, where Gemm needs the five reshape ops around it.
+        s = self.spec
+        if not s.tie_word_embeddings or self.quant is not None:
+            return super()._lm_head(x)
+        table = self.float_weight("model.embed_tokens.weight", self.w["model.embed_tokens.weight"])
+        return self.g.op("FusedMatMul", [x, table], "logits_raw", domain="com.microsoft",
+                         transB=1)
 
     def _skip_norm(self, x: str, residual: str, weight_name: str) -> tuple[str, str]:
         """(RMSNorm(x + residual) * w, x + residual) in one fused kernel."""

@@ -64,6 +64,9 @@ def test_export_writes_a_verified_package(tmp_path, arch, attention):
     # Gemma's tanh-GELU: one fused kernel on onnxruntime, plain ops for TensorRT's parser
     assert ("FastGelu" in ops) == (arch == "gemma" and attention == "gqa")
     assert ("Tanh" in ops) == (arch == "gemma" and attention == "standard")
+    # Gemma's tied LM head: one FusedMatMul(transB) on onnxruntime, Gemm for TensorRT
+    assert ("FusedMatMul" in ops) == (arch == "gemma" and attention == "gqa")
+    assert ("Gemm" in ops) == (arch == "gemma" and attention == "standard")
     # nothing but the package is left in the output's parent directory
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "pkg"]
 
