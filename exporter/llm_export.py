@@ -35,9 +35,12 @@ from runtime.package import sha256_file
 log = logging.getLogger(__name__)
 INT8_ACTIVATIONS = 4  # MatMulNBits accuracy level that quantises its input to int8 blocks
 # At that level the package may differ from the emulating reference by this many times
-# what float32 rounding alone moves the reference (measured on the demo LLaMA, demo Gemma
-# and a 30-layer SmolLM2-shaped model: 0.98x, 0.98x, 1.17x).
+# what float32 rounding alone moves the reference (_rounding_noise; onnxruntime's own
+# difference measured 0.77x of it on the demo LLaMA and 1.04x on a 30-layer
+# SmolLM2-shaped model).
 FLIP_NOISE_FACTOR = 3.0
+JITTER = 2.0 ** -22  # about two float32 ulps, relative
+JITTER_RUNS = 3
 
 SAMPLE_PROMPT = "The quick brown fox jumps over the lazy dog. To be, or not to be:"
 
@@ -322,18 +325,33 @@ def _reference_model(model_dir: Path, effective: dict[str, np.ndarray]):
 
 
 def _rounding_noise(model, ids: list[int], logits: np.ndarray) -> float:
-    """How far float32 rounding alone moves the int8-activation reference's logits:
-    max |float32 - float64 run|. Each int8 code near a rounding boundary may flip with
-    the last bit of its input, and deep models carry such flips to the logits, so this
-    is the scale on which onnxruntime's own float arithmetic may differ too."""
+    """How far float32 rounding alone moves the int8-activation reference's logits.
+
+    Every embedding value is moved by about two float32 ulps (seeded random signs) and
+    the logits' largest change is taken over a few such runs: each int8 code within
+    float noise of a rounding boundary may flip, as it may between onnxruntime's float
+    arithmetic and PyTorch's, and deep models carry such flips to the logits. (A
+    float64 run measures the same, 0.013 vs 0.016 and 0.031 vs 0.036 on the demo
+    LLaMA and the SmolLM2-shaped model, at twice the model's memory.)"""
     import torch
 
-    try:
-        with torch.no_grad():
-            exact = model.double()(torch.tensor([ids])).logits.numpy()
-    finally:
-        model.float()  # float32 values survive the round trip through float64 unchanged
-    return float(np.abs(logits - exact).max())
+    embeddings = model.get_input_embeddings()
+    noise = 0.0
+    for seed in range(JITTER_RUNS):
+        generator = torch.Generator().manual_seed(seed)
+
+        def jitter(_module, _inputs, out, generator=generator):
+            signs = torch.sign(torch.randn(out.shape, generator=generator))
+            return out * (1 + JITTER * signs)
+
+        handle = embeddings.register_forward_hook(jitter)
+        try:
+            with torch.no_grad():
+                moved = model(torch.tensor([ids])).logits.numpy()
+        finally:
+            handle.remove()
+        noise = max(noise, float(np.abs(moved - logits).max()))
+    return noise
 
 
 def verify_package(
@@ -354,7 +372,7 @@ def verify_package(
     rounding boundary may take the neighbouring int8 code, one step of 1/127 of its
     block, and deep models carry such flips to the logits. The logits may differ by one
     int8 step of their own scale, max|logit| / 127, or by FLIP_NOISE_FACTOR times what
-    float32 rounding alone moves the reference (its float64 run), whichever is more.
+    float32 rounding alone moves the reference (_rounding_noise), whichever is more.
     Levels 1-3 (float compute types this check does not emulate) are held to 2 % of
     the logits' range, without the greedy-token check.
 
