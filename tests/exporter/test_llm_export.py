@@ -235,3 +235,28 @@ def test_int8_activation_export_is_checked_against_emulated_int8_inputs(tmp_path
     assert result.greedy_tokens_match is True and check["greedy_tokens_checked"] == 32
     assert check["logits_tolerance"] > 1e-4  # one int8 step of the logits' scale
     assert result.max_logit_diff < check["logits_tolerance"] / 10
+
+
+@pytest.mark.parametrize("tolerance", [1e-4, 1e3], ids=["clear-preference", "near-tie"])
+def test_greedy_tokens_may_part_only_at_a_near_tie(tmp_path, monkeypatch, tolerance):
+    """The package's 5th token is swapped: a failure when the reference clearly prefers
+    its own token, accepted (and recorded) when its top two are within the tolerance."""
+    from types import SimpleNamespace
+
+    checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", "llama")
+    real_generate = LLMEngine.generate
+
+    def swapped(self, prompt, params, cancelled=None):
+        tokens = [t for e in real_generate(self, prompt, params, cancelled) for t in e.token_ids]
+        tokens[4] = (tokens[4] + 1) % self.layout.vocab_size
+        return [SimpleNamespace(token_ids=[t]) for t in tokens]
+
+    monkeypatch.setattr(LLMEngine, "generate", swapped)
+    options = LLMExportOptions(logits_tolerance=tolerance)
+    if tolerance < 1:
+        with pytest.raises(ExportVerificationError, match="at token 4.*prefers its token"):
+            export_llm(checkpoint, tmp_path / "pkg", options)
+        return
+    result = export_llm(checkpoint, tmp_path / "pkg", options)
+    assert result.greedy_tokens_match is False
+    assert load_package(result.package).manifest["verification"]["near_tie_at"] == 4
