@@ -35,7 +35,7 @@ def fake_quantize_blocks(x, block_size: int):
 def quantize_linear_inputs(model, weight_names: Iterable[str], block_size: int) -> int:
     """Make every nn.Linear whose `<module>.weight` is named see int8-block inputs.
 
-    Returns how many linears were hooked (the caller checks it found them all)."""
+    Returns how many linears were hooked; names of other modules are skipped."""
     from torch import nn
 
     wanted = {name.removesuffix(".weight") for name in weight_names if name.endswith(".weight")}

@@ -79,11 +79,12 @@ class _Builder:
 
     def const(self, name: str, value: np.ndarray, part: str | None = None) -> str:
         array = np.ascontiguousarray(value)
-        if part is None and name in self._constants:  # a shape or scalar, shared by layers
-            if not np.array_equal(self._constants[name], array):
-                raise ValueError(f"constant {name!r} defined twice with different values")
-            return name
-        self._constants[name] = array
+        if part is None:  # a shape or scalar, which layers share under one name
+            if name in self._constants:
+                if not np.array_equal(self._constants[name], array):
+                    raise ValueError(f"constant {name!r} defined twice with different values")
+                return name
+            self._constants[name] = array
         self.initializers.append(numpy_helper.from_array(array, name))
         if part is not None:  # a weight (vs a shape or a scalar of the graph's arithmetic)
             self.facts.bytes_by_part[part] += array.nbytes

@@ -28,7 +28,7 @@ class ReusedOutputs(dict):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.backend_state: dict[str, Any] = {}
+        self.backend_state: dict[Any, Any] = {}  # keyed as each backend likes
 
 
 class Backend(Protocol):
