@@ -6,8 +6,10 @@
 
 The teacher uses multi-head attention in full precision; students use multi-query
 attention, and the student's FFN (--ternary ffn) or every block linear (--ternary all)
-is ternary. The checkpoint of the best validation epoch is written to --out
-(config.json + model.safetensors) with its val and test accuracy and AUC.
+is ternary. The checkpoint of the epoch that the recipe's `select` rule picks (best
+validation accuracy by default; `--recipe select=val_loss` or `select=last`) is written
+to --out (config.json + model.safetensors) with its val and test accuracy, AUC and log
+loss.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads (default: torch's; on a busy machine 1 is "
                              "often fastest)")
     parser.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
+    parser.add_argument("--monitor", action="append", default=[], choices=("train", "test"),
+                        help="also score this split every epoch into the checkpoint's "
+                             "history (learning curves; never used to select the epoch)")
     parser.add_argument("--ce-weight", type=float, default=0.5, help="label loss weight")
     parser.add_argument("--kd-weight", type=float, default=0.5,
                         help="weight of T^2 * KL(teacher || student) at --temperature")
@@ -137,13 +142,14 @@ def run(args: argparse.Namespace) -> int:
 
     def show(row: dict) -> None:
         print(f"epoch {row['epoch']:3d} loss {row['loss']:.4f} val acc "
-              f"{row['val_accuracy']:.4f} auc {row['val_auc']:.4f} ({row['seconds']:.1f} s)",
-              flush=True)
+              f"{row['val_accuracy']:.4f} auc {row['val_auc']:.4f} loss {row['val_loss']:.4f} "
+              f"({row['seconds']:.1f} s)", flush=True)
 
     result = train(
         model, data, spec, recipe, seed=args.seed, teacher=teacher,
         distill=distill if teacher is not None else None,
         time_budget_s=args.time_budget_s, on_epoch=show, device=args.device,
+        monitor=tuple(args.monitor),
     )
     record = {
         "preset": args.preset,

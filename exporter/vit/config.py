@@ -91,6 +91,9 @@ class ViTConfig:
         return cls(**data)
 
 
+SELECT_RULES = ("val_accuracy", "val_loss", "last")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The recipe: AdamW with warm-up and cosine decay, label smoothing, augmentation."""
@@ -115,6 +118,10 @@ class TrainConfig:
     # mixup (Zhang et al. 2018): Beta(alpha, alpha) blend of image pairs and of their
     # label losses (0: off). The teacher sees the same blended images.
     mixup: float = 0.0
+    # Which epoch's weights are kept: the best validation accuracy (AUC breaks ties), the
+    # lowest validation log loss, or the last epoch. On small validation splits accuracy
+    # moves in steps of one image, so many epochs tie and the pick is noisy.
+    select: str = "val_accuracy"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -129,6 +136,8 @@ class TrainConfig:
             raise ValueError("need 0 <= ema < 1")
         if self.mixup < 0:
             raise ValueError("need mixup >= 0")
+        if self.select not in SELECT_RULES:
+            raise ValueError(f"select must be one of {SELECT_RULES}, got {self.select!r}")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Classification metrics in numpy: accuracy and ROC AUC (one-vs-rest for multi-class).
+"""Classification metrics in numpy: accuracy, ROC AUC (one-vs-rest for multi-class) and
+log loss (mean negative log-likelihood, what `select=val_loss` ranks epochs by).
 
 AUC is MedMNIST's definition: binary tasks score the positive class (column 1);
 multi-class tasks average the one-vs-rest AUC of every class that has both
@@ -53,8 +54,18 @@ def auc(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(per_class))
 
 
+def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the labels (probabilities clipped at 1e-12)."""
+    picked = probabilities[np.arange(len(labels)), labels]
+    return float(-np.log(np.clip(picked, 1e-12, None)).mean())
+
+
 def classification_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    return {"accuracy": accuracy(probabilities, labels), "auc": auc(probabilities, labels)}
+    return {
+        "accuracy": accuracy(probabilities, labels),
+        "auc": auc(probabilities, labels),
+        "loss": log_loss(probabilities, labels),
+    }
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

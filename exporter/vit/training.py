@@ -86,6 +86,17 @@ def update_ema(ema_model: nn.Module, model: nn.Module, decay: float, step: int) 
         averaged.copy_(current)
 
 
+def selection_key(rule: str, val: dict[str, float], epoch: int) -> tuple[float, ...]:
+    """The epoch with the largest key is kept; on equal keys the earlier one stays."""
+    if rule == "val_accuracy":
+        return (val["accuracy"], val["auc"])
+    if rule == "val_loss":
+        return (-val["loss"],)
+    if rule == "last":
+        return (epoch,)
+    raise ValueError(f"unknown selection rule {rule!r}")
+
+
 def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict]:
     """No weight decay on biases, norms and position embeddings (all 1-D or pos_embed)."""
     decay, no_decay = [], []
@@ -110,9 +121,12 @@ def train(
     time_budget_s: float | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     device: str = "cpu",
+    monitor: tuple[str, ...] = (),
 ) -> TrainResult:
-    """Train in place; on return `model` holds the weights of the best validation epoch
-    (moved back to the CPU)."""
+    """Train in place; on return `model` holds the weights of the epoch that
+    `recipe.select` picks (moved back to the CPU). `monitor` names further splits (e.g.
+    "test") scored every epoch into the history, for learning curves; they never
+    influence the selection."""
     torch.manual_seed(seed)
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True  # training only; export runs fp32 on CPU
@@ -139,7 +153,8 @@ def train(
     train_split, val_split = data.splits["train"], data.splits["val"]
     steps_per_epoch = math.ceil(len(train_split.labels) / recipe.batch_size)
     epochs = recipe.epochs
-    best_key, best_state, best_epoch = (-1.0, -1.0), None, 0
+    best_key: tuple[float, ...] | None = None
+    best_state, best_epoch = None, 0
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     step = 0
@@ -204,13 +219,16 @@ def train(
         row = {
             "epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
             "val_accuracy": val["accuracy"], "steps": len(losses),
-            "val_auc": val["auc"], "seconds": round(epoch_s, 2),
+            "val_auc": val["auc"], "val_loss": val["loss"], "seconds": round(epoch_s, 2),
         }
+        for split in monitor:
+            scores = evaluate(selected, data.splits[split], spec, recipe.eval_batch_size)
+            row.update({f"{split}_{name}": value for name, value in scores.items()})
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
-        key = (val["accuracy"], val["auc"])
-        if key > best_key:
+        key = selection_key(recipe.select, val, epoch)
+        if best_key is None or key > best_key:
             best_key, best_epoch = key, epoch + 1
             best_state = copy.deepcopy(selected.state_dict())
         epoch += 1

@@ -16,11 +16,17 @@ def test_train_export_eval_bench(tmp_path, capsys):
     teacher, student = tmp_path / "teacher", tmp_path / "student"
     common = ["--preset", "mnist28", "--data", str(npz), "--epochs", "1", "--threads", "1"]
     with one_torch_thread():
-        assert main(["train", "vit", "--role", "teacher", "--out", str(teacher), *common]) == 0
+        assert main(["train", "vit", "--role", "teacher", "--out", str(teacher), *common,
+                     "--recipe", "select=last", "--monitor", "test"]) == 0
         assert main(["train", "vit", "--role", "student", "--ternary", "all", "--teacher",
                      str(teacher), "--out", str(student), "--recipe", "max_shift=1",
                      "--kd-weight", "0.7", *common]) == 0
+    record = json.loads((teacher / "config.json").read_text())["record"]
+    assert record["recipe"]["select"] == "last"
+    assert record["history"][-1]["test_accuracy"] == record["metrics"]["test"]["accuracy"]
+    assert record["metrics"]["test"]["loss"] > 0
     config = json.loads((student / "config.json").read_text())
+    assert "test_accuracy" not in config["record"]["history"][-1]
     assert config["role"] == "student" and config["model"]["ternary"] == "all"
     assert config["model"]["n_kv_heads"] == 1 and config["record"]["recipe"]["max_shift"] == 1
     assert config["record"]["distillation"]["kd_weight"] == 0.7
@@ -56,6 +62,8 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
     assert "--recipe: 'nope=1'" in capsys.readouterr().err
     assert main([*base, "--recipe", "vflip=maybe"]) == 1
     assert "vflip takes true or false" in capsys.readouterr().err
+    assert main([*base, "--recipe", "select=best"]) == 1
+    assert "select must be one of" in capsys.readouterr().err
     assert main([*base, "--preset", "huge"]) == 1
     assert "unknown preset 'huge'" in capsys.readouterr().err
     assert main(["train", "vit", "--role", "teacher", "--data", str(tmp_path / "absent.npz"),

@@ -1,4 +1,5 @@
-"""Optional recipe keys: rotation/zoom augmentation and an EMA of the weights."""
+"""Optional recipe keys: rotation/zoom augmentation, an EMA of the weights, mixup, the
+epoch selection rule, and splits monitored during training."""
 
 from __future__ import annotations
 
@@ -118,3 +119,75 @@ def test_mixup_trains_a_distilled_student(tmp_path):
     assert result.metrics["val"]["accuracy"] >= 0.9
     with pytest.raises(ValueError):
         TrainConfig(mixup=-0.1)
+
+
+def test_log_loss_is_the_mean_negative_log_likelihood_of_the_labels():
+    from exporter.vit.metrics import classification_metrics, log_loss
+
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.5, 0.5, 0.0]])
+    labels = np.array([0, 1, 2])
+    expected = -(np.log(0.7) + np.log(0.1) + np.log(1e-12)) / 3  # a zero is clipped
+    assert log_loss(probs, labels) == pytest.approx(expected)
+    assert classification_metrics(probs, labels)["loss"] == pytest.approx(expected)
+
+
+def _train_small(tmp_path, select: str, monitor: tuple[str, ...] = ()):
+    tmp_path.mkdir(exist_ok=True)
+    from vit_fixtures import one_torch_thread, write_synthetic_npz
+
+    from exporter.vit.medmnist import load_medmnist
+    from runtime.vision.preprocess import Preprocessing
+
+    data = load_medmnist(write_synthetic_npz(tmp_path / "synthmnist.npz"))
+    # Every third validation label is wrong, so the validation loss rises again once the
+    # model grows confident: the three rules pick three different epochs.
+    val = data.splits["val"]
+    val.labels[::3] = (val.labels[::3] + 1) % 3
+    spec = Preprocessing(size=8, channels=1, mean=(0.4,), std=(0.2,))
+    torch.manual_seed(0)
+    model = ViT(SMALL)
+    recipe = TrainConfig(epochs=6, batch_size=32, lr=3e-2, min_lr=1e-2, warmup_epochs=0,
+                         max_shift=0, select=select)
+    with one_torch_thread():
+        result = train(model, data, spec, recipe, seed=0, monitor=monitor)
+    return model, data, spec, result
+
+
+def test_each_select_rule_returns_the_weights_of_the_epoch_it_names(tmp_path):
+    picks = {}
+    for select in ("val_accuracy", "val_loss", "last"):
+        model, data, spec, result = _train_small(tmp_path / select, select)
+        history = result.history
+        expected = {
+            "val_accuracy": max(range(len(history)), key=lambda i: (
+                history[i]["val_accuracy"], history[i]["val_auc"], -i)),
+            "val_loss": min(range(len(history)), key=lambda i: history[i]["val_loss"]),
+            "last": len(history) - 1,
+        }[select] + 1
+        assert result.best_epoch == expected
+        # The returned weights are that epoch's: their validation scores are the recorded ones.
+        picked = history[expected - 1]
+        scores = evaluate(model, data.splits["val"], spec)
+        assert scores["accuracy"] == picked["val_accuracy"]
+        assert scores["loss"] == pytest.approx(picked["val_loss"], rel=1e-6)
+        picks[select] = expected
+    assert len(set(picks.values())) == 3, picks
+
+
+def test_monitored_splits_are_recorded_but_never_change_the_training(tmp_path):
+    plain_model, _, _, plain = _train_small(tmp_path, "val_accuracy")
+    model, data, spec, monitored = _train_small(tmp_path, "val_accuracy", monitor=("test",))
+    assert monitored.best_epoch == plain.best_epoch
+    assert [r["val_loss"] for r in monitored.history] == [r["val_loss"] for r in plain.history]
+    for a, b in zip(model.state_dict().values(), plain_model.state_dict().values()):
+        assert torch.equal(a, b)
+    last = monitored.history[-1]
+    assert {"test_accuracy", "test_auc", "test_loss"} <= set(last)
+    assert "test_accuracy" not in plain.history[-1]
+    best = monitored.history[monitored.best_epoch - 1]
+    assert monitored.metrics["test"]["accuracy"] == best["test_accuracy"]
+
+
+def test_unknown_select_rule_is_rejected():
+    with pytest.raises(ValueError, match="select must be one of"):
+        TrainConfig(select="best")
