@@ -51,6 +51,7 @@ async def serve(config, listen_override: str | None = None) -> int:
     tasks: set[asyncio.Task] = set()  # the loop only keeps weak references to tasks
 
     def on_first_signal(sig: signal.Signals) -> None:
+        daemon.begin_draining()  # before the log line: from here on new requests are refused
         log.info("%s received: draining (send it again to stop at once)", sig.name)
         stop_requested.set()
         for s in signals:

@@ -145,10 +145,17 @@ class Daemon:
             raise RuntimeError("the daemon is not started")
         await asyncio.shield(self._loading)
 
+    def begin_draining(self) -> None:
+        """Refuse new requests with UNAVAILABLE from now on (in-flight ones go on).
+
+        Synchronous, so a signal handler can call it before it logs "draining": a
+        request that arrives after that line is refused, never queued."""
+        self.servicer.draining = True
+
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: refuse new requests, give in-flight ones `grace_s`, then cancel them."""
         grace_s = self.config.grace_period_s if grace_s is None else grace_s
-        self.servicer.draining = True
+        self.begin_draining()
         await self.health.enter_graceful_shutdown()
         log.info("draining: in-flight requests have %.1fs to finish", grace_s)
         self.energy.close_watchers()  # WatchPower streams end now, they never finish alone
