@@ -63,23 +63,35 @@ def test_shared_buffer_is_written_in_place(engine):
 
 
 def test_decode_steps_reuse_one_io_binding_and_match_fresh_bindings(engine):
-    """A KV buffer's slot view keeps its onnxruntime binding from step to step; the
-    logits equal those of a binding built anew for every step."""
+    """A KV buffer's slot view keeps its onnxruntime binding from step to step, inputs
+    and logits included; the logits equal those of a binding built anew for every step,
+    through changes of shape (prefill, one token, two tokens, one again), and each
+    step's logits stay as they were when later steps run."""
     prompt = np.asarray([[5, 6, 7, 8]])
     reused, fresh = engine.empty_cache(capacity=16), engine.empty_cache(capacity=16)
     past, present = fresh.bindings(0, 1)
     fresh._views[(0, 1)] = (past, dict(present))  # a plain dict: no state to reuse
-    tokens, seen = [], set()
-    for step in range(6):
-        ids = prompt if step == 0 else np.asarray([[tokens[-1]]])
-        total = prompt.shape[1] + step
+    tokens, seen, outputs, kept_logits = [], set(), [], []
+    new_tokens = [4, 1, 1, 1, 2, 1, 1]
+    total = 0
+    for step, count in enumerate(new_tokens):
+        ids = prompt if step == 0 else np.asarray([tokens[-count:]])
+        total += count
         a = engine.step(ids, [total], reused)
         b = engine.step(ids, [total], fresh)
         np.testing.assert_array_equal(a, b)
+        outputs.append((a, b.copy()))
         tokens.append(int(np.argmax(a[0, -1])))
+        if count == 2:
+            tokens.append(int(np.argmax(a[0, 0])))
         (kept,) = reused.bindings(0, 1)[1].backend_state.values()
-        seen.add(id(kept[1]))
+        seen.add(id(kept.binding))
+        kept_logits.append(id(kept.outputs.get("logits")))
     assert len(seen) == 1  # one binding served every step, prefill included
+    # Steps 3 and 4 had the shapes of step 2: their logits landed in the same bound array.
+    assert kept_logits[1] == kept_logits[2] == kept_logits[3]
+    for a, b in outputs:  # returned logits are copies: later steps did not overwrite them
+        np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(reused.arrays["past_key_values.0.key"],
                                   fresh.arrays["past_key_values.0.key"])
 
