@@ -63,7 +63,7 @@ class OnnxRuntimeBackend:
         keep: Collection[str] = (),
         into: Mapping[str, object] | None = None,
     ) -> dict[str, np.ndarray]:
-        into = into or {}
+        into = {} if into is None else into  # an empty ReusedOutputs still carries state
         returned = [name for name in self.output_names if name not in into]
         state = getattr(into, "backend_state", None)
         if state is not None and not keep:
@@ -150,6 +150,7 @@ class _StepBinding:
             except Exception:  # noqa: BLE001 - an output whose shape follows input values
                 # Rerunning the step is safe: it writes the same cache positions again.
                 log.debug("bound outputs did not fit; letting onnxruntime allocate them")
+        self.output_key = None  # the outputs are onnxruntime's until sized again below
         for name in returned:
             self.binding.bind_output(name)  # onnxruntime allocates them this once
         self.backend.session.run_with_iobinding(self.binding)
