@@ -19,13 +19,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from runtime.client_security import ClientSecurity
-from runtime.config import DEFAULT_MAX_MESSAGE_BYTES
+from runtime.config import DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE_BYTES
 from runtime.errors import E2edgeError
 from runtime.proto.e2edge.v1 import runtime_pb2 as pb
 from runtime.proto.e2edge.v1 import runtime_pb2_grpc as pb_grpc
 from runtime.server.errors import FIELD_METADATA_KEY
 
-DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_TARGET = DEFAULT_LISTEN  # where a daemon listens unless told otherwise
 SAMPLING_FIELDS = (
     "max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed", "ignore_eos",
 )

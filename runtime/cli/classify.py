@@ -16,13 +16,10 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from runtime import client_security
-    from runtime.client import DEFAULT_TARGET
+    from runtime.cli import connection
 
     parser.add_argument("files", nargs="+", metavar="FILE", help="PNG, JPEG, DICOM or .npy")
-    parser.add_argument("--target", default=DEFAULT_TARGET,
-                        help=f"daemon address, host:port or unix:/path (default {DEFAULT_TARGET})")
-    client_security.add_arguments(parser)  # --tls-ca, --tls-cert, --tls-key, --token
+    connection.add_arguments(parser)  # --target, --tls-ca, --tls-cert, --tls-key, --token
     parser.add_argument("--model", required=True, help="vision model name (see `e2edge models`)")
     parser.add_argument("--top-k", type=int, default=1, help="labels per file (default 1)")
     parser.add_argument("--format", choices=("png", "jpeg", "dicom"),

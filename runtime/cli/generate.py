@@ -13,13 +13,10 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from runtime import client_security
-    from runtime.client import DEFAULT_TARGET
+    from runtime.cli import connection
 
     parser.add_argument("prompt", help="the prompt text")
-    parser.add_argument("--target", default=DEFAULT_TARGET,
-                        help=f"daemon address, host:port or unix:/path (default {DEFAULT_TARGET})")
-    client_security.add_arguments(parser)  # --tls-ca, --tls-cert, --tls-key, --token
+    connection.add_arguments(parser)  # --target, --tls-ca, --tls-cert, --tls-key, --token
     parser.add_argument("--model", required=True, help="model name (see `e2edge models`)")
     parser.add_argument("--max-new-tokens", type=int, help="default 128")
     parser.add_argument("--temperature", type=float, help="0 = greedy (the default)")

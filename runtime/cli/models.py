@@ -12,12 +12,9 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from runtime import client_security
-    from runtime.client import DEFAULT_TARGET
+    from runtime.cli import connection
 
-    parser.add_argument("--target", default=DEFAULT_TARGET,
-                        help=f"daemon address, host:port or unix:/path (default {DEFAULT_TARGET})")
-    client_security.add_arguments(parser)  # --tls-ca, --tls-cert, --tls-key, --token
+    connection.add_arguments(parser)  # --target, --tls-ca, --tls-cert, --tls-key, --token
     parser.add_argument("--json", action="store_true",
                         help="print the full ModelInfo messages as JSON")
 
