@@ -122,7 +122,7 @@ class _StepBinding:
         self.into_names = [name for name in backend.output_names if name in into]
         self.inputs: dict[str, object] = {}  # name -> bound OrtValue or host array
         self.outputs: dict[str, np.ndarray] = {}  # returned outputs' arrays, when bound
-        self.output_key: tuple | None = None  # input shapes the outputs were sized for
+        self.outputs_bound = False  # sized for the inputs as bound now (no input rebound)
 
     def run(self, feeds: Mapping[str, object], returned: list[str]) -> dict[str, np.ndarray]:
         ort = self.backend._ort
@@ -132,6 +132,7 @@ class _StepBinding:
                 if held is not value:
                     self.binding.bind_ortvalue_input(name, value)
                     self.inputs[name] = value
+                    self.outputs_bound = False
                 continue
             value = np.asarray(value)
             if (isinstance(held, np.ndarray) and held.shape == value.shape
@@ -141,16 +142,15 @@ class _StepBinding:
             held = np.array(value, order="C", copy=True)
             self.binding.bind_ortvalue_input(name, self.backend.wrap(held))
             self.inputs[name] = held
-        key = tuple((name, getattr(v, "shape", None)) for name, v in self.inputs.items()
-                    if isinstance(v, np.ndarray))
-        if key == self.output_key:
+            self.outputs_bound = False  # a new shape or dtype: outputs may change size
+        if self.outputs_bound:
             try:
                 self.backend.session.run_with_iobinding(self.binding)
                 return {name: self.outputs[name].copy() for name in returned}
             except Exception:  # noqa: BLE001 - an output whose shape follows input values
                 # Rerunning the step is safe: it writes the same cache positions again.
                 log.debug("bound outputs did not fit; letting onnxruntime allocate them")
-        self.output_key = None  # the outputs are onnxruntime's until sized again below
+        self.outputs_bound = False  # the outputs are onnxruntime's until sized again below
         for name in returned:
             self.binding.bind_output(name)  # onnxruntime allocates them this once
         self.backend.session.run_with_iobinding(self.binding)
@@ -160,5 +160,5 @@ class _StepBinding:
         self.outputs = {name: np.empty_like(result[name]) for name in returned}
         for name, array in self.outputs.items():
             self.binding.bind_ortvalue_output(name, self.backend.wrap(array))
-        self.output_key = key
+        self.outputs_bound = True
         return result
