@@ -3,6 +3,8 @@
   e2edge train vit --role teacher --preset mnist28 --data retinamnist.npz --out T
   e2edge train vit --role student --preset mnist28 --data retinamnist.npz --teacher T --out S
   e2edge train vit --role fp-student ... --teacher T --out F   (same shape, full precision)
+  e2edge train vit --role student ... --teacher T1 --teacher T2 --teacher T3 --out S
+      (an ensemble: the student learns the teachers' mean logits and starts from T1)
 
 The teacher uses multi-head attention in full precision; students use multi-query
 attention, and the student's FFN (--ternary ffn) or every block linear (--ternary all)
@@ -22,7 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="mnist28", help="bitmedvit | mnist28 (default)")
     parser.add_argument("--data", required=True, help="MedMNIST-style .npz (path or file name)")
     parser.add_argument("--out", required=True, help="checkpoint directory to write")
-    parser.add_argument("--teacher", help="teacher checkpoint directory (distillation)")
+    parser.add_argument("--teacher", action="append", default=[],
+                        help="teacher checkpoint directory (distillation); repeat it to "
+                             "distill from the teachers' mean logits (features and "
+                             "--init come from the first)")
     parser.add_argument("--ternary", choices=("ffn", "all"), default="ffn",
                         help="student layers made ternary (default ffn)")
     parser.add_argument("--init", choices=("teacher", "random"), default="teacher",
@@ -84,9 +89,9 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from exporter.vit.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from exporter.vit.checkpoint import Checkpoint, save_checkpoint
     from exporter.vit.config import get_preset
-    from exporter.vit.distill import DistillConfig, init_from_teacher
+    from exporter.vit.distill import DistillConfig, TeacherEnsemble, init_from_teacher
     from exporter.vit.medmnist import load_medmnist, resolve_npz
     from exporter.vit.model import ViT, count_parameters
     from exporter.vit.training import train
@@ -115,26 +120,14 @@ def run(args: argparse.Namespace) -> int:
     if args.teacher:
         if args.role == "teacher":
             raise InvalidRequest("--teacher", "a teacher is trained on labels alone")
-        teacher_ckpt = load_checkpoint(args.teacher)
-        teacher = teacher_ckpt.model
-        if teacher.config.n_classes != config.n_classes:
-            raise InvalidRequest(
-                "--teacher", f"has {teacher.config.n_classes} classes, the data "
-                f"{config.n_classes}",
-            )
-        if teacher_ckpt.preprocessing != spec:
-            raise InvalidRequest(
-                "--teacher", "was trained with other preprocessing (size, channels or "
-                "normalisation); train it on the same data and preset",
-            )
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+        teachers = [_load_teacher(path, config.n_classes, spec) for path in args.teacher]
+        teacher = TeacherEnsemble(teachers)
 
     torch.manual_seed(args.seed)
     model = ViT(config)
     not_copied = []
     if teacher is not None and args.init == "teacher":
-        not_copied = init_from_teacher(model, teacher)
+        not_copied = init_from_teacher(model, teacher.teachers[0])
     distill = DistillConfig(args.ce_weight, args.kd_weight, args.feature_weight, args.temperature)
 
     print(f"{args.role}: {count_parameters(model):,} parameters, ternary={config.ternary}, "
@@ -158,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "device": args.device,
         "recipe": dataclasses.asdict(recipe),
-        "teacher": str(args.teacher) if args.teacher else None,
+        "teacher": str(args.teacher[0]) if args.teacher else None,  # the one init uses
+        "teachers": [str(path) for path in args.teacher],
         "init": args.init if teacher is not None else "random",
         "not_copied_from_teacher": not_copied,
         "distillation": dataclasses.asdict(distill) if teacher is not None else None,
@@ -173,3 +167,24 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({"checkpoint": str(out), "best_epoch": result.best_epoch,
                       "seconds": round(result.seconds, 1), **result.metrics}))
     return 0
+
+
+def _load_teacher(path: str, n_classes: int, spec):
+    """A frozen teacher checkpoint's model, checked against the student's data."""
+    from exporter.vit.checkpoint import load_checkpoint
+    from runtime.errors import InvalidRequest
+
+    checkpoint = load_checkpoint(path)
+    teacher = checkpoint.model
+    if teacher.config.n_classes != n_classes:
+        raise InvalidRequest(
+            "--teacher", f"{path} has {teacher.config.n_classes} classes, the data {n_classes}",
+        )
+    if checkpoint.preprocessing != spec:
+        raise InvalidRequest(
+            "--teacher", f"{path} was trained with other preprocessing (size, channels or "
+            "normalisation); train it on the same data and preset",
+        )
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher

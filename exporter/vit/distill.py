@@ -14,6 +14,14 @@ Features are the pooled, normed vectors before the head. When the widths differ,
 linear projection (trained with the student, dropped at export) maps student
 features to the teacher's width.
 
+Several teachers (`TeacherEnsemble`, `--teacher` given more than once) act as one:
+their logits are averaged (the geometric mean of their probabilities, renormalised;
+at any temperature T, since dividing by T commutes with the mean), which is a better
+target than any one of them when they err on different images. Features come from
+the first teacher alone: independently trained teachers' feature spaces are not
+aligned, so their mean is no teacher's representation, while the first teacher is the
+one a student initialised from a teacher starts from.
+
 The student can start from the teacher's weights (`init_from_teacher`): every
 tensor of matching shape is copied, and MQA's single K/V head is the mean of the
 teacher's K/V heads (mean-pooling, as in GQA uptraining, Ainslie et al. 2023).
@@ -81,6 +89,34 @@ class DistillationLoss(nn.Module):
         feat = F.mse_loss(self.project(student_features), teacher_features)
         loss = c.ce_weight * ce + c.kd_weight * kd + c.feature_weight * feat
         return loss, {"ce": ce.item(), "kd": kd.item(), "feature": feat.item()}
+
+
+class TeacherEnsemble(nn.Module):
+    """Frozen teachers with one `forward_with_features`: mean logits, first teacher's features."""
+
+    def __init__(self, teachers: list[ViT]):
+        super().__init__()
+        if not teachers:
+            raise ValueError("a teacher ensemble needs at least one teacher")
+        classes = {t.config.n_classes for t in teachers}
+        if len(classes) != 1:
+            raise ValueError(f"teachers disagree on the number of classes: {sorted(classes)}")
+        self.teachers = nn.ModuleList(teachers)
+
+    @property
+    def config(self):
+        """The first teacher's architecture: the feature width the student matches."""
+        return self.teachers[0].config
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, features = self.teachers[0].forward_with_features(x)
+        if len(self.teachers) == 1:
+            return logits, features
+        others = [teacher(x) for teacher in self.teachers[1:]]
+        return torch.stack([logits, *others]).mean(dim=0), features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_features(x)[0]
 
 
 @torch.no_grad()

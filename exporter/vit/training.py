@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from exporter.vit.config import TrainConfig
-from exporter.vit.distill import DistillationLoss, DistillConfig
+from exporter.vit.distill import DistillationLoss, DistillConfig, TeacherEnsemble
 from exporter.vit.medmnist import Augmentation, MedMNIST, Split, batches
 from exporter.vit.metrics import classification_metrics
 from exporter.vit.model import ViT
@@ -116,7 +116,7 @@ def train(
     spec: Preprocessing,
     recipe: TrainConfig,
     seed: int = 0,
-    teacher: ViT | None = None,
+    teacher: ViT | TeacherEnsemble | None = None,
     distill: DistillConfig | None = None,
     time_budget_s: float | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,

@@ -14,13 +14,16 @@ from e2edge.cli import main
 def test_train_export_eval_bench(tmp_path, capsys):
     npz = write_synthetic_npz(tmp_path / "synthmnist.npz", channels=3)
     teacher, student = tmp_path / "teacher", tmp_path / "student"
+    second_teacher = tmp_path / "teacher-2"
     common = ["--preset", "mnist28", "--data", str(npz), "--epochs", "1", "--threads", "1"]
     with one_torch_thread():
         assert main(["train", "vit", "--role", "teacher", "--out", str(teacher), *common,
                      "--recipe", "select=last", "--monitor", "test"]) == 0
+        assert main(["train", "vit", "--role", "teacher", "--out", str(second_teacher),
+                     *common, "--seed", "1"]) == 0
         assert main(["train", "vit", "--role", "student", "--ternary", "all", "--teacher",
-                     str(teacher), "--out", str(student), "--recipe", "max_shift=1",
-                     "--kd-weight", "0.7", *common]) == 0
+                     str(teacher), "--teacher", str(second_teacher), "--out", str(student),
+                     "--recipe", "max_shift=1", "--kd-weight", "0.7", *common]) == 0
     record = json.loads((teacher / "config.json").read_text())["record"]
     assert record["recipe"]["select"] == "last"
     assert record["history"][-1]["test_accuracy"] == record["metrics"]["test"]["accuracy"]
@@ -31,6 +34,8 @@ def test_train_export_eval_bench(tmp_path, capsys):
     assert config["model"]["n_kv_heads"] == 1 and config["record"]["recipe"]["max_shift"] == 1
     assert config["record"]["distillation"]["kd_weight"] == 0.7
     assert config["record"]["not_copied_from_teacher"] == []
+    assert config["record"]["teacher"] == str(teacher)  # the one the student started from
+    assert config["record"]["teachers"] == [str(teacher), str(second_teacher)]
 
     pkg, fp_pkg = tmp_path / "pkg", tmp_path / "teacher-pkg"
     assert main(["export", "vit", "--model", str(student), "--out", str(pkg)]) == 0
@@ -69,3 +74,19 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
     assert main(["train", "vit", "--role", "teacher", "--data", str(tmp_path / "absent.npz"),
                  "--out", str(tmp_path / "t")]) == 1
     assert not (tmp_path / "t").exists()
+
+
+def test_a_teacher_for_other_data_is_refused_by_path(tmp_path, capsys):
+    """In an ensemble, the teacher that does not fit is named; nothing is written."""
+    three, four = (write_synthetic_npz(tmp_path / f"synth{n}.npz", n_classes=n) for n in (3, 4))
+    common = ["--preset", "mnist28", "--epochs", "1", "--threads", "1"]
+    with one_torch_thread():
+        for npz, out in ((three, "t3"), (four, "t4")):
+            assert main(["train", "vit", "--role", "teacher", "--data", str(npz),
+                         "--out", str(tmp_path / out), *common]) == 0
+        capsys.readouterr()
+        assert main(["train", "vit", "--role", "student", "--data", str(three), "--teacher",
+                     str(tmp_path / "t3"), "--teacher", str(tmp_path / "t4"),
+                     "--out", str(tmp_path / "s"), *common]) == 1
+    assert f"{tmp_path / 't4'} has 4 classes, the data 3" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

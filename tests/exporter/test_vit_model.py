@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from exporter.vit.config import TrainConfig, ViTConfig, get_preset
-from exporter.vit.distill import DistillationLoss, DistillConfig, init_from_teacher, kd_kl
+from exporter.vit.distill import (
+    DistillationLoss,
+    DistillConfig,
+    TeacherEnsemble,
+    init_from_teacher,
+    kd_kl,
+)
 from exporter.vit.model import ViT, count_parameters
 from exporter.vit.ternary import BitLinear
 from exporter.vit.training import evaluate, train
@@ -92,6 +98,25 @@ def test_distillation_terms_are_weighted_independently():
     p, q = F.log_softmax(s_logits / 4, -1), F.log_softmax(t_logits / 4, -1)
     raw = F.kl_div(p, q, reduction="batchmean", log_target=True)
     assert kd.item() == pytest.approx(16 * raw.item(), rel=1e-6)
+
+
+def test_teacher_ensemble_averages_logits_and_keeps_the_first_teachers_features():
+    torch.manual_seed(0)
+    teachers = [ViT(SMALL.for_role("teacher")).eval() for _ in range(3)]
+    images = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        logits, features = TeacherEnsemble(teachers).forward_with_features(images)
+        each = [t.forward_with_features(images) for t in teachers]
+        alone, alone_features = TeacherEnsemble(teachers[:1]).forward_with_features(images)
+    assert torch.allclose(logits, torch.stack([z for z, _ in each]).mean(0), atol=1e-6)
+    assert not torch.allclose(logits, each[0][0], atol=1e-3)  # the others do count
+    assert torch.equal(features, each[0][1])
+    assert torch.equal(alone, each[0][0]) and torch.equal(alone_features, each[0][1])
+    assert TeacherEnsemble(teachers).config == teachers[0].config
+    with pytest.raises(ValueError, match="disagree on the number of classes"):
+        TeacherEnsemble([teachers[0], ViT(dataclasses.replace(SMALL, n_classes=5))])
+    with pytest.raises(ValueError, match="at least one teacher"):
+        TeacherEnsemble([])
 
 
 def test_student_starts_from_teacher_with_pooled_kv_heads():
