@@ -134,6 +134,11 @@ def test_power_log_lines_carry_the_active_request_ids(client, powered):
                           request_id="logged-7"))
     path = Path(powered.config.power.log)
     files = [path, path.with_name(path.name + ".1"), path.with_name(path.name + ".2")]
+    # 2 KiB of lines at 50 per second rotate within a second of an idle machine; on a
+    # busy one the sampling thread may lag, so wait for it (bounded) instead of racing.
+    deadline = time.monotonic() + 15
+    while not files[1].exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert files[1].exists(), "2 KiB of lines at 50 per second: the log has rotated"
     assert all(f.stat().st_size <= 2048 for f in files if f.exists())
     lines = [json.loads(line) for f in files if f.exists() for line in f.read_text().splitlines()]
