@@ -115,9 +115,6 @@ class TeacherEnsemble(nn.Module):
         others = [teacher(x) for teacher in self.teachers[1:]]
         return torch.stack([logits, *others]).mean(dim=0), features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_features(x)[0]
-
 
 @torch.no_grad()
 def init_from_teacher(student: ViT, teacher: ViT) -> list[str]:
