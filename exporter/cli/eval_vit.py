@@ -2,6 +2,7 @@
 
   e2edge eval vit --model artifacts/vit/retina-student --data retinamnist.npz
   e2edge eval vit --package artifacts/vit/pkg/retina-student-all --data retinamnist.npz
+  e2edge eval vit --model T0 --model T1 --model T2      (a teacher ensemble: mean logits)
 
 AUC is one-vs-rest (macro mean) for multi-class data, of the positive class for
 binary data. Packages run through the runtime's VisionEngine on raw uint8 images
@@ -15,7 +16,9 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="checkpoint directory from train vit")
+    source.add_argument("--model", action="append",
+                        help="checkpoint directory from train vit; repeat it to score the "
+                             "checkpoints' mean logits (a teacher ensemble)")
     source.add_argument("--package", help="vision package directory from export vit")
     parser.add_argument("--data", help="MedMNIST-style npz (default: the one it was trained on)")
     parser.add_argument("--split", choices=("val", "test", "both"), default="both")
@@ -40,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     from exporter.vit.medmnist import load_medmnist, resolve_npz
     from exporter.vit.metrics import classification_metrics
+    from runtime.errors import InvalidRequest
 
     splits = ("val", "test") if args.split == "both" else (args.split,)
     result: dict = {}
@@ -59,15 +63,29 @@ def run(args: argparse.Namespace) -> int:
         result.update(package=str(Path(args.package)), execution=engine.execution)
     else:
         from exporter.vit.checkpoint import load_checkpoint
+        from exporter.vit.distill import TeacherEnsemble
         from exporter.vit.training import evaluate
 
-        ckpt = load_checkpoint(args.model)
+        checkpoints = [load_checkpoint(path) for path in args.model]
+        ckpt = checkpoints[0]
+        for path, other in zip(args.model[1:], checkpoints[1:]):
+            if other.config.n_classes != ckpt.config.n_classes:
+                raise InvalidRequest("--model", f"{path} has {other.config.n_classes} classes, "
+                                     f"{args.model[0]} {ckpt.config.n_classes}")
+            if other.preprocessing != ckpt.preprocessing:
+                raise InvalidRequest("--model", f"{path} preprocesses images differently "
+                                     f"from {args.model[0]}: it cannot join its ensemble")
+        model = TeacherEnsemble([c.model for c in checkpoints]) if len(checkpoints) > 1 \
+            else ckpt.model
         data = load_medmnist(resolve_npz(_data_name(args, ckpt.record)))
         for split in splits:
-            result[split] = evaluate(ckpt.model, data.splits[split], ckpt.preprocessing,
+            result[split] = evaluate(model, data.splits[split], ckpt.preprocessing,
                                      args.batch_size)
-        result.update(model=str(Path(args.model)), role=ckpt.role,
-                      ternary=ckpt.config.ternary)
+        if len(checkpoints) == 1:
+            result.update(model=str(Path(args.model[0])), role=ckpt.role,
+                          ternary=ckpt.config.ternary)
+        else:
+            result.update(models=[str(Path(p)) for p in args.model], ensemble="mean logits")
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -164,8 +164,17 @@ def run(args: argparse.Namespace) -> int:
                    preprocessing=spec, record=record),
         args.out,
     )
-    print(json.dumps({"checkpoint": str(out), "best_epoch": result.best_epoch,
-                      "seconds": round(result.seconds, 1), **result.metrics}))
+    if result.teacher_metrics is not None:
+        which = f"ensemble of {len(args.teacher)}" if len(args.teacher) > 1 else "teacher"
+        gap = result.metrics["test"]["accuracy"] - result.teacher_metrics["test"]["accuracy"]
+        print(f"test accuracy: student {result.metrics['test']['accuracy']:.4f}, {which} "
+              f"{result.teacher_metrics['test']['accuracy']:.4f} ({100 * gap:+.1f} points)",
+              flush=True)
+    summary = {"checkpoint": str(out), "best_epoch": result.best_epoch,
+               "seconds": round(result.seconds, 1), **result.metrics}
+    if result.teacher_metrics is not None:
+        summary["teacher"] = result.teacher_metrics
+    print(json.dumps(summary))
     return 0
 
 

@@ -108,6 +108,10 @@ class TeacherEnsemble(nn.Module):
         """The first teacher's architecture: the feature width the student matches."""
         return self.teachers[0].config
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean logits: what the student learns, and what scoring the ensemble scores."""
+        return self.forward_with_features(x)[0]
+
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, features = self.teachers[0].forward_with_features(x)
         if len(self.teachers) == 1:

@@ -39,6 +39,9 @@ class TrainResult:
     seconds: float
     metrics: dict[str, dict[str, float]]  # split -> accuracy, auc
     history: list[dict[str, float]] = field(default_factory=list)
+    # The teacher's (or ensemble's mean-logit) scores on the same splits, so "within N
+    # points of its teacher" can be read off the student's checkpoint.
+    teacher_metrics: dict[str, dict[str, float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -46,12 +49,15 @@ class TrainResult:
             "best_epoch": self.best_epoch,
             "seconds": round(self.seconds, 1),
             "metrics": self.metrics,
+            "teacher_metrics": self.teacher_metrics,
             "history": self.history,
         }
 
 
 @torch.no_grad()
-def predict(model: ViT, split: Split, spec: Preprocessing, batch_size: int = 256) -> np.ndarray:
+def predict(
+    model: ViT | TeacherEnsemble, split: Split, spec: Preprocessing, batch_size: int = 256,
+) -> np.ndarray:
     """Inference-mode (quantised, no dropout) class probabilities, (N, n_classes)."""
     was_training = model.training
     model.eval()
@@ -64,7 +70,9 @@ def predict(model: ViT, split: Split, spec: Preprocessing, batch_size: int = 256
     return np.concatenate(out)
 
 
-def evaluate(model: ViT, split: Split, spec: Preprocessing, batch_size: int = 256) -> dict:
+def evaluate(
+    model: ViT | TeacherEnsemble, split: Split, spec: Preprocessing, batch_size: int = 256,
+) -> dict:
     return classification_metrics(predict(model, split, spec, batch_size), split.labels)
 
 
@@ -240,13 +248,18 @@ def train(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.cpu().eval()
-    if teacher is not None:
-        teacher.cpu()
     metrics = {
         split: evaluate(model, data.splits[split], spec, recipe.eval_batch_size)
         for split in ("val", "test")
     }
+    teacher_metrics = None
+    if teacher is not None:
+        teacher.cpu()
+        teacher_metrics = {
+            split: evaluate(teacher, data.splits[split], spec, recipe.eval_batch_size)
+            for split in ("val", "test")
+        }
     return TrainResult(
         epochs_run=epochs, best_epoch=best_epoch, seconds=time.perf_counter() - start,
-        metrics=metrics, history=history,
+        metrics=metrics, history=history, teacher_metrics=teacher_metrics,
     )

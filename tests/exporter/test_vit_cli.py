@@ -24,6 +24,11 @@ def test_train_export_eval_bench(tmp_path, capsys):
         assert main(["train", "vit", "--role", "student", "--ternary", "all", "--teacher",
                      str(teacher), "--teacher", str(second_teacher), "--out", str(student),
                      "--recipe", "max_shift=1", "--kd-weight", "0.7", *common]) == 0
+        trained = capsys.readouterr().out
+        assert main(["eval", "vit", "--model", str(teacher), "--model", str(second_teacher)]) == 0
+        ensemble = json.loads(capsys.readouterr().out)
+    assert ensemble["models"] == [str(teacher), str(second_teacher)]
+    assert "ensemble of 2" in trained
     record = json.loads((teacher / "config.json").read_text())["record"]
     assert record["recipe"]["select"] == "last"
     assert record["history"][-1]["test_accuracy"] == record["metrics"]["test"]["accuracy"]
@@ -36,6 +41,10 @@ def test_train_export_eval_bench(tmp_path, capsys):
     assert config["record"]["not_copied_from_teacher"] == []
     assert config["record"]["teacher"] == str(teacher)  # the one the student started from
     assert config["record"]["teachers"] == [str(teacher), str(second_teacher)]
+    # the student's record carries its ensemble teacher's scores, as `eval vit` gives them
+    assert config["record"]["teacher_metrics"]["test"] == pytest.approx(ensemble["test"])
+    assert config["record"]["teacher_metrics"]["val"] == pytest.approx(ensemble["val"])
+    assert record["teacher_metrics"] is None  # a teacher has no teacher
 
     pkg, fp_pkg = tmp_path / "pkg", tmp_path / "teacher-pkg"
     assert main(["export", "vit", "--model", str(student), "--out", str(pkg)]) == 0
@@ -90,3 +99,7 @@ def test_a_teacher_for_other_data_is_refused_by_path(tmp_path, capsys):
                      "--out", str(tmp_path / "s"), *common]) == 1
     assert f"{tmp_path / 't4'} has 4 classes, the data 3" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+    # nor can it be scored in one ensemble with them
+    assert main(["eval", "vit", "--model", str(tmp_path / "t3"), "--model",
+                 str(tmp_path / "t4")]) == 1
+    assert f"{tmp_path / 't4'} has 4 classes" in capsys.readouterr().err

@@ -111,6 +111,8 @@ def test_teacher_ensemble_averages_logits_and_keeps_the_first_teachers_features(
     assert torch.allclose(logits, torch.stack([z for z, _ in each]).mean(0), atol=1e-6)
     assert not torch.allclose(logits, each[0][0], atol=1e-3)  # the others do count
     assert torch.equal(features, each[0][1])
+    with torch.no_grad():  # plain forward scores the ensemble: the same mean logits
+        assert torch.equal(TeacherEnsemble(teachers)(images), logits)
     assert torch.equal(alone, each[0][0]) and torch.equal(alone_features, each[0][1])
     assert TeacherEnsemble(teachers).config == teachers[0].config
     with pytest.raises(ValueError, match="disagree on the number of classes"):
