@@ -109,7 +109,7 @@ class TeacherEnsemble(nn.Module):
         return self.teachers[0].config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean logits: what the student learns, and what scoring the ensemble scores."""
+        """Mean logits: what the student learns from, and what `eval vit` scores."""
         return self.forward_with_features(x)[0]
 
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
