@@ -25,7 +25,10 @@ def test_train_export_eval_bench(tmp_path, capsys):
                      str(teacher), "--teacher", str(second_teacher), "--out", str(student),
                      "--recipe", "max_shift=1", "--kd-weight", "0.7", *common]) == 0
         trained = capsys.readouterr().out
-        assert main(["eval", "vit", "--model", str(teacher), "--model", str(second_teacher)]) == 0
+        # training scores in batches of the recipe's eval_batch_size (256): the same here,
+        # so both sums run in the same order and equal scores rank alike
+        assert main(["eval", "vit", "--model", str(teacher), "--model", str(second_teacher),
+                     "--batch-size", "256"]) == 0
         ensemble = json.loads(capsys.readouterr().out)
     assert ensemble["models"] == [str(teacher), str(second_teacher)]
     assert "ensemble of 2" in trained
