@@ -43,7 +43,6 @@ def run(args: argparse.Namespace) -> int:
 
     from exporter.vit.medmnist import load_medmnist, resolve_npz
     from exporter.vit.metrics import classification_metrics
-    from runtime.errors import InvalidRequest
 
     splits = ("val", "test") if args.split == "both" else (args.split,)
     result: dict = {}
@@ -62,19 +61,16 @@ def run(args: argparse.Namespace) -> int:
             result[split] = classification_metrics(probs, data.splits[split].labels)
         result.update(package=str(Path(args.package)), execution=engine.execution)
     else:
-        from exporter.vit.checkpoint import load_checkpoint
+        from exporter.vit.checkpoint import load_checkpoint, load_matching_checkpoint
         from exporter.vit.distill import TeacherEnsemble
         from exporter.vit.training import evaluate
 
-        checkpoints = [load_checkpoint(path) for path in args.model]
-        ckpt = checkpoints[0]
-        for path, other in zip(args.model[1:], checkpoints[1:]):
-            if other.config.n_classes != ckpt.config.n_classes:
-                raise InvalidRequest("--model", f"{path} has {other.config.n_classes} classes, "
-                                     f"{args.model[0]} {ckpt.config.n_classes}")
-            if other.preprocessing != ckpt.preprocessing:
-                raise InvalidRequest("--model", f"{path} preprocesses images differently "
-                                     f"from {args.model[0]}: it cannot join its ensemble")
+        ckpt = load_checkpoint(args.model[0])
+        checkpoints = [ckpt] + [  # the others must fit the first to join its ensemble
+            load_matching_checkpoint(path, ckpt.config.n_classes, ckpt.preprocessing,
+                                     "--model", args.model[0])
+            for path in args.model[1:]
+        ]
         model = TeacherEnsemble([c.model for c in checkpoints]) if len(checkpoints) > 1 \
             else ckpt.model
         data = load_medmnist(resolve_npz(_data_name(args, ckpt.record)))

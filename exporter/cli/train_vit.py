@@ -164,36 +164,24 @@ def run(args: argparse.Namespace) -> int:
                    preprocessing=spec, record=record),
         args.out,
     )
+    summary = {"checkpoint": str(out), "best_epoch": result.best_epoch,
+               "seconds": round(result.seconds, 1), **result.metrics}
     if result.teacher_metrics is not None:
+        summary["teacher"] = result.teacher_metrics
         which = f"ensemble of {len(args.teacher)}" if len(args.teacher) > 1 else "teacher"
         gap = result.metrics["test"]["accuracy"] - result.teacher_metrics["test"]["accuracy"]
         print(f"test accuracy: student {result.metrics['test']['accuracy']:.4f}, {which} "
               f"{result.teacher_metrics['test']['accuracy']:.4f} ({100 * gap:+.1f} points)",
               flush=True)
-    summary = {"checkpoint": str(out), "best_epoch": result.best_epoch,
-               "seconds": round(result.seconds, 1), **result.metrics}
-    if result.teacher_metrics is not None:
-        summary["teacher"] = result.teacher_metrics
     print(json.dumps(summary))
     return 0
 
 
 def _load_teacher(path: str, n_classes: int, spec):
     """A frozen teacher checkpoint's model, checked against the student's data."""
-    from exporter.vit.checkpoint import load_checkpoint
-    from runtime.errors import InvalidRequest
+    from exporter.vit.checkpoint import load_matching_checkpoint
 
-    checkpoint = load_checkpoint(path)
-    teacher = checkpoint.model
-    if teacher.config.n_classes != n_classes:
-        raise InvalidRequest(
-            "--teacher", f"{path} has {teacher.config.n_classes} classes, the data {n_classes}",
-        )
-    if checkpoint.preprocessing != spec:
-        raise InvalidRequest(
-            "--teacher", f"{path} was trained with other preprocessing (size, channels or "
-            "normalisation); train it on the same data and preset",
-        )
+    teacher = load_matching_checkpoint(path, n_classes, spec, "--teacher", "the data").model
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from exporter.vit.config import ROLES, ViTConfig
 from exporter.vit.model import ViT
+from runtime.errors import InvalidRequest
 from runtime.vision.preprocess import Preprocessing
 
 CHECKPOINT_FORMAT = "e2edge-vit-checkpoint"
@@ -105,3 +106,20 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         record=meta.get("record", {}),
     )
 
+
+def load_matching_checkpoint(
+    path: str | Path, n_classes: int, preprocessing: Preprocessing, option: str, against: str,
+) -> Checkpoint:
+    """A checkpoint that must have these classes and preprocessing (a teacher against
+    the data, an ensemble member against the first), or an error naming its path."""
+    checkpoint = load_checkpoint(path)
+    if checkpoint.config.n_classes != n_classes:
+        raise InvalidRequest(
+            option, f"{path} has {checkpoint.config.n_classes} classes, {against} {n_classes}",
+        )
+    if checkpoint.preprocessing != preprocessing:
+        raise InvalidRequest(
+            option, f"{path} was trained with other preprocessing (size, channels or "
+            f"normalisation) than {against}; train it on the same data and preset",
+        )
+    return checkpoint
