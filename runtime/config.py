@@ -3,6 +3,7 @@
     listen: 127.0.0.1:50051        # host:port (port 0 = any free port) or unix:/path
     grace_period_s: 10             # SIGTERM: in-flight streams get this long to finish
     max_message_bytes: 16777216    # gRPC send and receive limit
+    decode_threads: 0              # image decoding threads; 0 = half the cores, at least 1
     models:                        # at least one; everything but name and path defaults
       - name: demo
         path: ../artifacts/demo-llm    # relative paths start at this file's folder
@@ -94,6 +95,7 @@ class DaemonConfig:
     listen: str = DEFAULT_LISTEN
     grace_period_s: float = DEFAULT_GRACE_PERIOD_S
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    decode_threads: int = 0  # 0: half the cores (runtime/server/decode_pool.py)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     power: PowerConfig | None = None  # None: the file has no power section
     metrics: MetricsConfig | None = None  # None: no metrics endpoint
@@ -403,6 +405,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
             _int_at_least(1024, MAX_MESSAGE_BYTES_LIMIT),
             DEFAULT_MAX_MESSAGE_BYTES,
         ),
+        decode_threads=top.take("decode_threads", _int_at_least(0, 256), 0),
         models=_models(top, base_dir or Path.cwd()),
         logging=_logging(top),
         power=_power(top),

@@ -3,8 +3,9 @@
 How one request flows:
 1. Checked before it costs anything: model (READY, vision), top_k, the image count
    and each image's byte size against the model's limits.
-2. Its images are decoded and preprocessed on a thread of the loop's default
-   executor (decode_s), so decoding overlaps the model running other batches.
+2. Its images are decoded and preprocessed on one of the daemon's decoding threads
+   (decode_s; runtime/server/decode_pool.py), so decoding overlaps the model running
+   other batches.
 3. Its (n, C, S, S) pixels join the model's Batcher (runtime/server/batcher.py),
    which runs them with other requests' on one of the model's worker threads
    (queue_s: waiting for the batch to start; inference_s: the batch's run).
@@ -27,6 +28,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import grpc
@@ -69,11 +71,12 @@ def _ended_status(context: grpc.aio.ServicerContext) -> str:
 
 
 class ClassifyServicer:
-    """Mixed into EdgeRuntimeServicer, which provides these three attributes."""
+    """Mixed into EdgeRuntimeServicer, which provides these four attributes."""
 
     registry: ModelRegistry
     draining: bool
     energy: EnergyAccounting | None
+    decode_executor: Executor | None
 
     async def Classify(
         self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
@@ -166,7 +169,7 @@ class ClassifyServicer:
         loop = asyncio.get_running_loop()
         decode_started = time.monotonic()
         pixels = await loop.run_in_executor(  # (n, C, S, S) float32
-            None, prepare_images, request.images, model.limits, model.preprocess)
+            self.decode_executor, prepare_images, request.images, model.limits, model.preprocess)
         decode_s = time.monotonic() - decode_started
 
         window = self._energy_window if self.energy is not None else None

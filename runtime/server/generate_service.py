@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import grpc
@@ -106,9 +107,11 @@ class Generation:
 class EdgeRuntimeServicer(ClassifyServicer, pb_grpc.EdgeRuntimeServicer):
     """Generate, the model list and power here; Classify and ClassifyStream from the mixin."""
 
-    def __init__(self, registry: ModelRegistry, energy: EnergyAccounting | None = None):
+    def __init__(self, registry: ModelRegistry, energy: EnergyAccounting | None = None,
+                 decode_executor: Executor | None = None):
         self.registry = registry
         self.energy = energy  # power source, per-request energy, metrics (None: none of them)
+        self.decode_executor = decode_executor  # Classify's decoding (None: asyncio's default)
         self.draining = False  # set at shutdown: new requests are refused with UNAVAILABLE
 
     async def Generate(

@@ -6,13 +6,14 @@ One input (KServe datatype -> what it holds):
     FP32   the same shapes, pixels in [0, 1]
 Output `probabilities` FP32 [n, classes], or with the requested output parameter
 `classification: k` Triton's classification extension: BYTES [n, k] "score:index:label",
-most likely first. Decoding runs on a thread; the model runs through the model's
-batcher on its worker threads, exactly as Classify does.
+most likely first. Decoding runs on the daemon's decoding threads; the model runs
+through the model's batcher on its worker threads, exactly as Classify does.
 """
 
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Executor
 
 import numpy as np
 
@@ -90,7 +91,8 @@ def _classes_requested(request: kpb.ModelInferRequest, n_classes: int) -> int | 
 
 
 async def classify(entry, request: kpb.ModelInferRequest, tensors: dict[str, np.ndarray],
-                   response: kpb.ModelInferResponse, stats) -> None:
+                   response: kpb.ModelInferResponse, stats,
+                   decode_executor: Executor | None = None) -> None:
     model = entry.engine
     if not isinstance(model, VisionModel):
         raise InvalidRequest("model_name", f"{entry.name!r} cannot classify images")
@@ -100,7 +102,7 @@ async def classify(entry, request: kpb.ModelInferRequest, tensors: dict[str, np.
     (name, tensor), = tensors.items()
     top_k = _classes_requested(request, len(model.labels))
     loop = asyncio.get_running_loop()
-    pixels = await loop.run_in_executor(None, prepare, tensor, model, f"inputs ({name})")
+    pixels = await loop.run_in_executor(decode_executor, prepare, tensor, model, f"inputs ({name})")
     result = await model.batcher_on(entry.executor).submit(pixels)
     stats.queue.add(result.queue_s)
     stats.compute_infer.add(result.run_s)

@@ -33,6 +33,7 @@ def test_minimal_file_takes_every_default(tmp_path):
     assert config.listen == DEFAULT_LISTEN
     assert config.grace_period_s == DEFAULT_GRACE_PERIOD_S
     assert config.max_message_bytes == DEFAULT_MAX_MESSAGE_BYTES
+    assert config.decode_threads == 0  # half the cores, at least one
     assert config.logging.level == "INFO" and config.logging.format == "text"
     (model,) = config.models
     assert model.name == "demo"
@@ -46,6 +47,7 @@ def test_every_key_is_read(tmp_path):
         listen: unix:/run/e2edge/e2edge.sock
         grace_period_s: 2.5
         max_message_bytes: 1048576
+        decode_threads: 3
         models:
           - name: chat-1.0
             path: /opt/models/chat
@@ -64,6 +66,7 @@ def test_every_key_is_read(tmp_path):
     assert config.listen == "unix:/run/e2edge/e2edge.sock"
     assert config.grace_period_s == 2.5
     assert config.max_message_bytes == 1048576
+    assert config.decode_threads == 3
     chat, other = config.models
     assert chat.path == Path("/opt/models/chat") and chat.backend == "tensorrt"
     assert chat.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -95,6 +98,7 @@ BAD_CONFIGS = [
     ("listen: 'unix:'\n" + OK, 1, "listen: unix socket address"),
     (OK + "grace_period_s: -1\n", 2, "grace_period_s: expected a number"),
     (OK + "max_message_bytes: 10\n", 2, "max_message_bytes"),
+    (OK + "decode_threads: -1\n", 2, "decode_threads: expected an integer in [0, 256]"),
     (OK + "logging:\n  level: LOUD\n", 3, "logging.level: expected one of"),
     (OK + "logging:\n  format: xml\n", 3, "logging.format"),
     (OK + "logging:\n  colour: red\n", 3, "logging.colour: unknown key"),

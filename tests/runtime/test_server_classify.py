@@ -23,7 +23,9 @@ from runtime.client import EdgeClient, RemoteError
 from runtime.config import DaemonConfig, ModelConfig, parse_config
 from runtime.errors import ConfigError
 from runtime.proto.e2edge.v1 import runtime_pb2 as pb
+from runtime.server import classify_convert, classify_service
 from runtime.server.classify_convert import encoded_image, tensor_message
+from runtime.server.decode_pool import available_cores, decode_thread_count
 from runtime.server.in_process import DaemonThread
 from runtime.vision.engine import VisionEngine
 from runtime.vision.serving_config import BatchingConfig, ImageLimits
@@ -181,6 +183,27 @@ def test_32_concurrent_clients_get_exactly_their_own_answers(daemon, engine):
     assert all(answers[k].results[0].top[0].index == tops[k] for k in answers)
     batch_sizes = [a.stats.batch_size for a in answers.values()]
     assert max(batch_sizes) > 1, "32 clients arriving together were never batched"
+
+
+def test_images_decode_on_the_daemons_own_few_threads(package, monkeypatch):
+    """Not on asyncio's default executor (cpu_count + 4 threads fighting over the GIL)."""
+    decoders: set[str] = set()
+    real = classify_convert.prepare_images
+
+    def recording(*args):
+        decoders.add(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(classify_service, "prepare_images", recording)
+    config = DaemonConfig(listen="127.0.0.1:0", decode_threads=2,
+                          models=(ModelConfig("tiny", package),))
+    with DaemonThread(config, grace_s=0) as daemon, EdgeClient(daemon.target) as c:
+        for _ in range(8):
+            assert c.classify("tiny", [encoded_image(_png(_image()))]).results
+    assert decoders and all(name.startswith("e2edge-decode_") for name in decoders), decoders
+    assert len(decoders) <= 2
+    assert decode_thread_count(0) == max(1, available_cores() // 2)
+    assert decode_thread_count(3) == 3
 
 
 def test_limits_are_invalid_argument_naming_the_limit(client):
