@@ -20,7 +20,10 @@ Everything below is measured in one run and written into one JSON result:
   counted, STREAM copy); roofline tokens/s = bandwidth / bytes read per decoded
   token (every weight once: the package's weight bytes less the tables it only
   gathers one row from, such as an untied fp32 embedding); fraction_of_roofline of
-  each side.
+  each side. Decoding only reads, so the read ceiling is measured too: the rate a
+  BLAS matrix-vector product streams a matrix as large as the copy's buffer;
+  read_ceiling_tokens_per_s = that rate / bytes per token, and
+  fraction_of_read_ceiling of each side.
 - --streams 1,4,8: aggregate decode tokens/s of N concurrent Generate streams
   through a real `e2edge serve` child process, and each N's speed-up over 1.
 """
@@ -147,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
     from e2edge.bench.memory_bandwidth import (
         bytes_read_per_token,
         measure_copy_bandwidth,
+        measure_read_bandwidth,
         roofline_tokens_per_s,
     )
     from runtime.llm.tokenizer import Tokenizer
@@ -183,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
     if args.bandwidth_mib:
         bandwidth = measure_copy_bandwidth(args.threads, args.bandwidth_mib << 20)
         result["memory_bandwidth"] = bandwidth.to_json()
+        read = measure_read_bandwidth(args.threads, args.bandwidth_mib << 20)
+        result["read_bandwidth"] = read.to_json()
     result["e2edge"] = bench_runtime(args.package, ids, args.new_tokens, args.runs, args.threads)
     ours = result["e2edge"].pop("token_ids")
     result["e2edge"]["first_token_ids"] = ours[:GREEDY_COMPARED]
@@ -216,10 +222,15 @@ def run(args: argparse.Namespace) -> int:
                 roofline_tokens_per_s(bandwidth, weight_bytes), 1),
         }
         result["roofline_tokens_per_s"] = round(roofline, 1)
+        # What a decode that only streamed its weights could reach at the GEMV's read rate.
+        read_ceiling = roofline_tokens_per_s(read, per_token)
+        result["roofline"]["read_gb_s"] = read.to_json()["best_gb_s"]
+        result["read_ceiling_tokens_per_s"] = round(read_ceiling, 1)
         for side in ("e2edge", "ortgenai", "transformers_eager"):
             if side in result and "decode_tokens_per_s" in result[side]:
-                result[side]["fraction_of_roofline"] = round(
-                    result[side]["decode_tokens_per_s"] / roofline, 3)
+                decode = result[side]["decode_tokens_per_s"]
+                result[side]["fraction_of_roofline"] = round(decode / roofline, 3)
+                result[side]["fraction_of_read_ceiling"] = round(decode / read_ceiling, 3)
     if streams:
         result["streams"] = bench_streams(package.root, ids, args.new_tokens, args.runs,
                                           args.threads, streams)
@@ -236,13 +247,16 @@ def print_table(result: dict, out) -> None:
         ("e2edge", "e2edge"), ("ortgenai", "onnxruntime-genai"),
         ("transformers_eager", "transformers eager"),
     ) if key in result and "decode_tokens_per_s" in result[key]]
-    print(f"{'':20s} {'prefill tok/s':>14s} {'decode tok/s':>13s} {'of roofline':>12s}",
-          file=out)
+    print(f"{'':20s} {'prefill tok/s':>14s} {'decode tok/s':>13s} {'of roofline':>12s} "
+          f"{'of read ceiling':>16s}", file=out)
+
+    def share(fraction: float | None, width: int) -> str:
+        return f"{100 * fraction:{width - 1}.1f}%" if fraction is not None else "-".rjust(width)
+
     for name, r in rows:
-        fraction = r.get("fraction_of_roofline")
-        share = f"{100 * fraction:11.1f}%" if fraction is not None else f"{'-':>12s}"
         print(f"{name:20s} {r['prefill_tokens_per_s']:14.1f} {r['decode_tokens_per_s']:13.1f} "
-              f"{share}", file=out)
+              f"{share(r.get('fraction_of_roofline'), 12)} "
+              f"{share(r.get('fraction_of_read_ceiling'), 16)}", file=out)
     if "skipped" in result.get("ortgenai", {}):
         print(f"onnxruntime-genai skipped: {result['ortgenai']['skipped']}", file=out)
     if "greedy_tokens_match" in result.get("ortgenai", {}):
@@ -260,6 +274,9 @@ def print_table(result: dict, out) -> None:
         print(f"memory bandwidth {bw['best_gb_s']} GB/s (best, {bw['threads']}-thread copy, read "
               f"+ write) / {result['roofline']['bytes_per_token'] / 1e6:.1f} MB per token = "
               f"roofline {result['roofline_tokens_per_s']} tok/s", file=out)
+        print(f"read ceiling {result['roofline']['read_gb_s']} GB/s (best "
+              f"{result['read_bandwidth']['method'].split(' of ')[0]}) = "
+              f"{result['read_ceiling_tokens_per_s']} tok/s", file=out)
     for r in result.get("streams", {}).get("results", []):
         print(f"{r['streams']} concurrent stream(s) through the daemon: "
               f"{r['aggregate_tokens_per_s']} tok/s aggregate ({r['speedup_vs_1']}x of 1), "

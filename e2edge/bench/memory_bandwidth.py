@@ -19,6 +19,16 @@ copied byte is read once and written once, so one copy of B bytes moves 2 B. Aft
 a warm-up copy (it also takes the destination's page faults), the best and the
 median of a few timed copies are kept; the roofline uses the best, the highest rate
 this machine was seen to sustain.
+
+A copy is not what a decode step does: it only reads. The read ceiling is measured
+too, as the weight-streaming rate of the fastest matrix-vector product at hand (BLAS
+sgemv through torch, or numpy's when torch is absent) over a matrix as large as the
+copy's buffer: counted bytes = the matrix's, once. On the development VM a core
+sustains only so many cache misses in flight, so reading is slower than the copy's
+read + write count (2 cores: GEMV about 32 GB/s, copy about 45 GB/s; a hand-written
+AVX-512 read of 16 interleaved streams per core also reached 32 GB/s), and
+`read_ceiling_tokens_per_s` = read rate / bytes per token is what an fp32 decode
+could reach if it did nothing but stream its weights.
 """
 
 from __future__ import annotations
@@ -34,21 +44,24 @@ import numpy as np
 
 DEFAULT_BUFFER_BYTES = 1 << 30
 COUNTING = "read + write bytes (STREAM copy: each copied byte is read once and written once)"
+READ_COUNTING = "bytes of the matrix, each read once per product"
+GEMV_COLUMNS = 1024  # the matrix's row length; rows fill the buffer
 
 
 @dataclass(frozen=True)
 class Bandwidth:
     threads: int
-    buffer_bytes: int  # the copied source; the destination is as large
+    buffer_bytes: int  # the copied source (the destination is as large), or the matrix
     best_bytes_per_s: float
     median_bytes_per_s: float
     runs_bytes_per_s: tuple[float, ...]
+    method: str = ""
+    counted: str = COUNTING
 
     def to_json(self) -> dict:
         return {
-            "method": f"{self.threads}-thread np.copyto of a {self.buffer_bytes / 2**20:.0f} MiB "
-                      "buffer, one contiguous slice per thread, after one warm-up copy",
-            "counted": COUNTING,
+            "method": self.method,
+            "counted": self.counted,
             "threads": self.threads,
             "buffer_bytes": self.buffer_bytes,
             "best_gb_s": round(self.best_bytes_per_s / 1e9, 2),
@@ -88,7 +101,64 @@ def measure_copy_bandwidth(threads: int = 0, buffer_bytes: int = DEFAULT_BUFFER_
         rates = tuple(2 * buffer_bytes / timed_copy() for _ in range(repeats))
     if not np.array_equal(dst[:: 1 << 20], src[:: 1 << 20]):
         raise RuntimeError("the bandwidth copy did not copy the buffer")
-    return Bandwidth(threads, buffer_bytes, max(rates), statistics.median(rates), rates)
+    method = (f"{threads}-thread np.copyto of a {buffer_bytes / 2**20:.0f} MiB buffer, one "
+              "contiguous slice per thread, after one warm-up copy")
+    return Bandwidth(threads, buffer_bytes, max(rates), statistics.median(rates), rates, method)
+
+
+def measure_read_bandwidth(threads: int = 0, buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+                           repeats: int = 5) -> Bandwidth:
+    """The rate a matrix-vector product streams a `buffer_bytes` fp32 matrix (reads only).
+
+    torch's sgemv with `threads` threads when torch is installed (its thread count is
+    restored afterwards); otherwise numpy's BLAS with its own thread count.
+    """
+    threads = threads or os.cpu_count() or 1
+    rows = buffer_bytes // (4 * GEMV_COLUMNS)
+    if rows < threads or repeats < 1:
+        raise ValueError(f"need a matrix of at least {threads} rows and repeats >= 1, got "
+                         f"{buffer_bytes} bytes and {repeats} repeats")
+    matrix = np.ones((rows, GEMV_COLUMNS), dtype=np.float32)  # first touch maps the pages
+    vector = np.full(GEMV_COLUMNS, 0.5, dtype=np.float32)
+    try:
+        import torch
+    except ModuleNotFoundError:
+        torch = None
+    if torch is not None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        weights, x = torch.from_numpy(matrix), torch.from_numpy(vector)
+        out = torch.empty(rows)
+
+        def product() -> float:
+            torch.mv(weights, x, out=out)
+            return float(out[-1])
+
+        engine = f"{threads}-thread torch.mv (BLAS sgemv)"
+    else:
+        out_np = np.empty(rows, dtype=np.float32)
+
+        def product() -> float:
+            np.dot(matrix, vector, out=out_np)
+            return float(out_np[-1])
+
+        engine = "numpy np.dot (BLAS sgemv, its own thread count)"
+    try:
+        product()  # warm-up
+        rates = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            value = product()
+            rates.append(matrix.nbytes / (time.perf_counter() - start))
+    finally:
+        if torch is not None:
+            torch.set_num_threads(before)
+    if value != 0.5 * GEMV_COLUMNS:
+        raise RuntimeError(f"the bandwidth GEMV computed {value}, not {0.5 * GEMV_COLUMNS}")
+    method = (f"{engine} of a {matrix.nbytes / 2**20:.0f} MiB fp32 matrix "
+              f"({rows} x {GEMV_COLUMNS}) by a vector, after one warm-up product")
+    return Bandwidth(threads, matrix.nbytes, max(rates), statistics.median(rates),
+                     tuple(rates), method, READ_COUNTING)
 
 
 def bytes_read_per_token(onnx_path: str | Path, weight_bytes: int) -> tuple[int, list[dict]]:

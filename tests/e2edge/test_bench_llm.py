@@ -17,8 +17,10 @@ import pytest
 
 from e2edge.bench.llm_streams import parse_streams
 from e2edge.bench.memory_bandwidth import (
+    READ_COUNTING,
     bytes_read_per_token,
     measure_copy_bandwidth,
+    measure_read_bandwidth,
     roofline_tokens_per_s,
 )
 from e2edge.bench.ortgenai import (
@@ -79,6 +81,13 @@ def test_bench_llm_against_ortgenai_roofline_and_streams(tiny_llama_package,
         bandwidth["best_gb_s"] * 1e9 / roofline["bytes_per_token"], rel=1e-3)
     assert ours["fraction_of_roofline"] == pytest.approx(
         ours["decode_tokens_per_s"] / report["roofline_tokens_per_s"], abs=1e-3)
+    # The read ceiling: a GEMV's weight-streaming rate over the same bytes per token.
+    read = report["read_bandwidth"]
+    assert read["best_gb_s"] == roofline["read_gb_s"] and "read once" in read["counted"]
+    assert report["read_ceiling_tokens_per_s"] == pytest.approx(
+        read["best_gb_s"] * 1e9 / roofline["bytes_per_token"], rel=1e-3)
+    assert ours["fraction_of_read_ceiling"] == pytest.approx(
+        ours["decode_tokens_per_s"] / report["read_ceiling_tokens_per_s"], abs=1e-3)
 
     streams = report["streams"]
     assert streams["daemon"]["max_concurrent"] == 2
@@ -95,7 +104,7 @@ def test_bench_llm_against_ortgenai_roofline_and_streams(tiny_llama_package,
     assert again["ortgenai"]["model_dir"] == peer["model_dir"]
     assert again["ortgenai"]["greedy_tokens_match"] is True
     assert "streams" not in again and "roofline" not in again
-    assert "fraction_of_roofline" not in again["e2edge"]
+    assert "fraction_of_roofline" not in again["e2edge"] and "read_bandwidth" not in again
 
 
 def test_int4_build_uses_the_packages_block_size_and_accuracy_level(
@@ -173,6 +182,16 @@ def test_memory_bandwidth_is_a_plausible_rate():
         bandwidth.best_bytes_per_s / 1e9)
     with pytest.raises(ValueError):
         roofline_tokens_per_s(bandwidth, 0)
+
+
+def test_read_bandwidth_times_a_checked_gemv():
+    read = measure_read_bandwidth(threads=1, buffer_bytes=64 << 20, repeats=3)
+    assert read.threads == 1 and read.buffer_bytes == 64 << 20
+    assert len(read.runs_bytes_per_s) == 3
+    assert 0.5e9 < read.median_bytes_per_s <= read.best_bytes_per_s < 5e12
+    assert "sgemv" in read.method and read.to_json()["counted"] == READ_COUNTING
+    with pytest.raises(ValueError, match="rows"):
+        measure_read_bandwidth(threads=2, buffer_bytes=4096)
 
 
 def test_bytes_per_token_skip_all_but_one_row_of_gather_only_tables(tmp_path):
