@@ -18,6 +18,15 @@ round trip seen by the clients, the mean batch size the daemon ran, and its mean
 decode / queue / inference split. The goal (issue 6): batched throughput at 32
 clients >= 2x unbatched, and batched p99 < 4x p50 there.
 
+With --ceiling the same daemon also serves, batched and in the same alternating
+windows, a package that mirrors this one with a graph that does no work
+(e2edge/bench/null_vision_package.py; rows with batching "ceiling"): what the daemon
+serves with these images and clients when the model costs nothing, i.e. whether the
+model or the rest of each request (gRPC, decoding, hand-offs) limits throughput.
+It is not a strict bound: a free model also frees its worker at once, so its batches
+are smaller and the per-batch costs come more often (with 28 px PNGs on 2 cores the
+real model, batched, was served faster than its no-op twin).
+
 The daemon runs as `e2edge serve` in a child process on a unix socket (--daemon
 process, the default: clients and daemon do not share an interpreter) or on a
 thread of this process (--daemon thread).
@@ -39,7 +48,8 @@ from e2edge.bench.result_file import save_result
 
 GOAL_SPEEDUP = 2.0
 GOAL_P99_OVER_P50 = 4.0
-MODES = {"unbatched": "off", "batched": "on"}
+MODES = {"unbatched": "off", "batched": "on"}  # model name in the daemon -> batching
+CEILING = {"ceiling": "ceiling"}  # --ceiling: the no-op package, batched like "batched"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="onnxruntime threads per model (0 = all cores)")
     parser.add_argument("--daemon", choices=("process", "thread"), default="process")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also serve a no-op copy of the package, batched: what the "
+                             "daemon serves when the model costs nothing")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--out", help="also write the JSON result to this file")
 
@@ -93,11 +106,14 @@ def _images(package, npz: str | None, kind: str, count: int = 64) -> list:
 
 
 def _config_text(listen: str, package: Path, threads: int, max_batch: int,
-                 max_delay_ms: float) -> str:
+                 max_delay_ms: float, ceiling: Path | None = None) -> str:
     models = ""
     batched = f"{{max_batch: {max_batch}, max_delay_ms: {max_delay_ms}}}"
-    for name, batching in (("unbatched", "{max_batch: 1}"), ("batched", batched)):
-        models += (f"  - name: {name}\n    path: {json.dumps(str(package))}\n"
+    served = [("unbatched", package, "{max_batch: 1}"), ("batched", package, batched)]
+    if ceiling is not None:
+        served.append(("ceiling", ceiling, batched))
+    for name, path, batching in served:
+        models += (f"  - name: {name}\n    path: {json.dumps(str(path))}\n"
                    f"    threads: {threads}\n    max_queue: 256\n    batching: {batching}\n")
     return (f"listen: {listen}\ngrace_period_s: 0\nlogging: {{level: WARNING}}\n"
             f"power: {{source: none}}\nmodels:\n{models}")
@@ -122,8 +138,8 @@ def _daemon(mode: str, text: str) -> Iterator[str]:
 
 
 def _measure(target: str, images: list, clients: int, rounds: int, window_s: float,
-             warmup_s: float) -> dict[str, dict]:
-    """Both models at `clients` closed-loop clients, alternating windows; stats per model.
+             warmup_s: float, models: tuple[str, ...] = tuple(MODES)) -> dict[str, dict]:
+    """Each model at `clients` closed-loop clients, alternating windows; stats per model.
 
     The clients are coroutines of one grpc.aio event loop, each with its own channel:
     far cheaper than a thread per client, so the client side stays a small part of
@@ -157,11 +173,11 @@ def _measure(target: str, images: list, clients: int, rounds: int, window_s: flo
         try:
             stubs = [pb_grpc.EdgeRuntimeStub(channel) for channel in channels]
             await asyncio.gather(*(stub.ListModels(pb.ListModelsRequest()) for stub in stubs))
-            for model in MODES:
+            for model in models:
                 await closed_loop(stubs, model, warmup_s)
-            timed: dict[str, list] = {model: [] for model in MODES}
+            timed: dict[str, list] = {model: [] for model in models}
             for _ in range(rounds):
-                for model in MODES:
+                for model in models:
                     timed[model] += await closed_loop(stubs, model, window_s)
             return timed
         finally:
@@ -207,20 +223,30 @@ def bench_serve_vit(args: argparse.Namespace) -> dict:
     if package.kind != "vision":
         raise ValueError(f"{path}: kind {package.kind!r}; serve-vit needs a vision package")
     images = _images(package, args.images, args.input)
-    text = _config_text("LISTEN", path, args.threads, args.max_batch, args.max_delay_ms)
+    sides = {**MODES, **(CEILING if args.ceiling else {})}
     results = []
-    with _daemon(args.daemon, text) as target:
+    with contextlib.ExitStack() as stack:
+        null = None
+        if args.ceiling:
+            from e2edge.bench.null_vision_package import write_null_package
+
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="e2edge-null-")))
+            null = write_null_package(package, tmp / "null")
+        text = _config_text("LISTEN", path, args.threads, args.max_batch, args.max_delay_ms,
+                            null)
+        target = stack.enter_context(_daemon(args.daemon, text))
         with EdgeClient(target) as client:
             for info in client.wait_loaded(timeout_s=120):
                 if info.error:
-                    raise RuntimeError(f"the daemon could not load {path}: {info.error}")
+                    raise RuntimeError(f"the daemon could not load {info.name} ({path}): "
+                                       f"{info.error}")
         for clients in client_counts:
             rows = _measure(target, images, clients, args.rounds,
-                            args.duration / args.rounds, args.warmup)
-            for model, batching in MODES.items():
+                            args.duration / args.rounds, args.warmup, tuple(sides))
+            for model, batching in sides.items():
                 row = rows[model]
                 results.append({"batching": batching, "clients": clients, **row})
-                print(f"  batching {batching:3} {clients:3} clients: {row['images_per_s']:8.1f} "
+                print(f"  batching {batching:7} {clients:3} clients: {row['images_per_s']:8.1f} "
                       f"img/s  p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  "
                       f"batch {row['mean_batch']:5.2f}", file=sys.stderr, flush=True)
     result = {
@@ -250,6 +276,10 @@ def bench_serve_vit(args: argparse.Namespace) -> dict:
         "meets_speedup": speedup >= GOAL_SPEEDUP,
         "meets_tail": tail < GOAL_P99_OVER_P50,
     }
+    if args.ceiling:
+        ceiling = by["ceiling", top]["images_per_s"]
+        result["goal"]["ceiling_images_per_s"] = ceiling
+        result["goal"]["ceiling_over_unbatched"] = round(ceiling / off["images_per_s"], 3)
     return result
 
 
@@ -270,6 +300,10 @@ def format_result(result: dict) -> str:
         f"({'meets' if g['meets_speedup'] else 'misses'} the {GOAL_SPEEDUP:g}x goal); batched "
         f"p99/p50 {g['batched_p99_over_p50']:.2f} ({'meets' if g['meets_tail'] else 'misses'} "
         f"the < {GOAL_P99_OVER_P50:g} goal)")
+    if "ceiling_over_unbatched" in g:
+        lines.append(
+            f"  the same daemon with a no-op model, batched: {g['ceiling_images_per_s']:.1f} "
+            f"images/s = {g['ceiling_over_unbatched']:.2f}x unbatched")
     return "\n".join(lines)
 
 

@@ -137,7 +137,9 @@ def _decode_pillow(data: bytes, fmt: str, limits: ImageLimits, field: str) -> np
         raise ImageError(field, f"cannot decode {name}: {_reason(e)}") from None
     check_pixels(image.width, image.height, limits, field)
     try:
-        image = ImageOps.exif_transpose(image)  # camera JPEGs: rotate as the camera meant
+        # Camera JPEGs: rotate as the camera meant. In place: without an orientation
+        # tag the copy it would return is a fifth of a small PNG's decoding time.
+        ImageOps.exif_transpose(image, in_place=True)
         return _pillow_pixels(image, field)
     except ImageError:
         raise

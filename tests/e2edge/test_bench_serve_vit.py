@@ -19,14 +19,14 @@ def test_bench_serve_vit_reports_both_sides_at_each_client_count(tmp_path_factor
         [sys.executable, "-m", "e2edge.cli", "bench", "serve-vit", "--package", str(package),
          "--clients", "1,6", "--duration", "0.4", "--rounds", "2", "--warmup", "0.1",
          "--max-batch", "4", "--max-delay-ms", "3", "--input", "tensor", "--threads", "1",
-         "--out", str(out)],
+         "--ceiling", "--out", str(out)],
         capture_output=True, text=True, timeout=100,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert report["package_name"] == "tiny-vision" and report["input"] == "tensor"
     rows = {(r["batching"], r["clients"]): r for r in report["results"]}
-    assert set(rows) == {("off", 1), ("on", 1), ("off", 6), ("on", 6)}
+    assert set(rows) == {(b, c) for b in ("off", "on", "ceiling") for c in (1, 6)}
     for (batching, clients), row in rows.items():
         assert row["images_per_s"] == pytest.approx(row["requests"] / 0.4, rel=1e-3)
         assert 0 < row["p50_ms"] <= row["p99_ms"]
@@ -40,4 +40,31 @@ def test_bench_serve_vit_reports_both_sides_at_each_client_count(tmp_path_factor
     assert goal["speedup"] == pytest.approx(
         rows["on", 6]["images_per_s"] / rows["off", 6]["images_per_s"], rel=1e-2)
     assert goal["meets_speedup"] == (goal["speedup"] >= 2.0)
-    assert "batched/unbatched throughput" in result.stdout
+    # The ceiling: the no-op twin, batched, in the same windows; it batches too.
+    assert rows["ceiling", 6]["mean_batch"] > 1.0
+    assert goal["ceiling_images_per_s"] == rows["ceiling", 6]["images_per_s"]
+    assert goal["ceiling_over_unbatched"] == pytest.approx(
+        goal["ceiling_images_per_s"] / rows["off", 6]["images_per_s"], rel=1e-2)
+    assert "batched/unbatched throughput" in result.stdout and "ceiling" in result.stdout
+
+
+def test_the_null_package_mirrors_the_real_one_and_answers_uniformly(tmp_path_factory,
+                                                                      tmp_path):
+    import numpy as np
+
+    from e2edge.bench.null_vision_package import write_null_package
+    from runtime.package import load_package
+    from runtime.vision.engine import VisionEngine
+
+    real = load_package(tiny_vision_package(tmp_path_factory))
+    null = load_package(write_null_package(real, tmp_path / "null"))  # checksums verified
+    assert null.kind == "vision" and null.name == "tiny-vision-null"
+    for key in ("io", "preprocessing", "n_classes"):
+        assert null.manifest[key] == real.manifest[key]
+    assert "quantization" not in null.manifest
+    engine, twin = VisionEngine(real), VisionEngine(null)
+    assert twin.labels == engine.labels
+    images = np.random.default_rng(0).integers(0, 256, (5, 12, 12, 3), dtype=np.uint8)
+    probabilities = twin.probabilities(images)
+    assert probabilities.shape == engine.probabilities(images).shape
+    np.testing.assert_allclose(probabilities, 1 / len(engine.labels), rtol=1e-6)
