@@ -25,8 +25,8 @@ too, as the weight-streaming rate of the fastest matrix-vector product at hand (
 sgemv through torch, or numpy's when torch is absent) over a matrix as large as the
 copy's buffer: counted bytes = the matrix's, once. On the development VM a core
 sustains only so many cache misses in flight, so reading is slower than the copy's
-read + write count (2 cores: GEMV about 32 GB/s, copy about 45 GB/s; a hand-written
-AVX-512 read of 16 interleaved streams per core also reached 32 GB/s), and
+read + write count (2 cores: GEMV 29-32 GB/s, copy 43-47 GB/s; a hand-written
+AVX-512 read of 16 interleaved streams per core reached 31-32 GB/s), and
 `read_ceiling_tokens_per_s` = read rate / bytes per token is what an fp32 decode
 could reach if it did nothing but stream its weights.
 """

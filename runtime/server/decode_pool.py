@@ -4,10 +4,11 @@ Decoding and preprocessing (Pillow, pydicom, numpy) run off the event loop, but 
 on asyncio's default executor: that one has up to cpu_count + 4 threads, and on a
 small board a small image's decode is mostly Python, so those threads mainly fight
 over the GIL with the event loop and the models' workers. Measured on a 2-core VM
-(28 px PNGs, 32 clients, `bench serve-vit`): 6 decoding threads gave 722 / 1,010
-images/s unbatched / batched, 1 thread 790 / 1,134, 2 threads 680 / 1,026. Pillow and
-large numpy operations release the GIL, so boards with more cores still decode big
-images in parallel with `decode_threads` > 1.
+(28 px PNGs, 32 clients, `bench serve-vit`, three alternating runs each): 6 decoding
+threads 667-689 / 935-980 images/s unbatched / batched, 1 thread 761-784 / 1,074-1,103
+(2 threads, one run: no better than 6). Pillow and large numpy operations release the
+GIL, so boards with more cores still decode big images in parallel with
+`decode_threads` > 1.
 """
 
 from __future__ import annotations
