@@ -99,18 +99,27 @@ def _models_yaml(**models: tuple[Path, int]) -> str:
 
 
 class Streams:
-    """Long generations on one model from background threads; what each one got."""
+    """Long generations on one model from background threads; what each one got.
 
-    def __init__(self, target: str, model: str, count: int):
+    Every thread connects first and then waits at `together` (shared by all the
+    streams of a test), so all the requests reach the daemon at once: sent one by
+    one, the first could finish on a fast machine before the last had arrived, and
+    the daemon would never hold them all at the same time.
+    """
+
+    def __init__(self, target: str, model: str, count: int, together: threading.Barrier):
         self.results: list[tuple[int, int] | RemoteError] = []  # (finish_reason, tokens)
         self.started = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(target, model))
+        self.count = count
+        self._threads = [threading.Thread(target=self._run, args=(target, model, together))
                          for _ in range(count)]
         for thread in self._threads:
             thread.start()
 
-    def _run(self, target: str, model: str) -> None:
+    def _run(self, target: str, model: str, together: threading.Barrier) -> None:
         with EdgeClient(target) as client:
+            client.list_models()  # connected before the barrier
+            together.wait(30)
             try:
                 tokens, last = 0, None
                 for last in client.generate(model, "To be", max_new_tokens=STREAM_TOKENS,
@@ -127,20 +136,27 @@ class Streams:
         return self.results
 
 
-def _wait_admitted(target: str, counts: dict[str, int], timeout_s: float = 30) -> None:
-    """Block until the daemon holds every stream (running or queued) of each model.
+def _wait_admitted(target: str, streams: dict[str, Streams], timeout_s: float = 30) -> None:
+    """Block until every stream of each model has reached the daemon, some still held.
 
     A stream whose RPC has not reached the daemon when the reload lands is a new request
     for a removed model, so NOT_FOUND would be right for it: wait until none is in flight.
+    A stream has arrived when the daemon holds it (running or queued) or it has ended;
+    the ended ones are counted before the daemon is asked, so none is counted twice.
     """
     deadline = time.monotonic() + timeout_s
     with EdgeClient(target) as client:
         while time.monotonic() < deadline:
+            ended = {name: len(s.results) for name, s in streams.items()}
             held = {m.name: m.active_requests + m.queued_requests for m in client.list_models()}
-            if all(held.get(name, 0) >= count for name, count in counts.items()):
+            if all(held.get(name, 0) + ended[name] >= s.count
+                   for name, s in streams.items()):
+                assert all(held.get(name, 0) > 0 for name in streams), (
+                    f"every stream of a model ended before the reload: held {held}, "
+                    f"ended {ended}")
                 return
             time.sleep(0.02)
-    raise AssertionError(f"the daemon did not admit {counts} streams: holds {held}")
+    raise AssertionError(f"not every stream reached the daemon: held {held}, ended {ended}")
 
 
 def test_reload_adds_removes_and_swaps_models_without_cutting_streams(
@@ -153,10 +169,11 @@ def test_reload_adds_removes_and_swaps_models_without_cutting_streams(
                    env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
     with EdgeClient(daemon.target) as client:
         client.wait_loaded(60)
-    steady = Streams(daemon.target, "steady", 6)
-    leaving = Streams(daemon.target, "leaving", 6)
+    together = threading.Barrier(12)
+    steady = Streams(daemon.target, "steady", 6, together)
+    leaving = Streams(daemon.target, "leaving", 6, together)
     assert steady.started.wait(30) and leaving.started.wait(30)
-    _wait_admitted(daemon.target, {"steady": 6, "leaving": 6})
+    _wait_admitted(daemon.target, {"steady": steady, "leaving": leaving})
 
     hammer_codes: list[str] = []
     hammering = threading.Event()
