@@ -114,7 +114,9 @@ def input_tensors(request: kpb.ModelInferRequest, max_bytes: int) -> dict[str, n
         shape = _shape(tensor, field)
         count = math.prod(shape)
         dtype, contents_field = DATATYPES[tensor.datatype]
-        if count * (dtype.itemsize if dtype is not None else 4) > max_bytes:
+        # An empty tensor's other sizes count too: numpy refuses shapes past its index range.
+        extent = math.prod(d for d in shape if d)
+        if max(count, extent) * (dtype.itemsize if dtype is not None else 4) > max_bytes:
             raise InvalidRequest(f"{field}.shape", f"{list(shape)} exceeds the "
                                                    f"{max_bytes}-byte limit")
         contents = getattr(tensor.contents, contents_field)

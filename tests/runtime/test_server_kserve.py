@@ -240,3 +240,17 @@ def test_vision_package_takes_pixels_or_png_and_returns_probabilities(tmp_path):
     assert out["top"][0].split(":")[1:] == [str(best), str(best)]
     assert out["metadata"]["platform"] == "e2edge_vision"
     assert out["bad_image"]["status"] == "StatusCode.INVALID_ARGUMENT"
+
+
+@pytest.mark.parametrize("shape", [[0, 2**33, 2**33], [2**33, 2**33, 0], [0, 2**40]])
+def test_an_empty_tensor_with_huge_sizes_is_invalid_not_a_crash(shape):
+    from runtime.errors import InvalidRequest
+    from runtime.proto.kserve import grpc_service_pb2 as kpb
+    from runtime.server import kserve_convert
+
+    request = kpb.ModelInferRequest(model_name="demo")
+    request.inputs.add(name="text_input", datatype="BOOL", shape=shape)
+    with pytest.raises(InvalidRequest, match="byte limit"):
+        kserve_convert.input_tensors(request, max_bytes=1 << 24)
+    request.inputs[0].shape[:] = [0, 3]  # a plain empty tensor is still read
+    assert kserve_convert.input_tensors(request, max_bytes=1 << 24)["text_input"].shape == (0, 3)
