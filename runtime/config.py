@@ -4,6 +4,7 @@
     grace_period_s: 10             # SIGTERM: in-flight streams get this long to finish
     max_message_bytes: 16777216    # gRPC send and receive limit
     decode_threads: 0              # image decoding threads; 0 = half the cores, at least 1
+    decode_inline_max_pixels: 16384  # requests this small decode on the event loop; 0 = never
     models:                        # at least one; everything but name and path defaults
       - name: demo
         path: ../artifacts/demo-llm    # relative paths start at this file's folder
@@ -46,6 +47,7 @@ from runtime.errors import ConfigError
 from runtime.power.config import PowerConfig
 from runtime.repository import RepositoryConfig
 from runtime.security_config import AuthConfig, TLSConfig
+from runtime.server.decode_pool import DEFAULT_INLINE_MAX_PIXELS
 from runtime.vision.serving_config import MAX_DELAY_MS_LIMIT, BatchingConfig, ImageLimits
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -96,6 +98,7 @@ class DaemonConfig:
     grace_period_s: float = DEFAULT_GRACE_PERIOD_S
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     decode_threads: int = 0  # 0: half the cores (runtime/server/decode_pool.py)
+    decode_inline_max_pixels: int = DEFAULT_INLINE_MAX_PIXELS  # 0: always on a thread
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     power: PowerConfig | None = None  # None: the file has no power section
     metrics: MetricsConfig | None = None  # None: no metrics endpoint
@@ -406,6 +409,8 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
             DEFAULT_MAX_MESSAGE_BYTES,
         ),
         decode_threads=top.take("decode_threads", _int_at_least(0, 256), 0),
+        decode_inline_max_pixels=top.take("decode_inline_max_pixels", _int_at_least(0),
+                                          DEFAULT_INLINE_MAX_PIXELS),
         models=_models(top, base_dir or Path.cwd()),
         logging=_logging(top),
         power=_power(top),

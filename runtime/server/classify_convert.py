@@ -13,7 +13,7 @@ import numpy as np
 
 from runtime.errors import InvalidRequest
 from runtime.proto.e2edge.v1 import runtime_pb2 as pb
-from runtime.vision.decode import check_bytes, decode_image, tensor_image
+from runtime.vision.decode import check_bytes, decode_cost_pixels, decode_image, tensor_image
 from runtime.vision.serving_config import ImageLimits
 
 FORMATS = {
@@ -40,6 +40,22 @@ def check_images(images: Sequence[pb.Image], limits: ImageLimits) -> None:
             raise InvalidRequest(f"images[{i}]", "set encoded or tensor")
         data = image.encoded.data if which == "encoded" else image.tensor.data
         check_bytes(len(data), limits, f"images[{i}]")
+
+
+def request_pixels(images: Sequence[pb.Image]) -> int | None:
+    """Pixels the request's images declare (headers, tensor shapes); None: not known cheaply."""
+    total = 0
+    for image in images:
+        if image.WhichOneof("source") == "encoded":
+            pixels = decode_cost_pixels(image.encoded.data)
+        elif len(image.tensor.shape) in (2, 3):
+            pixels = image.tensor.shape[0] * image.tensor.shape[1]
+        else:
+            pixels = None  # malformed: the decoding thread reports it
+        if pixels is None:
+            return None
+        total += pixels
+    return total
 
 
 def image_pixels(image: pb.Image, limits: ImageLimits, field: str) -> np.ndarray:

@@ -3,9 +3,9 @@
 How one request flows:
 1. Checked before it costs anything: model (READY, vision), top_k, the image count
    and each image's byte size against the model's limits.
-2. Its images are decoded and preprocessed on one of the daemon's decoding threads
-   (decode_s; runtime/server/decode_pool.py), so decoding overlaps the model running
-   other batches.
+2. Its images are decoded and preprocessed (decode_s): on the event loop when they
+   are small, else on one of the daemon's decoding threads, so decoding overlaps the
+   model running other batches (runtime/server/decode_pool.py).
 3. Its (n, C, S, S) pixels join the model's Batcher (runtime/server/batcher.py),
    which runs them with other requests' on one of the model's worker threads
    (queue_s: waiting for the batch to start; inference_s: the batch's run).
@@ -28,7 +28,6 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import grpc
@@ -37,7 +36,13 @@ from runtime.errors import InvalidRequest
 from runtime.power.energy import EnergyReport
 from runtime.proto.e2edge.v1 import runtime_pb2 as pb
 from runtime.server import convert
-from runtime.server.classify_convert import check_images, classifications, prepare_images
+from runtime.server.classify_convert import (
+    check_images,
+    classifications,
+    prepare_images,
+    request_pixels,
+)
+from runtime.server.decode_pool import ImageDecoding
 from runtime.server.energy_accounting import EnergyAccounting, energy_to_proto
 from runtime.server.errors import FIELD_METADATA_KEY, Draining, abort_recorded, status_for
 from runtime.server.model_registry import ModelRegistry
@@ -76,7 +81,7 @@ class ClassifyServicer:
     registry: ModelRegistry
     draining: bool
     energy: EnergyAccounting | None
-    decode_executor: Executor | None
+    decoding: ImageDecoding
 
     async def Classify(
         self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
@@ -166,10 +171,10 @@ class ClassifyServicer:
         check_images(request.images, model.limits)
         call.images = len(request.images)
 
-        loop = asyncio.get_running_loop()
         decode_started = time.monotonic()
-        pixels = await loop.run_in_executor(  # (n, C, S, S) float32
-            self.decode_executor, prepare_images, request.images, model.limits, model.preprocess)
+        pixels = await self.decoding.run(  # (n, C, S, S) float32
+            request_pixels(request.images), prepare_images, request.images, model.limits,
+            model.preprocess)
         decode_s = time.monotonic() - decode_started
 
         window = self._energy_window if self.energy is not None else None

@@ -22,7 +22,6 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import grpc
@@ -34,6 +33,7 @@ from runtime.proto.e2edge.v1 import runtime_pb2 as pb
 from runtime.proto.e2edge.v1 import runtime_pb2_grpc as pb_grpc
 from runtime.server import convert, power_watch
 from runtime.server.classify_service import ClassifyServicer
+from runtime.server.decode_pool import ImageDecoding
 from runtime.server.energy_accounting import EnergyAccounting, fill_generation_energy
 from runtime.server.errors import DeadlineExceeded, Draining, abort_recorded
 from runtime.server.model_registry import ModelEntry, ModelRegistry
@@ -108,10 +108,10 @@ class EdgeRuntimeServicer(ClassifyServicer, pb_grpc.EdgeRuntimeServicer):
     """Generate, the model list and power here; Classify and ClassifyStream from the mixin."""
 
     def __init__(self, registry: ModelRegistry, energy: EnergyAccounting | None = None,
-                 decode_executor: Executor | None = None):
+                 decoding: ImageDecoding | None = None):
         self.registry = registry
         self.energy = energy  # power source, per-request energy, metrics (None: none of them)
-        self.decode_executor = decode_executor  # Classify's decoding (None: asyncio's default)
+        self.decoding = decoding or ImageDecoding()  # where Classify decodes its images
         self.draining = False  # set at shutdown: new requests are refused with UNAVAILABLE
 
     async def Generate(

@@ -435,7 +435,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         from runtime.server.kserve_vision import classify
 
         response = self._response(entry, request)
-        await classify(entry, request, tensors, response, stats, self.daemon.decode_executor)
+        await classify(entry, request, tensors, response, stats, self.daemon.decoding)
         emit(response)
 
     # ---- plumbing ------------------------------------------------------------------

@@ -6,22 +6,21 @@ One input (KServe datatype -> what it holds):
     FP32   the same shapes, pixels in [0, 1]
 Output `probabilities` FP32 [n, classes], or with the requested output parameter
 `classification: k` Triton's classification extension: BYTES [n, k] "score:index:label",
-most likely first. Decoding runs on the daemon's decoding threads; the model runs
-through the model's batcher on its worker threads, exactly as Classify does.
+most likely first. Images are decoded where Classify decodes them (small ones on the
+event loop, others on the daemon's decoding threads); the model runs through the
+model's batcher on its worker threads, exactly as Classify does.
 """
 
 from __future__ import annotations
-
-import asyncio
-from concurrent.futures import Executor
 
 import numpy as np
 
 from runtime.errors import InvalidRequest
 from runtime.proto.kserve import grpc_service_pb2 as kpb
 from runtime.server import kserve_convert as kc
+from runtime.server.decode_pool import ImageDecoding
 from runtime.server.vision_model import VisionModel
-from runtime.vision.decode import decode_image, tensor_image
+from runtime.vision.decode import decode_cost_pixels, decode_image, tensor_image
 
 OUTPUT = "probabilities"
 TENSOR_DTYPES = {np.dtype("<u1"): "uint8", np.dtype("<f4"): "float32"}
@@ -90,9 +89,25 @@ def _classes_requested(request: kpb.ModelInferRequest, n_classes: int) -> int | 
     return k
 
 
+def tensor_pixels(tensor: np.ndarray) -> int | None:
+    """Pixels the request tensor holds or its encoded images declare; None: not known cheaply."""
+    if tensor.dtype != object:
+        if tensor.ndim not in (2, 3, 4):
+            return None  # malformed: the decoding thread reports it
+        images = tensor.shape[0] if tensor.ndim == 4 else 1
+        height, width = tensor.shape[-3:-1] if tensor.ndim == 4 else tensor.shape[:2]
+        return images * height * width
+    total = 0
+    for data in tensor.reshape(-1):
+        pixels = decode_cost_pixels(data) if isinstance(data, bytes) else None
+        if pixels is None:
+            return None
+        total += pixels
+    return total
+
+
 async def classify(entry, request: kpb.ModelInferRequest, tensors: dict[str, np.ndarray],
-                   response: kpb.ModelInferResponse, stats,
-                   decode_executor: Executor | None = None) -> None:
+                   response: kpb.ModelInferResponse, stats, decoding: ImageDecoding) -> None:
     model = entry.engine
     if not isinstance(model, VisionModel):
         raise InvalidRequest("model_name", f"{entry.name!r} cannot classify images")
@@ -101,8 +116,7 @@ async def classify(entry, request: kpb.ModelInferRequest, tensors: dict[str, np.
                                        f"{len(tensors)}")
     (name, tensor), = tensors.items()
     top_k = _classes_requested(request, len(model.labels))
-    loop = asyncio.get_running_loop()
-    pixels = await loop.run_in_executor(decode_executor, prepare, tensor, model, f"inputs ({name})")
+    pixels = await decoding.run(tensor_pixels(tensor), prepare, tensor, model, f"inputs ({name})")
     result = await model.batcher_on(entry.executor).submit(pixels)
     stats.queue.add(result.queue_s)
     stats.compute_infer.add(result.run_s)

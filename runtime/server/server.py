@@ -32,7 +32,7 @@ from runtime.power.config import PowerConfig
 from runtime.proto.e2edge.v1 import runtime_pb2 as pb
 from runtime.proto.e2edge.v1 import runtime_pb2_grpc as pb_grpc
 from runtime.server import kserve_service
-from runtime.server.decode_pool import decode_pool
+from runtime.server.decode_pool import ImageDecoding
 from runtime.server.energy_accounting import EnergyAccounting
 from runtime.server.generate_service import EdgeRuntimeServicer
 from runtime.server.model_registry import ModelEntry, ModelRegistry, ModelState
@@ -88,9 +88,9 @@ class Daemon:
         # Power source (default auto), per-request energy and the metrics endpoint.
         self.energy = EnergyAccounting(config.power or PowerConfig(), config.metrics,
                                        is_model=lambda name: name in self.registry.entries)
-        # Classify's and KServe's image decoding, off the event loop (few threads: see there).
-        self.decode_executor = decode_pool(config.decode_threads)
-        self.servicer = EdgeRuntimeServicer(self.registry, self.energy, self.decode_executor)
+        # Classify's and KServe's image decoding: small ones on the loop, others on a thread.
+        self.decoding = ImageDecoding(config.decode_threads, config.decode_inline_max_pixels)
+        self.servicer = EdgeRuntimeServicer(self.registry, self.energy, self.decoding)
         self.health = health.aio.HealthServicer()
         self.auth = token_auth(config.auth)  # bearer tokens (off without `auth:`)
         # Auth first (a refused call is never parsed), then parsing: bad bytes -> INVALID_ARGUMENT.
@@ -166,7 +166,7 @@ class Daemon:
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()  # a load running on a thread finishes there, unused
         self.registry.close()
-        self.decode_executor.shutdown(wait=False)
+        self.decoding.close()
         await self.energy.stop()
         log.info("stopped")
 

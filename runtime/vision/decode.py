@@ -2,6 +2,8 @@
 
     decode_image(data, limits, fmt=None)          PNG / JPEG / DICOM bytes
     tensor_image(dtype, shape, data, limits)      raw pixels: uint8 0-255 or float32 0-1
+    declared_pixels(data)                         width x height a PNG / JPEG header says
+    decode_cost_pixels(data)                      the same, when the byte count fits it
     -> uint8 or float32 in [0, 1], (H, W) grey or (H, W, C) with C in 1, 3, 4
 
 Formats come from the first bytes (PNG signature, JPEG SOI marker, "DICM" at byte
@@ -47,6 +49,11 @@ DEFLATED_SYNTAX = b"1.2.840.10008.1.2.1.99"
 TENSOR_DTYPES = {"uint8": np.dtype(np.uint8), "float32": np.dtype("<f4")}
 
 
+JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers
+JPEG_STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD9)])  # no length field
+JPEG_HEADER_SCAN_BYTES = 1 << 16  # EXIF and ICC segments before the frame header
+
+
 class ImageError(InvalidRequest):
     """An image that cannot be used; `field` names it, e.g. images[2]."""
 
@@ -60,6 +67,51 @@ def detect_format(data: bytes) -> str | None:
     if data[DICOM_PREFIX_AT:DICOM_PREFIX_AT + len(DICOM_PREFIX)] == DICOM_PREFIX:
         return "dicom"
     return None
+
+
+def declared_pixels(data: bytes) -> int | None:
+    """Width x height from a PNG or JPEG header, without Pillow and without decoding.
+
+    For deciding where to decode (the event loop takes small images itself); None
+    when the bytes are neither or the header is not where it should be. Not a check:
+    decode_image checks the same header, and the limits, again.
+    """
+    if data.startswith(PNG_SIGNATURE) and data[12:16] == b"IHDR" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])  # IHDR is always the first chunk
+        return width * height
+    if not data.startswith(JPEG_SOI):
+        return None
+    at, end = 2, min(len(data), JPEG_HEADER_SCAN_BYTES)
+    while at + 4 <= end:
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            at += 1
+        elif marker in JPEG_STANDALONE_MARKERS:
+            at += 2
+        elif marker in JPEG_SOF_MARKERS:
+            if at + 9 > len(data):
+                return None
+            height, width = struct.unpack(">HH", data[at + 5:at + 9])
+            return width * height
+        else:
+            at += 2 + struct.unpack(">H", data[at + 2:at + 4])[0]
+    return None
+
+
+def decode_cost_pixels(data: bytes) -> int | None:
+    """The pixels to budget for decoding `data`: its header's, if its size is plausible.
+
+    A header can declare a tiny image in front of megabytes of other chunks or
+    segments, which the decoder still walks through; so the declared size stands for
+    the work only when the bytes could encode that many pixels (at most 8 per pixel,
+    16-bit RGBA stored uncompressed, plus 1 KiB of headers). None otherwise.
+    """
+    pixels = declared_pixels(data)
+    if pixels is None or len(data) > 8 * pixels + 1024:
+        return None
+    return pixels
 
 
 def check_pixels(width: int, height: int, limits: ImageLimits, field: str) -> None:

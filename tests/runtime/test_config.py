@@ -34,6 +34,7 @@ def test_minimal_file_takes_every_default(tmp_path):
     assert config.grace_period_s == DEFAULT_GRACE_PERIOD_S
     assert config.max_message_bytes == DEFAULT_MAX_MESSAGE_BYTES
     assert config.decode_threads == 0  # half the cores, at least one
+    assert config.decode_inline_max_pixels == 128 * 128
     assert config.logging.level == "INFO" and config.logging.format == "text"
     (model,) = config.models
     assert model.name == "demo"
@@ -48,6 +49,7 @@ def test_every_key_is_read(tmp_path):
         grace_period_s: 2.5
         max_message_bytes: 1048576
         decode_threads: 3
+        decode_inline_max_pixels: 0
         models:
           - name: chat-1.0
             path: /opt/models/chat
@@ -66,7 +68,7 @@ def test_every_key_is_read(tmp_path):
     assert config.listen == "unix:/run/e2edge/e2edge.sock"
     assert config.grace_period_s == 2.5
     assert config.max_message_bytes == 1048576
-    assert config.decode_threads == 3
+    assert config.decode_threads == 3 and config.decode_inline_max_pixels == 0
     chat, other = config.models
     assert chat.path == Path("/opt/models/chat") and chat.backend == "tensorrt"
     assert chat.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -99,6 +101,7 @@ BAD_CONFIGS = [
     (OK + "grace_period_s: -1\n", 2, "grace_period_s: expected a number"),
     (OK + "max_message_bytes: 10\n", 2, "max_message_bytes"),
     (OK + "decode_threads: -1\n", 2, "decode_threads: expected an integer in [0, 256]"),
+    (OK + "decode_inline_max_pixels: lots\n", 2, "decode_inline_max_pixels: expected an integer"),
     (OK + "logging:\n  level: LOUD\n", 3, "logging.level: expected one of"),
     (OK + "logging:\n  format: xml\n", 3, "logging.format"),
     (OK + "logging:\n  colour: red\n", 3, "logging.colour: unknown key"),

@@ -24,7 +24,7 @@ from runtime.config import DaemonConfig, ModelConfig, parse_config
 from runtime.errors import ConfigError
 from runtime.proto.e2edge.v1 import runtime_pb2 as pb
 from runtime.server import classify_convert, classify_service
-from runtime.server.classify_convert import encoded_image, tensor_message
+from runtime.server.classify_convert import encoded_image, request_pixels, tensor_message
 from runtime.server.decode_pool import available_cores, decode_thread_count
 from runtime.server.in_process import DaemonThread
 from runtime.vision.engine import VisionEngine
@@ -185,23 +185,31 @@ def test_32_concurrent_clients_get_exactly_their_own_answers(daemon, engine):
     assert max(batch_sizes) > 1, "32 clients arriving together were never batched"
 
 
-def test_images_decode_on_the_daemons_own_few_threads(package, monkeypatch):
+def test_small_images_decode_on_the_loop_and_large_ones_on_the_few_decoding_threads(
+        package, monkeypatch):
     """Not on asyncio's default executor (cpu_count + 4 threads fighting over the GIL)."""
-    decoders: set[str] = set()
+    decoders: list[tuple[int, str]] = []
     real = classify_convert.prepare_images
 
-    def recording(*args):
-        decoders.add(threading.current_thread().name)
-        return real(*args)
+    def recording(images, *args):
+        decoders.append((len(images), threading.current_thread().name))
+        return real(images, *args)
 
     monkeypatch.setattr(classify_service, "prepare_images", recording)
-    config = DaemonConfig(listen="127.0.0.1:0", decode_threads=2,
+    small = encoded_image(_png(_image(12)))  # 144 pixels
+    large = encoded_image(_png(_image(40)))  # 1,600 pixels
+    config = DaemonConfig(listen="127.0.0.1:0", decode_threads=2, decode_inline_max_pixels=1000,
                           models=(ModelConfig("tiny", package),))
     with DaemonThread(config, grace_s=0) as daemon, EdgeClient(daemon.target) as c:
-        for _ in range(8):
-            assert c.classify("tiny", [encoded_image(_png(_image()))]).results
-    assert decoders and all(name.startswith("e2edge-decode_") for name in decoders), decoders
-    assert len(decoders) <= 2
+        for images in ([small], [small] * 6, [large], [small] * 7, [small, large]):
+            assert len(c.classify("tiny", images).results) == len(images)
+    assert [n for n, _ in decoders] == [1, 6, 1, 7, 2]
+    names = [name for _, name in decoders]
+    # 144 and 864 pixels: on the event loop (the daemon thread's); 1,600, 1,008 and
+    # 1,744 pixels: on the daemon's own pool, never on asyncio's default executor.
+    assert names[:2] == ["e2edge-daemon"] * 2, names
+    assert all(name.startswith("e2edge-decode_") for name in names[2:]), names
+    assert len(set(names[2:])) <= 2
     assert decode_thread_count(0) == max(1, available_cores() // 2)
     assert decode_thread_count(3) == 3
 
@@ -390,3 +398,14 @@ def test_a_stream_ends_with_unavailable_when_the_daemon_drains(package):
     stopper.join(15)
     assert not stopper.is_alive()
     assert time.monotonic() - stopping < 5  # the stream ended itself, before the 10 s grace
+
+
+def test_request_pixels_counts_what_headers_and_shapes_declare():
+    png, jpeg = _png(_image(12)), io.BytesIO()
+    Image.fromarray(_image(20)).save(jpeg, format="JPEG")
+    images = [encoded_image(png), encoded_image(jpeg.getvalue()), tensor_message(_image(10))]
+    assert request_pixels(images) == 144 + 400 + 100
+    assert request_pixels([encoded_image(_dicom_grey(_image(8, 1)))]) is None
+    assert request_pixels([encoded_image(b"junk"), encoded_image(png)]) is None
+    flat = pb.Image(tensor=pb.Tensor(dtype=pb.TENSOR_DTYPE_UINT8, shape=[64], data=b"\0" * 64))
+    assert request_pixels([flat]) is None  # malformed: left to the decoding thread to report

@@ -9,6 +9,7 @@ tritonclient, so the rest of the suite may import the daemon freely.
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from runtime.llm.engine import LLMEngine
 from runtime.llm.sampling import SamplingParams
@@ -240,6 +242,19 @@ def test_vision_package_takes_pixels_or_png_and_returns_probabilities(tmp_path):
     assert out["top"][0].split(":")[1:] == [str(best), str(best)]
     assert out["metadata"]["platform"] == "e2edge_vision"
     assert out["bad_image"]["status"] == "StatusCode.INVALID_ARGUMENT"
+
+
+def test_kserve_tensor_pixels_follow_the_input_layouts():
+    from runtime.server.kserve_vision import tensor_pixels
+
+    assert tensor_pixels(np.zeros((28, 28), np.uint8)) == 784  # [H, W]
+    assert tensor_pixels(np.zeros((28, 20, 3), np.float32)) == 560  # [H, W, C]
+    assert tensor_pixels(np.zeros((4, 28, 20, 3), np.uint8)) == 4 * 560  # [N, H, W, C]
+    assert tensor_pixels(np.zeros(5, np.uint8)) is None  # malformed: reported when decoded
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((6, 7), np.uint8)).save(png, format="PNG")
+    assert tensor_pixels(np.array([png.getvalue()] * 3, dtype=object)) == 3 * 42
+    assert tensor_pixels(np.array([png.getvalue(), b"junk"], dtype=object)) is None
 
 
 @pytest.mark.parametrize("shape", [[0, 2**33, 2**33], [2**33, 2**33, 0], [0, 2**40]])

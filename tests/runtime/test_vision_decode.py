@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.vision.decode import ImageError, decode_image, detect_format, tensor_image
+from runtime.vision.decode import (
+    ImageError,
+    declared_pixels,
+    decode_cost_pixels,
+    decode_image,
+    detect_format,
+    tensor_image,
+)
 from runtime.vision.serving_config import ImageLimits
 
 pydicom = pytest.importorskip("pydicom")
@@ -337,3 +344,30 @@ def test_a_named_format_that_does_not_match_fails_cleanly():
     data = _png(np.zeros((4, 4), np.uint8))
     with pytest.raises(ImageError, match="cannot decode JPEG"):
         decode_image(data, LIMITS, "jpeg")
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 3), (17, 33), (300, 41, 3)])
+def test_declared_pixels_reads_png_and_jpeg_headers_as_pillow_does(shape):
+    image = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # an APP1 segment before the JPEG frame header
+    for data in (_png(image), _jpeg(image, exif=exif.tobytes()),
+                 _jpeg(image, progressive=True), _png(image, compress_level=0)):
+        assert declared_pixels(data) == shape[0] * shape[1]
+        assert decode_cost_pixels(data) == shape[0] * shape[1]
+        assert Image.open(io.BytesIO(data)).size == (shape[1], shape[0])
+
+
+def test_declared_pixels_is_none_when_not_cheaply_known():
+    jpeg = _jpeg(np.zeros((8, 8, 3), np.uint8))
+    assert declared_pixels(jpeg[:40]) is None  # cut before the frame header
+    assert declared_pixels(b"not an image") is None and declared_pixels(b"") is None
+    assert declared_pixels(_dicom(np.zeros((4, 4), np.uint8))) is None
+    # A tiny declared image in front of megabytes of other chunks is not a small job.
+    png = _png(np.zeros((4, 4), np.uint8))
+    text = b"k\x00" + b"x" * 100_000
+    chunk = struct.pack(">I", len(text)) + b"tEXt" + text + struct.pack(
+        ">I", zlib.crc32(b"tEXt" + text))
+    padded = png[:33] + chunk + png[33:]  # after the signature and IHDR
+    assert Image.open(io.BytesIO(padded)).size == (4, 4)
+    assert declared_pixels(padded) == 16 and decode_cost_pixels(padded) is None
