@@ -243,3 +243,100 @@ def test_the_daemon_still_serves_after_the_fuzzing(daemon, channel):
     response = infer(request, timeout=30)
     text = kserve_convert.deserialize_bytes(response.raw_output_contents[0], 1, "out")[0]
     assert np.asarray(text).size == 1 and response.parameters["finish_reason"].string_param
+
+
+# ---- hostile images to a vision model ------------------------------------------------
+# Small ones decode on the event loop (runtime/server/decode_pool.py): whatever an image
+# claims in its header or shape, its request must end with a proper status there too.
+CLASSIFY_STATUSES: list[str] = []
+
+
+def _png_header(width: int, height: int, rest: bytes) -> bytes:
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + b"IHDR" + ihdr + b"\0" * 4 + rest
+
+
+def _jpeg_header(segments: list[tuple[int, bytes]]) -> bytes:
+    return b"\xff\xd8" + b"".join(bytes([0xFF, marker]) + (len(data) + 2).to_bytes(2, "big")
+                                  + data for marker, data in segments)
+
+
+def _good_png(size: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(np.full((size, size, 3), 7, np.uint8)).save(out, format="PNG")
+    return out.getvalue()
+
+
+@st.composite
+def hostile_images(draw) -> pb.Image:
+    sizes = st.sampled_from([0, 1, 3, 12, 28, 2**15, 2**31 - 1, 2**32 - 1])
+    kind = draw(st.sampled_from(["good", "png", "jpeg", "cut", "bytes", "tensor", "pixels"]))
+    if kind == "pixels":  # shape and data agree; values may be out of range or NaN
+        shape = [draw(st.sampled_from([1, 6, 12]))] * 2 + [draw(st.sampled_from([1, 3, 4]))]
+        if draw(st.booleans()):
+            values = np.full(shape, draw(st.integers(0, 255)), np.uint8)
+        else:
+            values = np.full(shape, draw(st.sampled_from([0.0, 0.5, 1.0, 2.0, -1.0, math.nan])),
+                             "<f4")
+        dtype = pb.TENSOR_DTYPE_UINT8 if values.dtype == np.uint8 else pb.TENSOR_DTYPE_FLOAT32
+        return pb.Image(tensor=pb.Tensor(dtype=dtype, shape=shape, data=values.tobytes()))
+    if kind == "tensor":
+        return pb.Image(tensor=pb.Tensor(dtype=draw(st.sampled_from([0, 1, 2, 7])),
+                                         shape=draw(st.lists(sizes, max_size=4)),
+                                         data=draw(st.binary(max_size=64))))
+    if kind == "good":
+        data = _good_png(draw(st.sampled_from([4, 12, 40])))
+    elif kind == "png":
+        data = _png_header(draw(sizes), draw(sizes), draw(st.binary(max_size=64)))
+    elif kind == "jpeg":
+        markers = st.sampled_from([0xC0, 0xC2, 0xC4, 0xDB, 0xE0, 0xE1, 0xDA, 0xD9, 0x01])
+        data = _jpeg_header(draw(st.lists(st.tuples(markers, st.binary(max_size=12)),
+                                          max_size=4)))
+    elif kind == "cut":
+        good = _good_png(draw(st.sampled_from([4, 12, 40])))
+        data = good[:draw(st.integers(0, len(good)))]
+    else:
+        data = draw(st.binary(max_size=80))
+    return pb.Image(encoded=pb.EncodedImage(data=data,
+                                            format=draw(st.sampled_from([0, 0, 1, 2, 3, 9]))))
+
+
+@pytest.fixture(scope="module")
+def vision_daemon(tmp_path_factory):
+    from vision_package import tiny_vision_package
+
+    package = tiny_vision_package(tmp_path_factory)
+    config = DaemonConfig(listen="127.0.0.1:0", models=(
+        ModelConfig("eyes", package, max_queue=8),))
+    with DaemonThread(config, 0) as d:
+        yield d
+
+
+@FUZZ
+@given(data=st.data())
+def test_hostile_images_to_classify(vision_daemon, data):
+    request = pb.ClassifyRequest(model="eyes", top_k=data.draw(st.sampled_from([0, 1, 4, 5])),
+                                 images=data.draw(st.lists(hostile_images(), max_size=3)))
+    with grpc.insecure_channel(vision_daemon.target) as channel:
+        descriptor = pb.DESCRIPTOR.services_by_name["EdgeRuntime"].methods_by_name["Classify"]
+        status = call(channel, "/e2edge.v1.EdgeRuntime/Classify", descriptor,
+                      [request.SerializeToString()])
+    CLASSIFY_STATUSES.append(status)
+    assert status in PROPER, (request, status)
+
+
+def test_the_vision_daemon_still_classifies_after_the_fuzzing(vision_daemon):
+    from runtime.server.classify_convert import encoded_image
+
+    if len(CLASSIFY_STATUSES) < 400:
+        pytest.skip(f"run with the fuzz test above ({len(CLASSIFY_STATUSES)} calls so far)")
+    # Some hostile requests were good enough to be answered, most were refused.
+    assert CLASSIFY_STATUSES.count("OK") >= 20, set(CLASSIFY_STATUSES)
+    assert CLASSIFY_STATUSES.count("INVALID_ARGUMENT") >= 100
+    with EdgeClient(vision_daemon.target) as client:
+        answer = client.classify("eyes", [encoded_image(_good_png(12))], top_k=2)
+    assert len(answer.results) == 1 and len(answer.results[0].top) == 2
