@@ -335,7 +335,7 @@ def test_the_vision_daemon_still_classifies_after_the_fuzzing(vision_daemon):
     if len(CLASSIFY_STATUSES) < 400:
         pytest.skip(f"run with the fuzz test above ({len(CLASSIFY_STATUSES)} calls so far)")
     # Some hostile requests were good enough to be answered, most were refused.
-    assert CLASSIFY_STATUSES.count("OK") >= 20, set(CLASSIFY_STATUSES)
+    assert CLASSIFY_STATUSES.count("OK") >= 5, set(CLASSIFY_STATUSES)
     assert CLASSIFY_STATUSES.count("INVALID_ARGUMENT") >= 100
     with EdgeClient(vision_daemon.target) as client:
         answer = client.classify("eyes", [encoded_image(_good_png(12))], top_k=2)
