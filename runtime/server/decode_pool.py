@@ -49,6 +49,8 @@ def decode_thread_count(configured: int) -> int:
 
 
 class ImageDecoding:
+    """The daemon's decoding threads and the size under which the loop decodes itself."""
+
     def __init__(self, threads: int = 0, inline_max_pixels: int = DEFAULT_INLINE_MAX_PIXELS):
         self.executor = ThreadPoolExecutor(decode_thread_count(threads),
                                            thread_name_prefix="e2edge-decode")

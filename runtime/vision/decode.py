@@ -51,6 +51,7 @@ TENSOR_DTYPES = {"uint8": np.dtype(np.uint8), "float32": np.dtype("<f4")}
 
 JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers
 JPEG_STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD9)])  # no length field
+JPEG_NO_FRAME_MARKERS = frozenset([0xD9, 0xDA])  # EOI or scan data before any frame header
 JPEG_HEADER_SCAN_BYTES = 1 << 16  # EXIF and ICC segments before the frame header
 
 
@@ -86,6 +87,8 @@ def declared_pixels(data: bytes) -> int | None:
         if data[at] != 0xFF:
             return None
         marker = data[at + 1]
+        if marker in JPEG_NO_FRAME_MARKERS:
+            return None
         if marker == 0xFF:  # fill byte before a marker
             at += 1
         elif marker in JPEG_STANDALONE_MARKERS:

@@ -362,6 +362,10 @@ def test_declared_pixels_is_none_when_not_cheaply_known():
     jpeg = _jpeg(np.zeros((8, 8, 3), np.uint8))
     assert declared_pixels(jpeg[:40]) is None  # cut before the frame header
     assert declared_pixels(b"not an image") is None and declared_pixels(b"") is None
+    # An end-of-image marker before any frame header: no size, whatever follows it.
+    fake_frame = b"\xff\xc0\x00\x11\x08\x00\x04\x00\x04\x03" + b"\0" * 9
+    assert declared_pixels(b"\xff\xd8\xff\xd9" + fake_frame) is None
+    assert declared_pixels(b"\xff\xd8" + fake_frame) == 16
     assert declared_pixels(_dicom(np.zeros((4, 4), np.uint8))) is None
     # A tiny declared image in front of megabytes of other chunks is not a small job.
     png = _png(np.zeros((4, 4), np.uint8))
