@@ -47,7 +47,6 @@ from runtime.errors import ConfigError
 from runtime.power.config import PowerConfig
 from runtime.repository import RepositoryConfig
 from runtime.security_config import AuthConfig, TLSConfig
-from runtime.server.decode_pool import DEFAULT_INLINE_MAX_PIXELS
 from runtime.vision.serving_config import MAX_DELAY_MS_LIMIT, BatchingConfig, ImageLimits
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -56,6 +55,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9400"
 MAX_MESSAGE_BYTES_LIMIT = 2**31 - 1  # gRPC keeps message sizes in an int32
 MAX_BATCH_LIMIT = 1024  # images per model run
+DEFAULT_INLINE_MAX_PIXELS = 128 * 128  # per request: a 128 px image, or 20 of 28 px
 MAX_IMAGES_LIMIT = 4096  # images per Classify request
 BACKENDS = ("onnxruntime", "tensorrt")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

@@ -13,6 +13,7 @@ import numpy as np
 
 from runtime.errors import InvalidRequest
 from runtime.proto.e2edge.v1 import runtime_pb2 as pb
+from runtime.server.decode_pool import total_pixels
 from runtime.vision.decode import check_bytes, decode_cost_pixels, decode_image, tensor_image
 from runtime.vision.serving_config import ImageLimits
 
@@ -44,18 +45,15 @@ def check_images(images: Sequence[pb.Image], limits: ImageLimits) -> None:
 
 def request_pixels(images: Sequence[pb.Image]) -> int | None:
     """Pixels the request's images declare (headers, tensor shapes); None: not known cheaply."""
-    total = 0
-    for image in images:
-        if image.WhichOneof("source") == "encoded":
-            pixels = decode_cost_pixels(image.encoded.data)
-        elif len(image.tensor.shape) in (2, 3):
-            pixels = image.tensor.shape[0] * image.tensor.shape[1]
-        else:
-            pixels = None  # malformed: the decoding thread reports it
-        if pixels is None:
-            return None
-        total += pixels
-    return total
+    return total_pixels(_declared(image) for image in images)
+
+
+def _declared(image: pb.Image) -> int | None:
+    if image.WhichOneof("source") == "encoded":
+        return decode_cost_pixels(image.encoded.data)
+    if len(image.tensor.shape) in (2, 3):
+        return image.tensor.shape[0] * image.tensor.shape[1]
+    return None  # malformed: the decoding thread reports it
 
 
 def image_pixels(image: pb.Image, limits: ImageLimits, field: str) -> np.ndarray:

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-T = TypeVar("T")
+from runtime.config import DEFAULT_INLINE_MAX_PIXELS
 
-DEFAULT_INLINE_MAX_PIXELS = 128 * 128  # per request: a 128 px image, or 20 of 28 px
+T = TypeVar("T")
 
 
 def available_cores() -> int:
@@ -39,6 +39,16 @@ def available_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def total_pixels(per_image: Iterable[int | None]) -> int | None:
+    """A request's pixels from its images' (None for one not known cheaply: then None)."""
+    total = 0
+    for pixels in per_image:
+        if pixels is None:
+            return None
+        total += pixels
+    return total
 
 
 def decode_thread_count(configured: int) -> int:

@@ -107,11 +107,11 @@ class Generation:
 class EdgeRuntimeServicer(ClassifyServicer, pb_grpc.EdgeRuntimeServicer):
     """Generate, the model list and power here; Classify and ClassifyStream from the mixin."""
 
-    def __init__(self, registry: ModelRegistry, energy: EnergyAccounting | None = None,
-                 decoding: ImageDecoding | None = None):
+    def __init__(self, registry: ModelRegistry, decoding: ImageDecoding,
+                 energy: EnergyAccounting | None = None):
         self.registry = registry
+        self.decoding = decoding  # where Classify decodes its images (the daemon closes it)
         self.energy = energy  # power source, per-request energy, metrics (None: none of them)
-        self.decoding = decoding or ImageDecoding()  # where Classify decodes its images
         self.draining = False  # set at shutdown: new requests are refused with UNAVAILABLE
 
     async def Generate(

@@ -18,7 +18,7 @@ import numpy as np
 from runtime.errors import InvalidRequest
 from runtime.proto.kserve import grpc_service_pb2 as kpb
 from runtime.server import kserve_convert as kc
-from runtime.server.decode_pool import ImageDecoding
+from runtime.server.decode_pool import ImageDecoding, total_pixels
 from runtime.server.vision_model import VisionModel
 from runtime.vision.decode import decode_cost_pixels, decode_image, tensor_image
 
@@ -97,13 +97,8 @@ def tensor_pixels(tensor: np.ndarray) -> int | None:
         images = tensor.shape[0] if tensor.ndim == 4 else 1
         height, width = tensor.shape[-3:-1] if tensor.ndim == 4 else tensor.shape[:2]
         return images * height * width
-    total = 0
-    for data in tensor.reshape(-1):
-        pixels = decode_cost_pixels(data) if isinstance(data, bytes) else None
-        if pixels is None:
-            return None
-        total += pixels
-    return total
+    return total_pixels(decode_cost_pixels(data) if isinstance(data, bytes) else None
+                        for data in tensor.reshape(-1))
 
 
 async def classify(entry, request: kpb.ModelInferRequest, tensors: dict[str, np.ndarray],

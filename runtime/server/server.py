@@ -90,7 +90,7 @@ class Daemon:
                                        is_model=lambda name: name in self.registry.entries)
         # Classify's and KServe's image decoding: small ones on the loop, others on a thread.
         self.decoding = ImageDecoding(config.decode_threads, config.decode_inline_max_pixels)
-        self.servicer = EdgeRuntimeServicer(self.registry, self.energy, self.decoding)
+        self.servicer = EdgeRuntimeServicer(self.registry, self.decoding, self.energy)
         self.health = health.aio.HealthServicer()
         self.auth = token_auth(config.auth)  # bearer tokens (off without `auth:`)
         # Auth first (a refused call is never parsed), then parsing: bad bytes -> INVALID_ARGUMENT.

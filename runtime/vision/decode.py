@@ -193,7 +193,7 @@ def _decode_pillow(data: bytes, fmt: str, limits: ImageLimits, field: str) -> np
     check_pixels(image.width, image.height, limits, field)
     try:
         # Camera JPEGs: rotate as the camera meant. In place: without an orientation
-        # tag the copy it would return is a fifth of a small PNG's decoding time.
+        # tag the copy it would return is about 15 % of a small PNG's decoding time.
         ImageOps.exif_transpose(image, in_place=True)
         return _pillow_pixels(image, field)
     except ImageError:
