@@ -23,6 +23,17 @@ from runtime.proto.e2edge.v1 import runtime_pb2 as pb
 pytestmark = pytest.mark.timeout(120)
 
 STREAM_TOKENS = 200  # with the short prompt this fits the tiny model's 256-token context
+STREAMS_PER_MODEL = 12  # one running, the rest queued (max_queue 16)
+DEEP_LAYERS = 16  # the tiny model decodes ~15,000 tok/s: all streams could end unseen
+
+
+@pytest.fixture(scope="module")
+def deep_llama_package(tmp_path_factory) -> Path:
+    """The tiny model with 16 layers instead of 2: streams that last long enough to be
+    watched while a reload lands, however fast the machine."""
+    from llm_fixtures import make_tiny_package
+
+    return make_tiny_package(tmp_path_factory.mktemp("deep-llama"), num_layers=DEEP_LAYERS)
 
 
 class Serve:
@@ -136,7 +147,8 @@ class Streams:
         return self.results
 
 
-def _wait_admitted(target: str, streams: dict[str, Streams], timeout_s: float = 30) -> None:
+def _wait_admitted(client: EdgeClient, streams: dict[str, Streams],
+                   timeout_s: float = 30) -> None:
     """Block until every stream of each model has reached the daemon, some still held.
 
     A stream whose RPC has not reached the daemon when the reload lands is a new request
@@ -145,35 +157,35 @@ def _wait_admitted(target: str, streams: dict[str, Streams], timeout_s: float = 
     the ended ones are counted before the daemon is asked, so none is counted twice.
     """
     deadline = time.monotonic() + timeout_s
-    with EdgeClient(target) as client:
-        while time.monotonic() < deadline:
-            ended = {name: len(s.results) for name, s in streams.items()}
-            held = {m.name: m.active_requests + m.queued_requests for m in client.list_models()}
-            if all(held.get(name, 0) + ended[name] >= s.count
-                   for name, s in streams.items()):
-                assert all(held.get(name, 0) > 0 for name in streams), (
-                    f"every stream of a model ended before the reload: held {held}, "
-                    f"ended {ended}")
-                return
-            time.sleep(0.02)
+    while time.monotonic() < deadline:
+        ended = {name: len(s.results) for name, s in streams.items()}
+        held = {m.name: m.active_requests + m.queued_requests for m in client.list_models()}
+        if all(held.get(name, 0) + ended[name] >= s.count for name, s in streams.items()):
+            assert all(held.get(name, 0) > 0 for name in streams), (
+                f"every stream of a model ended before the reload: held {held}, "
+                f"ended {ended}")
+            return
+        time.sleep(0.02)
     raise AssertionError(f"not every stream reached the daemon: held {held}, ended {ended}")
 
 
 def test_reload_adds_removes_and_swaps_models_without_cutting_streams(
-        tmp_path, serve, tiny_llama_package):
+        tmp_path, serve, deep_llama_package):
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify"))
     notify.settimeout(0.1)
-    pkg = tiny_llama_package
+    pkg = deep_llama_package
     daemon = serve(_models_yaml(steady=(pkg, 16), leaving=(pkg, 16), swapped=(pkg, 16)),
                    env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
-    with EdgeClient(daemon.target) as client:
+    with EdgeClient(daemon.target) as client:  # connected before the streams: no lag
         client.wait_loaded(60)
-    together = threading.Barrier(12)
-    steady = Streams(daemon.target, "steady", 6, together)
-    leaving = Streams(daemon.target, "leaving", 6, together)
+        # Twelve streams of 200 tokens per model, one at a time, on a 16-layer model:
+        # long enough on a fast machine that some are still held when the reload lands.
+        together = threading.Barrier(2 * STREAMS_PER_MODEL)
+        steady = Streams(daemon.target, "steady", STREAMS_PER_MODEL, together)
+        leaving = Streams(daemon.target, "leaving", STREAMS_PER_MODEL, together)
+        _wait_admitted(client, {"steady": steady, "leaving": leaving})
     assert steady.started.wait(30) and leaving.started.wait(30)
-    _wait_admitted(daemon.target, {"steady": steady, "leaving": leaving})
 
     hammer_codes: list[str] = []
     hammering = threading.Event()
@@ -197,8 +209,9 @@ def test_reload_adds_removes_and_swaps_models_without_cutting_streams(
     assert "removed: leaving" in summary and "added: added" in summary, summary
     assert "replaced: swapped" in summary and "unchanged: steady" in summary, summary
     expected = (pb.FINISH_REASON_LENGTH, STREAM_TOKENS)
-    assert steady.join() == [expected] * 6, "a stream on an untouched model was disturbed"
-    assert leaving.join() == [expected] * 6, "the removed model's streams were cut"
+    assert steady.join() == [expected] * STREAMS_PER_MODEL, \
+        "a stream on an untouched model was disturbed"
+    assert leaving.join() == [expected] * STREAMS_PER_MODEL, "the removed model's streams were cut"
     assert hammer_codes and set(hammer_codes) == {"OK"}, hammer_codes
 
     with EdgeClient(daemon.target) as client:
