@@ -208,6 +208,8 @@ class EnergyMeter:
 
     def begin(self, request_id: str) -> Span:
         span = Span(str(request_id), time.monotonic())
+        if not self.sampler.source.measures:  # no readings to share: nothing to track
+            return span
         with self._lock:
             self._active.append(span)
         return span
@@ -219,6 +221,8 @@ class EnergyMeter:
         window's last edge is interpolated rather than held (this adds up to one
         sampling interval to the call; the default does not wait).
         """
+        if not self.sampler.source.measures:
+            return self._unmeasured(span)
         self._close(span)
         if wait_s > 0:
             self.sampler.wait_for_sample_after(span.end, timeout=wait_s)
@@ -226,6 +230,8 @@ class EnergyMeter:
 
     async def end_async(self, span: Span, wait_s: float = 0.0) -> EnergyReport:
         """`end` for asyncio code: the window closes now, the waiting runs off the loop."""
+        if not self.sampler.source.measures:
+            return self._unmeasured(span)
         self._close(span)
         if wait_s <= 0:
             return self._report(span)
@@ -236,6 +242,20 @@ class EnergyMeter:
     def active_ids(self) -> list[str]:
         with self._lock:
             return [span.request_id for span in self._active]
+
+    def _unmeasured(self, span: Span) -> EnergyReport:
+        """The `none` source: the window's length and the source's name, no energy.
+
+        Its spans are never tracked (nothing to share), so a daemon without a power
+        source pays no bookkeeping per request.
+        """
+        if span.end is not None:
+            raise ValueError(f"request {span.request_id}: energy span ended twice")
+        span.end = time.monotonic()
+        span.report = attributed_energy((), span.start, span.end, (),
+                                        idle_mw=self.sampler.idle_mw,
+                                        source=self.sampler.source_name)
+        return span.report
 
     def _close(self, span: Span) -> None:
         now = time.monotonic()

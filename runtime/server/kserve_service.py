@@ -447,8 +447,8 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
 
 
 
-def add_to_server(daemon) -> KServeServicer:
-    """Serve KServe v2 beside EdgeRuntime on the daemon's server."""
+def add_to_server(daemon, server) -> KServeServicer:
+    """Serve KServe v2 beside EdgeRuntime on `server` (the daemon's, guarded)."""
     servicer = KServeServicer(daemon)
-    kpb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, daemon.server)
+    kpb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     return servicer

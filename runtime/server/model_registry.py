@@ -163,6 +163,6 @@ class ModelRegistry:
     def close(self) -> None:
         """Stop the worker threads (after the server has stopped: nothing runs on them)."""
         for entry in self.entries.values():
+            close_engine(entry.engine)  # first: a vision model's batch workers hold threads
             if entry.executor is not None:
                 entry.executor.shutdown(wait=True)
-            close_engine(entry.engine)

@@ -213,9 +213,9 @@ async def _drain_and_close(entry: ModelEntry) -> None:
 
 
 def _shut_down(entry: ModelEntry) -> None:
+    close_engine(entry.engine)  # a vision model's batch workers give their threads back
     if entry.executor is not None:
         entry.executor.shutdown(wait=False)  # idle now: its threads exit
-    close_engine(entry.engine)
     entry.engine = None  # the sessions go with the last reference
 
 

@@ -82,6 +82,11 @@ class VisionModel:
             self.batcher.run_window = run_window
         return self.batcher
 
+    def close(self) -> None:
+        """Stop the batcher's workers (the registry calls this when the model goes)."""
+        if self.batcher is not None:
+            self.batcher.close()
+
 
 def load_vision(config: ModelConfig) -> VisionModel:
     """The registry's loader for kind "vision" packages."""

@@ -174,8 +174,15 @@ def test_meter_on_the_none_source_reports_no_energy():
     sampler.start(idle_window_s=1.0)  # the none source skips the idle window
     try:
         meter = EnergyMeter(sampler)
-        report = meter.end(meter.begin("r1"))
+        span = meter.begin("r1")
+        assert meter.active_ids() == []  # nothing to share out: no bookkeeping per request
+        time.sleep(0.02)
+        report = meter.end(span)
+        with pytest.raises(ValueError, match="ended twice"):
+            meter.end(span)
     finally:
         sampler.stop()
     assert sampler.idle_mw is None
-    assert report.joules is None and report.source == "none"
+    assert report.joules is None and report.joules_above_idle is None
+    assert report.source == "none" and report.samples == 0
+    assert 0.02 <= report.seconds < 1.0 and span.report is report

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from runtime.server import batcher as batcher_module
 from runtime.server.batcher import Batcher
 from runtime.server.errors import QueueFull
 from runtime.vision.serving_config import BatchingConfig
@@ -43,7 +44,10 @@ def _run(coroutine_fn, model, config, max_concurrent=1, max_queue=64):
     async def main():
         with ThreadPoolExecutor(max_concurrent) as executor:
             batcher = Batcher("m", model, executor, config, max_concurrent, max_queue)
-            return await coroutine_fn(batcher)
+            try:
+                return await coroutine_fn(batcher)
+            finally:
+                batcher.close()
 
     return asyncio.run(main())
 
@@ -116,14 +120,14 @@ def test_a_cancelled_waiting_request_never_runs():
     async def go(batcher):
         first = asyncio.ensure_future(batcher.submit(_rows(1)))
         await asyncio.to_thread(model.started.acquire)  # batch [1] holds the only worker
-        ahead = asyncio.ensure_future(batcher.submit(_rows(2)))  # handed over, next in line
+        ahead = asyncio.ensure_future(batcher.submit(_rows(2)))
         leaving = asyncio.ensure_future(batcher.submit(_rows(3)))
         staying = asyncio.ensure_future(batcher.submit(_rows(4)))
         await asyncio.sleep(0.01)
-        assert (batcher.queued, batcher.active) == (2, 2)
+        assert (batcher.queued, batcher.active) == (3, 1)
         leaving.cancel()
         await asyncio.sleep(0)
-        assert batcher.queued == 1
+        assert batcher.queued == 2
         model.release.set()
         return await first, await ahead, await staying
 
@@ -132,24 +136,25 @@ def test_a_cancelled_waiting_request_never_runs():
     np.testing.assert_array_equal(staying.outputs, [[4, 40]])
 
 
-def test_a_full_batch_waiting_for_a_busy_worker_starts_without_the_event_loop():
-    """The next full batch is already in the worker's queue when the running one ends,
-    so it starts even while the event loop is busy elsewhere (here: blocked)."""
+def test_the_worker_takes_the_next_batches_without_the_event_loop():
+    """A worker that finishes a batch takes the next one itself, so the model keeps
+    running while the event loop is busy elsewhere (here: blocked)."""
     model = Model(hold=True)
 
     async def go(batcher):
         first = asyncio.ensure_future(batcher.submit(_rows(1, 2)))
         await asyncio.to_thread(model.started.acquire)
-        full = asyncio.ensure_future(batcher.submit(_rows(3, 4)))  # handed over at once
-        partial = asyncio.ensure_future(batcher.submit(_rows(5)))  # not full: waits
+        full = asyncio.ensure_future(batcher.submit(_rows(3, 4)))
+        partial = asyncio.ensure_future(batcher.submit(_rows(5)))
         await asyncio.sleep(0.01)
-        assert batcher.queued == 1 and batcher.active == 2
+        assert batcher.queued == 2 and batcher.active == 1
         model.release.set()
-        started_while_blocked = model.started.acquire(timeout=5)  # blocks the event loop
+        # Both later batches start while the event loop is blocked here.
+        started_while_blocked = [model.started.acquire(timeout=5) for _ in range(2)]
         return started_while_blocked, await first, await full, await partial
 
     started, *_ = _run(go, model, BatchingConfig(max_batch=2, max_delay_ms=0))
-    assert started
+    assert started == [True, True]
     assert model.batches == [[1, 2], [3, 4], [5]]
 
 
@@ -162,7 +167,7 @@ def test_a_full_queue_refuses_at_once():
         ahead = asyncio.ensure_future(batcher.submit(_rows(2)))  # next in line
         waiting = asyncio.ensure_future(batcher.submit(_rows(3)))
         await asyncio.sleep(0.01)
-        with pytest.raises(QueueFull, match=r"model 'm' is busy: 2 requests in batches and 1 "
+        with pytest.raises(QueueFull, match=r"model 'm' is busy: 1 requests in batches and 2 "
                                             r"queued \(max_queue 2\)"):
             await batcher.submit(_rows(4))
         model.release.set()
@@ -185,3 +190,47 @@ def test_batches_run_on_as_many_workers_as_max_concurrent():
 
     _run(go, model, BatchingConfig(max_batch=1, max_delay_ms=0), max_concurrent=2)
     assert sorted(model.batches) == [[0], [1]]
+
+
+def test_an_idle_worker_gives_its_thread_back_and_the_next_request_starts_one(monkeypatch):
+    monkeypatch.setattr(batcher_module, "IDLE_EXIT_S", 0.05)
+    model = Model()
+
+    async def go(batcher):
+        first = await batcher.submit(_rows(1))
+        deadline = asyncio.get_running_loop().time() + 5
+        while batcher._workers and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        idle_workers = batcher._workers
+        second = await batcher.submit(_rows(2))
+        return first, idle_workers, second
+
+    first, idle_workers, second = _run(go, model, BatchingConfig(max_batch=4, max_delay_ms=0))
+    assert idle_workers == 0
+    np.testing.assert_array_equal(second.outputs, [[2, 20]])
+    assert model.batches == [[1], [2]]
+
+
+def test_close_fails_the_waiting_requests_lets_the_running_batch_finish_and_frees_the_threads():
+    model = Model(hold=True)
+
+    async def go():
+        executor = ThreadPoolExecutor(1)
+        batcher = Batcher("m", model, executor, BatchingConfig(max_batch=1, max_delay_ms=0))
+        running = asyncio.ensure_future(batcher.submit(_rows(1)))
+        await asyncio.to_thread(model.started.acquire)
+        waiting = asyncio.ensure_future(batcher.submit(_rows(2)))
+        await asyncio.sleep(0.01)
+        batcher.close()
+        with pytest.raises(RuntimeError, match="model 'm' is shut down"):
+            await waiting
+        with pytest.raises(RuntimeError, match="shut down"):
+            await batcher.submit(_rows(3))
+        model.release.set()
+        result = await running
+        await asyncio.to_thread(executor.shutdown, True)  # returns: the worker has stopped
+        return result
+
+    result = asyncio.run(asyncio.wait_for(go(), 10))
+    np.testing.assert_array_equal(result.outputs, [[1, 10]])
+    assert model.batches == [[1]]
