@@ -82,7 +82,8 @@ def _safe(value: str) -> str:
 
 def log_request(record: RequestRecord) -> None:
     level = logging.ERROR if record.status == "INTERNAL" else logging.INFO
-    log.log(level, "request %s", record.to_text(), extra={_RECORD_ATTR: record})
+    if log.isEnabledFor(level):  # the text costs more than the check, per request
+        log.log(level, "request %s", record.to_text(), extra={_RECORD_ATTR: record})
 
 
 class JsonFormatter(logging.Formatter):

@@ -1,15 +1,24 @@
-"""Malformed request bytes -> INVALID_ARGUMENT, for every RPC of the daemon.
+"""The guards every call of the daemon passes: the token check, then parsing.
 
-grpcio parses a request before the servicer runs; bytes that are not a valid message
-(corrupt wire format, a string field with bad UTF-8) then end the call with UNKNOWN
-"Unexpected DecodeError", which tells a client nothing it can act on. This
-interceptor hands each handler the raw bytes instead and parses them itself, so such
-a call ends with INVALID_ARGUMENT naming the message type. A bad message inside a
-client stream ends that stream the same way.
+    guarded = GuardedServer(server, auth)
+    pb_grpc.add_EdgeRuntimeServicer_to_server(servicer, guarded)   # any service
 
-Also, a method a library servicer leaves unimplemented (grpc_health's aio servicer
-has no `List`) raises NotImplementedError, which grpcio reports as UNKNOWN; here it
-answers UNIMPLEMENTED, as for a method that does not exist.
+Each method's handler is wrapped once, when its service is added (or, for a
+library's generic handler, the first time the method is called), instead of by
+grpc.aio interceptors, which run as two more coroutines on every call and rebuild
+the wrapped handler each time.
+
+- Auth first: a call without a valid bearer token ends with UNAUTHENTICATED before
+  its request is parsed (runtime/server/security.py).
+- grpcio parses a request before the servicer runs; bytes that are not a valid
+  message (corrupt wire format, a string field with bad UTF-8) then end the call with
+  UNKNOWN "Unexpected DecodeError", which tells a client nothing it can act on. Here
+  each handler gets the raw bytes instead and parses them itself, so such a call
+  ends with INVALID_ARGUMENT naming the message type. A bad message inside a client
+  stream ends that stream the same way.
+- A method a library servicer leaves unimplemented (grpc_health's aio servicer has
+  no `List`) raises NotImplementedError, which grpcio reports as UNKNOWN; here it
+  answers UNIMPLEMENTED, as for a method that does not exist.
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ import inspect
 
 import grpc
 from google.protobuf.message import DecodeError
+
+from runtime.server.security import TokenAuth
 
 
 async def _parse(deserialize, raw: bytes, context: grpc.aio.ServicerContext):
@@ -50,13 +61,17 @@ async def _stream_out(start, context):
         await _unimplemented(context)
 
 
-def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _wrap(handler: grpc.RpcMethodHandler, method: str, auth: TokenAuth) -> grpc.RpcMethodHandler:
+    """`handler` behind the token check, taking raw bytes and parsing them itself."""
     deserialize = handler.request_deserializer
     serializer = handler.response_serializer
+    if deserialize is None:  # takes raw bytes already: only the token check
+        deserialize = _identity
     if handler.request_streaming and handler.response_streaming:
         behavior = handler.stream_stream
 
         async def stream_stream(request_iterator, context):
+            await auth.check(method, context)
             requests = _parsed_stream(deserialize, request_iterator, context)
             async for response in _stream_out(lambda: behavior(requests, context), context):
                 yield response
@@ -67,6 +82,7 @@ def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         behavior = handler.stream_unary
 
         async def stream_unary(request_iterator, context):
+            await auth.check(method, context)
             try:
                 return await behavior(_parsed_stream(deserialize, request_iterator, context),
                                       context)
@@ -78,6 +94,7 @@ def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         behavior = handler.unary_stream
 
         async def unary_stream(raw, context):
+            await auth.check(method, context)
             request = await _parse(deserialize, raw, context)
             async for response in _stream_out(lambda: behavior(request, context), context):
                 yield response
@@ -86,6 +103,7 @@ def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     behavior = handler.unary_unary
 
     async def unary_unary(raw, context):
+        await auth.check(method, context)
         request = await _parse(deserialize, raw, context)
         try:
             result = behavior(request, context)
@@ -96,9 +114,42 @@ def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(unary_unary, response_serializer=serializer)
 
 
-class ParseRequests(grpc.aio.ServerInterceptor):
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
-            return handler  # unknown method (UNIMPLEMENTED), or raw bytes already
-        return _wrap(handler)
+def _identity(raw: bytes) -> bytes:
+    return raw
+
+
+class _GuardedGeneric(grpc.GenericRpcHandler):
+    """A library's generic handler (reflection, health) with each method wrapped once."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, auth: TokenAuth):
+        self.inner = inner
+        self.auth = auth
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, handler_call_details):
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = self.inner.service(handler_call_details)
+            if handler is None:  # not this service's (not cached: names come from clients)
+                return None
+            wrapped = self._wrapped[method] = _wrap(handler, method, self.auth)
+        return wrapped
+
+
+class GuardedServer:
+    """What `add_*_to_server` registers services on: the real server, guarded."""
+
+    def __init__(self, server: grpc.aio.Server, auth: TokenAuth):
+        self.server = server
+        self.auth = auth
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        self.server.add_generic_rpc_handlers(
+            tuple(_GuardedGeneric(handler, self.auth) for handler in handlers))
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self.server.add_registered_method_handlers(service, {
+            name: _wrap(handler, f"/{service}/{name}", self.auth)
+            for name, handler in handlers.items()
+        })

@@ -5,8 +5,8 @@ it also asks for a client certificate signed by that CA, and with
 `require_client_cert` (the default once a client CA is set) a client without one
 fails the handshake before any RPC runs.
 
-Tokens (config `auth:`) are checked by `TokenAuth`, a grpc.aio server interceptor in
-front of every service: each call must carry the metadata
+Tokens (config `auth:`) are checked by `TokenAuth`, built into the handlers of every
+service: each call must carry the metadata
 `authorization: Bearer <token>` with one of the configured tokens, else it ends with
 UNAUTHENTICATED before its request is even parsed. Tokens are compared as SHA-256
 digests with `hmac.compare_digest`, so timing tells nothing about a near miss.
@@ -122,11 +122,12 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | No
     return None
 
 
-class TokenAuth(grpc.aio.ServerInterceptor):
+class TokenAuth:
     """Asks every call but the probes for a bearer token; off while it has no tokens.
 
-    `set_tokens` swaps the token set in place (a SIGHUP reload), so one interceptor
-    serves the daemon's whole life.
+    `set_tokens` swaps the token set in place (a SIGHUP reload), so one TokenAuth
+    serves the daemon's whole life. Every handler checks it through `check` before
+    it parses anything (runtime/server/request_parsing.py builds that in).
     """
 
     def __init__(self, tokens: Iterable[str] | None = None):
@@ -152,50 +153,24 @@ class TokenAuth(grpc.aio.ServerInterceptor):
             matched |= hmac.compare_digest(presented, digest)
         return matched
 
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or self.allows(method, handler_call_details.invocation_metadata):
-            return handler
-        missing = bearer_token(handler_call_details.invocation_metadata) is None
-        return _deny(handler, method, "missing bearer token" if missing else "unknown token")
-
-
-def _deny(handler: grpc.RpcMethodHandler, method: str, reason: str) -> grpc.RpcMethodHandler:
-    """A handler of the same streaming kind that ends the call with UNAUTHENTICATED.
-
-    It takes the request as raw bytes: a caller without a token never gets its
-    message parsed.
-    """
-    details = (f"{reason}: this daemon needs `authorization: Bearer <token>` metadata "
-               f"(e2edge CLIs: --token or E2EDGE_TOKEN)")
-
-    async def refuse(context: grpc.aio.ServicerContext) -> None:
+    async def check(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        """End the call with UNAUTHENTICATED (and log it) unless it may go on."""
+        if self._digests is None or method in OPEN_METHODS:
+            return
+        metadata = context.invocation_metadata()
+        if self.allows(method, metadata):
+            return
+        reason = "missing bearer token" if bearer_token(metadata) is None else "unknown token"
         record = RequestRecord(uuid.uuid4().hex[:16], method.rsplit("/", 1)[-1],
                                peer=context.peer(), status="UNAUTHENTICATED", error=reason)
-        record.latency_s = 0.0
         log_request(record)
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, details)
-
-    async def unary(request, context):
-        await refuse(context)
-
-    async def streaming(request, context):
-        await refuse(context)
-        yield  # pragma: no cover  (abort raises; this only makes it a generator)
-
-    serializer = handler.response_serializer
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(streaming, response_serializer=serializer)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(unary, response_serializer=serializer)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(streaming, response_serializer=serializer)
-    return grpc.unary_unary_rpc_method_handler(unary, response_serializer=serializer)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                            f"{reason}: this daemon needs `authorization: Bearer <token>` "
+                            f"metadata (e2edge CLIs: --token or E2EDGE_TOKEN)")
 
 
 def token_auth(auth: AuthConfig | None) -> TokenAuth:
-    """The interceptor for a config's `auth:` (disabled without one)."""
+    """The token check for a config's `auth:` (disabled without one)."""
     if auth is None:
         return TokenAuth(None)
     tokens = load_tokens(auth)

@@ -24,7 +24,7 @@ import socket
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from runtime.config import DaemonConfig
 from runtime.errors import ConfigError
@@ -37,7 +37,7 @@ from runtime.server.energy_accounting import EnergyAccounting
 from runtime.server.generate_service import EdgeRuntimeServicer
 from runtime.server.model_registry import ModelEntry, ModelRegistry, ModelState
 from runtime.server.reload import ModelLifecycle
-from runtime.server.request_parsing import ParseRequests
+from runtime.server.request_parsing import GuardedServer
 from runtime.server.security import bind, token_auth
 
 log = logging.getLogger("e2edge.server")
@@ -93,19 +93,22 @@ class Daemon:
         self.servicer = EdgeRuntimeServicer(self.registry, self.decoding, self.energy)
         self.health = health.aio.HealthServicer()
         self.auth = token_auth(config.auth)  # bearer tokens (off without `auth:`)
-        # Auth first (a refused call is never parsed), then parsing: bad bytes -> INVALID_ARGUMENT.
-        self.server = grpc.aio.server(interceptors=[self.auth, ParseRequests()], options=[
+        self.server = grpc.aio.server(options=[
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.max_receive_message_length", config.max_message_bytes),
             # A second daemon on the same port must fail, not silently share it.
             ("grpc.so_reuseport", 0),
         ])
-        pb_grpc.add_EdgeRuntimeServicer_to_server(self.servicer, self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.kserve = kserve_service.add_to_server(self)  # KServe v2 / Triton's protocol
-        reflection.enable_server_reflection(
-            [SERVICE_NAME, HEALTH_SERVICE_NAME, kserve_service.SERVICE_NAME,
-             reflection.SERVICE_NAME], self.server
+        # Every service behind auth (a refused call is never parsed), then parsing: bad
+        # bytes -> INVALID_ARGUMENT (runtime/server/request_parsing.py).
+        guarded = GuardedServer(self.server, self.auth)
+        pb_grpc.add_EdgeRuntimeServicer_to_server(self.servicer, guarded)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, guarded)
+        self.kserve = kserve_service.add_to_server(self, guarded)  # KServe v2 / Triton's
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer([SERVICE_NAME, HEALTH_SERVICE_NAME,
+                                               kserve_service.SERVICE_NAME,
+                                               reflection.SERVICE_NAME]), guarded
         )
         if config.listen.startswith("unix:"):
             _check_unix_socket_free(config.listen)

@@ -266,3 +266,21 @@ def test_no_pickle_in_the_runtime_or_the_exporter():
             if uses:
                 offenders[str(path.relative_to(REPO))] = uses
     assert offenders == {}
+
+
+def test_a_library_handler_is_wrapped_once_per_method_and_unknown_names_are_not_kept():
+    from types import SimpleNamespace
+
+    from runtime.server.request_parsing import _GuardedGeneric
+
+    echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request,
+                                               request_deserializer=bytes,
+                                               response_serializer=bytes)
+    guarded = _GuardedGeneric(grpc.method_handlers_generic_handler("pkg.S", {"M": echo}),
+                              TokenAuth(None))
+    known = SimpleNamespace(method="/pkg.S/M", invocation_metadata=())
+    assert guarded.service(known) is guarded.service(known) is not None
+    for i in range(50):  # method names come from clients: none of them is remembered
+        assert guarded.service(SimpleNamespace(method=f"/pkg.S/X{i}",
+                                               invocation_metadata=())) is None
+    assert list(guarded._wrapped) == ["/pkg.S/M"]
