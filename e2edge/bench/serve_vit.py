@@ -120,8 +120,9 @@ def _config_text(listen: str, package: Path, threads: int, max_batch: int,
 
 
 @contextlib.contextmanager
-def _daemon(mode: str, text: str) -> Iterator[str]:
-    """A daemon serving the config `text`; yields its address."""
+def _daemon(mode: str, text: str) -> Iterator[tuple[str, int | None]]:
+    """A daemon serving the config `text`; yields its address and its process id (None
+    when it runs on a thread of this process)."""
     with tempfile.TemporaryDirectory(prefix="e2edge-bench-vit-") as tmp:
         target = f"unix:{tmp}/daemon.sock"
         config_path = Path(tmp) / "daemon.yaml"
@@ -131,26 +132,35 @@ def _daemon(mode: str, text: str) -> Iterator[str]:
             from runtime.server.in_process import DaemonThread
 
             with DaemonThread(load_config(config_path), grace_s=0) as daemon:
-                yield daemon.target
+                yield daemon.target, None
             return
-        with daemon_process(config_path):
-            yield target
+        with daemon_process(config_path) as child:
+            yield target, child.pid
 
 
 def _measure(target: str, images: list, clients: int, rounds: int, window_s: float,
-             warmup_s: float, models: tuple[str, ...] = tuple(MODES)) -> dict[str, dict]:
+             warmup_s: float, models: tuple[str, ...] = tuple(MODES),
+             daemon_pid: int | None = None) -> dict[str, dict]:
     """Each model at `clients` closed-loop clients, alternating windows; stats per model.
 
     The clients are coroutines of one grpc.aio event loop, each with its own channel:
     far cheaper than a thread per client, so the client side stays a small part of
-    a shared machine's CPU.
+    a shared machine's CPU. With `daemon_pid` (a daemon in its own process) each model's
+    stats also say how much CPU the daemon and the clients used per image.
     """
     import asyncio
 
     import grpc
 
+    from e2edge.bench.process_cpu import own_cpu_s, process_cpu_s
     from runtime.proto.e2edge.v1 import runtime_pb2 as pb
     from runtime.proto.e2edge.v1 import runtime_pb2_grpc as pb_grpc
+
+    def cpu_now() -> tuple[float, float]:
+        daemon = process_cpu_s(daemon_pid) if daemon_pid is not None else None
+        return (daemon if daemon is not None else float("nan")), own_cpu_s()
+
+    cpu = {model: [0.0, 0.0] for model in models}  # daemon, clients: CPU seconds per model
 
     async def closed_loop(stubs, model: str, seconds: float) -> list:
         end = time.perf_counter() + seconds
@@ -178,12 +188,33 @@ def _measure(target: str, images: list, clients: int, rounds: int, window_s: flo
             timed: dict[str, list] = {model: [] for model in models}
             for _ in range(rounds):
                 for model in models:
+                    before = cpu_now()
                     timed[model] += await closed_loop(stubs, model, window_s)
+                    cpu[model] = [total + now - then for total, now, then
+                                  in zip(cpu[model], cpu_now(), before)]
             return timed
         finally:
             await asyncio.gather(*(channel.close() for channel in channels))
 
-    return {model: _summary(runs, rounds * window_s) for model, runs in asyncio.run(main()).items()}
+    summaries = {}
+    for model, runs in asyncio.run(main()).items():
+        summary = _summary(runs, rounds * window_s)
+        if daemon_pid is not None:
+            summary.update(_cpu_per_image(cpu[model], len(runs), rounds * window_s))
+        summaries[model] = summary
+    return summaries
+
+
+def _cpu_per_image(cpu_s: list[float], images: int, seconds: float) -> dict:
+    """CPU milliseconds per image of the daemon and of the clients, and cores in use."""
+    daemon_s, clients_s = cpu_s
+    if images == 0 or daemon_s != daemon_s:  # NaN: the daemon's CPU could not be read
+        return {}
+    return {
+        "daemon_cpu_ms_per_image": round(1e3 * daemon_s / images, 3),
+        "client_cpu_ms_per_image": round(1e3 * clients_s / images, 3),
+        "cores_busy": round((daemon_s + clients_s) / seconds, 2),
+    }
 
 
 def _summary(runs: list, seconds: float) -> dict:
@@ -234,7 +265,7 @@ def bench_serve_vit(args: argparse.Namespace) -> dict:
             null = write_null_package(package, tmp / "null")
         text = _config_text("LISTEN", path, args.threads, args.max_batch, args.max_delay_ms,
                             null)
-        target = stack.enter_context(_daemon(args.daemon, text))
+        target, daemon_pid = stack.enter_context(_daemon(args.daemon, text))
         with EdgeClient(target) as client:
             for info in client.wait_loaded(timeout_s=120):
                 if info.error:
@@ -242,7 +273,7 @@ def bench_serve_vit(args: argparse.Namespace) -> dict:
                                        f"{info.error}")
         for clients in client_counts:
             rows = _measure(target, images, clients, args.rounds,
-                            args.duration / args.rounds, args.warmup, tuple(sides))
+                            args.duration / args.rounds, args.warmup, tuple(sides), daemon_pid)
             for model, batching in sides.items():
                 row = rows[model]
                 results.append({"batching": batching, "clients": clients, **row})
@@ -288,12 +319,15 @@ def format_result(result: dict) -> str:
              f"{result['input']} input, daemon as a {result['daemon_mode']}), batched = "
              f"max_batch {result['batched']['max_batch']}, max_delay_ms "
              f"{result['batched']['max_delay_ms']}"]
-    lines.append("  batching clients   images/s   p50 ms   p99 ms  batch  decode/queue/infer ms")
+    lines.append("  batching clients   images/s   p50 ms   p99 ms  batch  decode/queue/infer ms"
+                 "  CPU ms/img daemon+clients, cores busy")
     for r in result["results"]:
+        cpu = (f"  {r['daemon_cpu_ms_per_image']:.2f}+{r['client_cpu_ms_per_image']:.2f}, "
+               f"{r['cores_busy']:.2f}" if "cores_busy" in r else "")
         lines.append(
             f"  {r['batching']:8} {r['clients']:7} {r['images_per_s']:10.1f} {r['p50_ms']:8.2f} "
             f"{r['p99_ms']:8.2f} {r['mean_batch']:6.2f}  {r['daemon_decode_ms']:.2f}/"
-            f"{r['daemon_queue_ms']:.2f}/{r['daemon_inference_ms']:.2f}")
+            f"{r['daemon_queue_ms']:.2f}/{r['daemon_inference_ms']:.2f}{cpu}")
     g = result["goal"]
     lines.append(
         f"  at {g['clients']} clients: batched/unbatched throughput {g['speedup']:.2f}x "

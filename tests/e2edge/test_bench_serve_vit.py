@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -30,6 +31,9 @@ def test_bench_serve_vit_reports_both_sides_at_each_client_count(tmp_path_factor
     for (batching, clients), row in rows.items():
         assert row["images_per_s"] == pytest.approx(row["requests"] / 0.4, rel=1e-3)
         assert 0 < row["p50_ms"] <= row["p99_ms"]
+        # Where the cores went: the daemon (its own process) and the clients, per image.
+        assert row["daemon_cpu_ms_per_image"] > 0 and row["client_cpu_ms_per_image"] > 0
+        assert 0 < row["cores_busy"] <= (os.cpu_count() or 1) * 1.05
         if batching == "off" or clients == 1:
             assert row["mean_batch"] == 1.0
         else:
