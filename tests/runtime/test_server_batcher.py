@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -234,3 +235,42 @@ def test_close_fails_the_waiting_requests_lets_the_running_batch_finish_and_free
     result = asyncio.run(asyncio.wait_for(go(), 10))
     np.testing.assert_array_equal(result.outputs, [[1, 10]])
     assert model.batches == [[1]]
+
+
+def test_many_requests_with_cancellations_on_two_workers_each_get_their_own_rows():
+    """Threads and the loop share the queue: under churn every request that is not
+    cancelled gets exactly its own rows, and the counters come back to zero."""
+    rng = np.random.default_rng(7)
+
+    def model(rows: np.ndarray) -> np.ndarray:  # (B, 1) -> (B, 2), a little slow
+        time.sleep(0.0005 * len(rows))
+        return np.concatenate([rows, rows * 10], axis=1)
+
+    async def go(batcher):
+        tasks, expected, cancelled = [], [], set()
+        start = 0
+        for i in range(300):
+            n = int(rng.integers(1, 4))
+            rows = np.arange(start, start + n, dtype=np.int64)[:, None]
+            start += n
+            tasks.append(asyncio.ensure_future(batcher.submit(rows)))
+            expected.append(rows)
+            if i % 7 == 3:
+                await asyncio.sleep(0)
+            if rng.random() < 0.1:
+                tasks[-1].cancel()
+                cancelled.add(i)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0.05)
+        return results, expected, cancelled, batcher.active, batcher.queued
+
+    results, expected, cancelled, active, queued = _run(
+        go, model, BatchingConfig(max_batch=8, max_delay_ms=1), max_concurrent=2,
+        max_queue=1000)
+    for i, (result, rows) in enumerate(zip(results, expected)):
+        if i in cancelled:
+            assert isinstance(result, asyncio.CancelledError)
+        else:
+            np.testing.assert_array_equal(result.outputs, np.concatenate([rows, rows * 10], 1))
+            assert 1 <= result.batch_size <= 8
+    assert (active, queued) == (0, 0)
