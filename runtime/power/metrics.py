@@ -12,13 +12,24 @@ daemons in one process) can build as many `PowerMetrics` as it likes.
   e2edge_tokens_total{model}                counter, generated tokens
   e2edge_images_total{model}                counter, classified images
   e2edge_model_energy_joules_total{model}   counter, energy attributed to the model
+  e2edge_process_cpu_seconds_total          counter, the daemon's CPU time (Linux), with
+                                            e2edge_process_resident_memory_bytes and the
+                                            other standard process metrics: CPU seconds
+                                            per image or token is rate(cpu) / rate(images)
 """
 
 from __future__ import annotations
 
 import threading
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 
 from runtime.power.energy import EnergyReport
 from runtime.power.sample import PowerSample
@@ -35,6 +46,9 @@ class PowerMetrics:
     def __init__(self, registry: CollectorRegistry, namespace: str = "e2edge"):
         self.registry = registry
         ns = namespace
+        # The serving process's own CPU and memory: on a small board the cores bound
+        # throughput, and CPU time is a share of the energy (empty where /proc is absent).
+        ProcessCollector(namespace=ns, registry=registry)
         self.rail_mw = Gauge(
             "power_rail_milliwatts", "Power of each rail, last sample",
             ["rail"], namespace=ns, registry=registry,

@@ -73,6 +73,9 @@ def test_scrape_shows_rails_energy_and_requests():
     assert value(text, count) == 2
     le = 'e2edge_request_latency_seconds_bucket{kind="classify",le="0.005",model="retina-vit"}'
     assert value(text, le) == 1
+    # The daemon's own CPU time and memory, for CPU seconds per image or token.
+    assert value(text, "e2edge_process_cpu_seconds_total") > 0
+    assert value(text, "e2edge_process_resident_memory_bytes") > 10e6
 
 
 def test_each_registry_is_independent():
