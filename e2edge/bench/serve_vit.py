@@ -156,9 +156,11 @@ def _measure(target: str, images: list, clients: int, rounds: int, window_s: flo
     from runtime.proto.e2edge.v1 import runtime_pb2 as pb
     from runtime.proto.e2edge.v1 import runtime_pb2_grpc as pb_grpc
 
+    if daemon_pid is not None and process_cpu_s(daemon_pid) is None:
+        daemon_pid = None  # its CPU cannot be read here (not Linux): no CPU columns
+
     def cpu_now() -> tuple[float, float]:
-        daemon = process_cpu_s(daemon_pid) if daemon_pid is not None else None
-        return (daemon if daemon is not None else float("nan")), own_cpu_s()
+        return (process_cpu_s(daemon_pid) if daemon_pid is not None else 0.0), own_cpu_s()
 
     cpu = {model: [0.0, 0.0] for model in models}  # daemon, clients: CPU seconds per model
 
@@ -208,7 +210,7 @@ def _measure(target: str, images: list, clients: int, rounds: int, window_s: flo
 def _cpu_per_image(cpu_s: list[float], images: int, seconds: float) -> dict:
     """CPU milliseconds per image of the daemon and of the clients, and cores in use."""
     daemon_s, clients_s = cpu_s
-    if images == 0 or daemon_s != daemon_s:  # NaN: the daemon's CPU could not be read
+    if images == 0:
         return {}
     return {
         "daemon_cpu_ms_per_image": round(1e3 * daemon_s / images, 3),

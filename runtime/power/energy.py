@@ -191,6 +191,12 @@ class Span:
     report: EnergyReport | None = field(default=None, repr=False)
 
 
+def _mark_ended(span: Span) -> None:
+    if span.end is not None:
+        raise ValueError(f"request {span.request_id}: energy span ended twice")
+    span.end = time.monotonic()
+
+
 class EnergyMeter:
     """Per-request energy from a sampler's history, shared by overlap (module doc).
 
@@ -249,20 +255,15 @@ class EnergyMeter:
         Its spans are never tracked (nothing to share), so a daemon without a power
         source pays no bookkeeping per request.
         """
-        if span.end is not None:
-            raise ValueError(f"request {span.request_id}: energy span ended twice")
-        span.end = time.monotonic()
+        _mark_ended(span)
         span.report = attributed_energy((), span.start, span.end, (),
                                         idle_mw=self.sampler.idle_mw,
                                         source=self.sampler.source_name)
         return span.report
 
     def _close(self, span: Span) -> None:
-        now = time.monotonic()
         with self._lock:
-            if span.end is not None:
-                raise ValueError(f"request {span.request_id}: energy span ended twice")
-            span.end = now
+            _mark_ended(span)
             self._active = [s for s in self._active if s is not span]
             self._unreported.append(span)
             self._finished.append(span)

@@ -69,8 +69,7 @@ class _Job:
     inputs: np.ndarray  # (n, ...) one request's rows
     tag: Any
     submitted_at: float
-    loop: asyncio.AbstractEventLoop = field(repr=False)
-    future: asyncio.Future[BatchResult] = field(repr=False)
+    future: asyncio.Future[BatchResult] = field(repr=False)  # of the submitting event loop
 
     @property
     def rows(self) -> int:
@@ -121,8 +120,7 @@ class Batcher:
         """
         if len(inputs) < 1:
             raise ValueError("a request needs at least one row")
-        loop = asyncio.get_running_loop()
-        job = _Job(inputs, tag, time.monotonic(), loop, loop.create_future())
+        job = _Job(inputs, tag, time.monotonic(), asyncio.get_running_loop().create_future())
         with self._changed:
             if self._closed:
                 raise RuntimeError(f"model {self.name!r} is shut down")
@@ -233,7 +231,7 @@ class Batcher:
                     started_at=started, finished_at=finished,
                 )
             offset += job.rows
-            answers[job.loop].append((job.future, answer))
+            answers[job.future.get_loop()].append((job.future, answer))
         for loop, futures in answers.items():
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
                 loop.call_soon_threadsafe(_answer, futures)
