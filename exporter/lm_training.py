@@ -3,7 +3,8 @@
 The recipe, top to bottom:
 1. Split the corpus by characters: the first 90 % trains (tokenizer and model), the last
    10 % is held out. Splitting text rather than tokens keeps the held-out part the same for
-   every tokenizer.
+   every tokenizer. A corpus of several parts (files or slices FILE@A:B) splits each part
+   so, and joins the train parts and the held-out parts with a blank line.
 2. Build the tokenizer (`exporter/lm_tokenizer.py`) and encode both parts to token streams.
 3. Train with AdamW, linear warm-up then cosine decay, on windows drawn from the train stream
    by a seeded generator. Every window starts with <s>, as prompts do at generation time.
@@ -43,9 +44,11 @@ from transformers import (
 
 from exporter.lm_presets import LMPreset
 from exporter.lm_tokenizer import TokenizerChoice, build_tokenizer, save_tokenizer
+from exporter.magrip.calibration import TextSpec
 
 ARCHS = ("llama", "gemma")
 TRAIN_FRACTION = 0.9
+PART_SEPARATOR = "\n\n"  # between the parts of a corpus of several texts
 EVAL_BATCH = 16  # windows per forward pass when measuring held-out loss
 
 
@@ -53,7 +56,7 @@ EVAL_BATCH = 16  # windows per forward pass when measuring held-out loss
 class TrainConfig:
     """Everything one training run depends on; validated by the CLI before it gets here."""
 
-    corpus: Path
+    corpus: tuple[TextSpec, ...]  # parts with resolved paths, split 90/10 each
     out: Path
     arch: str
     preset: LMPreset
@@ -66,6 +69,8 @@ class TrainConfig:
     log_every: int = 50
 
     def __post_init__(self):
+        if not self.corpus:
+            raise ValueError("a corpus needs at least one text")
         if self.arch not in ARCHS:
             raise ValueError(f"unsupported architecture {self.arch!r}: use one of {ARCHS}")
         if self.steps < 1:
@@ -79,9 +84,11 @@ class TrainConfig:
 def train_lm(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
     """Run the whole recipe; return the train report (also written to train_report.json)."""
     _check_out_dir(config.out)
-    text = _read_corpus(config.corpus)
-    split = int(len(text) * TRAIN_FRACTION)
-    train_text, heldout_text = text[:split], text[split:]
+    parts = [_read_corpus(part) for part in config.corpus]
+    splits = [int(len(text) * TRAIN_FRACTION) for text in parts]
+    train_text = PART_SEPARATOR.join(text[:split] for text, split in zip(parts, splits))
+    heldout_text = PART_SEPARATOR.join(text[split:] for text, split in zip(parts, splits))
+    name = corpus_name(config.corpus)
 
     tokenizer, specials = build_tokenizer(config.tokenizer, train_text)
     ids = specials.ids(tokenizer)
@@ -91,7 +98,7 @@ def train_lm(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
     context = config.preset.context_length
     if len(train_ids) < context or len(heldout_ids) == 0:
         raise ValueError(
-            f"{config.corpus}: corpus too short: {len(train_ids)} train and {len(heldout_ids)} "
+            f"{name}: corpus too short: {len(train_ids)} train and {len(heldout_ids)} "
             f"held-out tokens, preset {config.preset.name!r} needs at least {context} train "
             "tokens (its context length) and one held-out token"
         )
@@ -148,10 +155,15 @@ def train_lm(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
             "spm_model": str(config.tokenizer.spm_model) if config.tokenizer.spm_model else None,
         },
         "corpus": {
-            "path": str(config.corpus),
-            "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
-            "chars": len(text),
-            "split": "by characters: first 90 % train, last 10 % held out",
+            "path": name,
+            "parts": [
+                {"path": part.path, "slice": [part.start, part.end], "chars": len(text),
+                 "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+                for part, text in zip(config.corpus, parts)
+            ],
+            "sha256": hashlib.sha256("".join(parts).encode("utf-8")).hexdigest(),
+            "chars": sum(len(text) for text in parts),
+            "split": "by characters: first 90 % of each part train, last 10 % held out",
             "train_tokens": len(train_ids),
             "heldout_tokens": len(heldout_ids),
         },
@@ -169,13 +181,23 @@ def train_lm(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
     return report
 
 
-def _read_corpus(path: Path) -> str:
+def corpus_name(parts: tuple[TextSpec, ...]) -> str:
+    """The corpus as the user named it: its parts' paths, with @A:B for a slice, joined by +."""
+    whole = (0.0, 1.0)
+    return " + ".join(part.path if (part.start, part.end) == whole
+                      else f"{part.path}@{part.start}:{part.end}" for part in parts)
+
+
+def _read_corpus(part: TextSpec) -> str:
+    """The characters of one corpus part (the whole file, or its slice)."""
+    path = Path(part.path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: corpus is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    text = text[round(part.start * len(text)) : round(part.end * len(text))]
     if not text.strip():
-        raise ValueError(f"{path}: corpus is empty")
+        raise ValueError(f"{corpus_name((part,))}: corpus is empty")
     return text
 
 

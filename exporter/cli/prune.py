@@ -156,6 +156,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
                        train_text=args.train_text)
     for name, goal in report["goals"].items():
         print(f"{name}: {'met' if goal['ok'] else 'NOT met'}")
+    for warning in report["warnings"]:
+        print(f"warning: {warning}")
     print(f"wrote {args.report}/sweep.json and sweep.png ({report['seconds']:.0f} s, "
           f"peak memory {report['peak_rss_mib']:.0f} MiB)")
     return 0

@@ -1,6 +1,7 @@
 """Train a small LLaMA or Gemma language model on a text corpus (a Hugging Face checkpoint).
 
-Splits the corpus by characters (first 90 % train, last 10 % held out), builds the tokenizer
+Splits the corpus by characters (first 90 % train, last 10 % held out; a corpus given as
+several --corpus parts splits each part so), builds the tokenizer
 (a byte-level BPE trained on the train part, or a LLaMA-2 SentencePiece model), trains the
 preset's model on CPU, prints the held-out perplexity beside a unigram baseline, and writes
 config.json, model.safetensors, generation_config.json, tokenizer.json and train_report.json
@@ -24,9 +25,10 @@ DEFAULT_SPM = "llama2_tokenizer.model"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--corpus", required=True,
+        "--corpus", required=True, action="append", metavar="TEXT",
         help="UTF-8 text file: a path, or a data-file name such as tinyshakespeare.txt "
-        "(looked up in $E2EDGE_DATA_DIR, else downloaded)",
+        "(looked up in $E2EDGE_DATA_DIR, else downloaded), or a slice of its characters, "
+        "FILE@A:B; repeat to train on several texts (each split 90/10 on its own)",
     )
     parser.add_argument(
         "--tokenizer", default=None, metavar="bpe|SPM_MODEL",
@@ -54,6 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def resolved_part(spec: str):
+    """One --corpus value as a TextSpec whose path is the file it names."""
+    from e2edge.data import resolve_data_file
+    from exporter.magrip.calibration import TextSpec
+
+    part = TextSpec.parse(spec)
+    return TextSpec(str(resolve_data_file(part.path)), part.start, part.end)
+
+
 def run(args: argparse.Namespace) -> int:
     # Threads that spin while waiting slow everyone down on shared cores (measured: a demo
     # step took 3.4 s with spinning, 2.2 s without, 2 threads on 2 busy cores). OpenMP reads
@@ -64,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from exporter.lm_training import TrainConfig, train_lm
 
     preset = get_preset(args.preset)
-    corpus = resolve_data_file(args.corpus)
+    corpus = tuple(resolved_part(spec) for spec in args.corpus)
     kind = args.tokenizer or preset.tokenizer
     if kind == "bpe":
         choice = TokenizerChoice("bpe", vocab_size=args.vocab_size or preset.vocab_size)

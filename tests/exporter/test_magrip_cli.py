@@ -103,8 +103,19 @@ def test_sweep_writes_a_table_and_a_plot(tmp_path, capsys, calib, tiny_llama_che
     assert set(table["goals"]) == {"magrip_beats_every_ablation_from_0.2",
                                    "ppl_within_15pct_of_dense_at_0.3_finetuned",
                                    "decode_speedup_at_least_90pct_of_bytes_ratio"}
+    vocab = json.loads((tiny_llama_checkpoint / "config.json").read_text())["vocab_size"]
+    dense_ppl = table["dense"]["perplexity"][f"{calib}@0.5:1"]
+    assert len(table["warnings"]) == (dense_ppl >= vocab)  # a text the model does not model
     assert (report / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert not (report / "work").exists()  # checkpoints and packages are cleaned up
+
+
+def test_a_text_the_dense_model_does_not_model_gets_a_warning():
+    from exporter.magrip.report import unmodelled_texts
+
+    warnings = unmodelled_texts({"shakespeare": 39.0, "wikitext": 2793.0}, vocab_size=2048)
+    assert len(warnings) == 1 and warnings[0].startswith("wikitext: ")
+    assert "2793 is above 2048" in warnings[0]
 
 
 def _quick_sweep(tmp_path, calib, checkpoint, method: str, *extra: str):

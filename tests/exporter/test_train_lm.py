@@ -179,3 +179,32 @@ def test_int4_weights_cost_under_5_percent_perplexity_on_a_trained_model(tiny_ll
                                        stride=32).perplexity
     assert ppl["int4"] != ppl["fp32"]  # the weights really are quantised
     assert abs(ppl["int4"] - ppl["fp32"]) / ppl["fp32"] < 0.05, ppl
+
+
+def test_a_corpus_of_several_parts_splits_each_part(corpus, data_dir, tmp_path):
+    wiki = f"{data_dir / 'wikitext2_valid.txt'}@0:0.02"
+    out = tmp_path / "two"
+    report = _train(out, corpus, "--corpus", wiki, "--preset", "tiny", "--steps", "2")
+    parts = report["corpus"]["parts"]
+    assert [p["slice"] for p in parts] == [[0.0, 1.0], [0.0, 0.02]]
+    assert report["corpus"]["path"] == f"{corpus} + {data_dir / 'wikitext2_valid.txt'}@0.0:0.02"
+    texts = [corpus.read_text(encoding="utf-8")]
+    full = (data_dir / "wikitext2_valid.txt").read_text(encoding="utf-8")
+    texts.append(full[: round(0.02 * len(full))])
+    assert [p["chars"] for p in parts] == [len(t) for t in texts]
+    # Each part keeps its own last 10 % out of training: both held-out tails are scored.
+    heldout = "\n\n".join(t[int(0.9 * len(t)):] for t in texts)
+    train = "\n\n".join(t[: int(0.9 * len(t))] for t in texts)
+    tokenizer = Tokenizer.from_file(str(out / "tokenizer.json"))
+    assert report["corpus"]["heldout_tokens"] == len(
+        tokenizer.encode(heldout, add_special_tokens=False).ids)
+    assert report["corpus"]["train_tokens"] == len(
+        tokenizer.encode(train, add_special_tokens=False).ids)
+
+
+def test_an_empty_corpus_slice_is_refused(corpus, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["train", "lm", "--corpus", f"{corpus}@0.5:0.5", "--out", str(out)])
+    assert rc == 1
+    assert "slice @A:B needs 0 <= A < B <= 1" in capsys.readouterr().err
+    assert not out.exists()
