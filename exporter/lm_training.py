@@ -44,11 +44,10 @@ from transformers import (
 
 from exporter.lm_presets import LMPreset
 from exporter.lm_tokenizer import TokenizerChoice, build_tokenizer, save_tokenizer
-from exporter.magrip.calibration import TextSpec
+from exporter.magrip.calibration import PART_SEPARATOR, TextSpec
 
 ARCHS = ("llama", "gemma")
 TRAIN_FRACTION = 0.9
-PART_SEPARATOR = "\n\n"  # between the parts of a corpus of several texts
 EVAL_BATCH = 16  # windows per forward pass when measuring held-out loss
 
 

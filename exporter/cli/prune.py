@@ -7,9 +7,10 @@ and saves a checkpoint (per-layer widths, neurons in saliency order) that
 `e2edge export llm` exports as it is. --method picks the ablations instead.
 
 Text arguments take a path, a data-file name, or a slice: FILE@0:0.9 is the first
-90 % of the file's characters. With --sweep R1,R2,... --report DIR it prunes with
-every method at every ratio (with and without the fine-tune when --train-text is
-given) and writes DIR/sweep.json and DIR/sweep.png instead of one checkpoint.
+90 % of the file's characters; A+B is one text of both parts. With --sweep R1,R2,...
+--report DIR it prunes with every method at every ratio (with and without the
+fine-tune when --train-text is given) and writes DIR/sweep.json and DIR/sweep.png
+instead of one checkpoint.
 """
 
 from __future__ import annotations

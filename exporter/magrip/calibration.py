@@ -3,7 +3,10 @@
 A text spec is `PATH_OR_NAME` or `PATH_OR_NAME@A:B`, where A and B are fractions of
 the file's characters: `tinyshakespeare.txt@0:0.9` is its first 90 %, `...@0.9:1`
 the held-out rest. A name that is not an existing file is resolved by
-`e2edge.data.resolve_data_file` (E2EDGE_DATA_DIR, then the download cache).
+`e2edge.data.resolve_data_file` (E2EDGE_DATA_DIR, then the download cache). Specs
+joined by `+` name one text made of their parts, joined by a blank line
+(`tinyshakespeare.txt@0:0.9+wikitext2_valid.txt@0:0.45`), unless the whole spec is
+itself an existing file.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 from exporter.hf_checkpoint import CheckpointError
 from runtime.llm.tokenizer import Tokenizer
 
+PART_SEPARATOR = "\n\n"  # between the parts of a text made of several
 _SLICE = re.compile(r"^(?P<path>.+)@(?P<a>\d*\.?\d*):(?P<b>\d*\.?\d*)$")
 
 
@@ -55,6 +59,8 @@ def resolve_text_path(name: str) -> Path:
 
 def read_text(spec: str) -> str:
     """The text a spec names (see the module docstring)."""
+    if "+" in spec and not Path(TextSpec.parse(spec).path).expanduser().is_file():
+        return PART_SEPARATOR.join(read_text(part) for part in spec.split("+"))
     parsed = TextSpec.parse(spec)
     path = resolve_text_path(parsed.path)
     try:

@@ -83,6 +83,19 @@ def test_text_specs_slice_the_file(tmp_path):
         read_text(f"{path}@0.5:0.2")
 
 
+def test_text_specs_joined_by_plus_name_one_text_of_their_parts(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("abcdefghij")
+    b.write_text("0123456789")
+    assert read_text(f"{a}@0:0.3+{b}@0.8:1") == "abc\n\n89"
+    assert read_text(f"{a}+{b}") == "abcdefghij\n\n0123456789"
+    plus = tmp_path / "c+d.txt"  # a file whose own name has a plus is read as itself
+    plus.write_text("whole")
+    assert read_text(str(plus)) == "whole" and read_text(f"{plus}@0:0.4") == "wh"
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        read_text(f"{a}+{tmp_path / 'nope.txt'}")
+
+
 def test_sweep_writes_a_table_and_a_plot(tmp_path, capsys, calib, tiny_llama_checkpoint):
     report = tmp_path / "report"
     code = main(["prune", "--model", str(tiny_llama_checkpoint), "--calib", f"{calib}@0:0.5",
