@@ -194,7 +194,7 @@ def _read_corpus(part: TextSpec) -> str:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: corpus is not UTF-8 text ({e.reason} at byte {e.start})") from e
-    text = text[round(part.start * len(text)) : round(part.end * len(text))]
+    text = part.cut(text)
     if not text.strip():
         raise ValueError(f"{corpus_name((part,))}: corpus is empty")
     return text

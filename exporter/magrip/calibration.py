@@ -45,6 +45,10 @@ class TextSpec:
             raise CalibrationError(f"{spec}: slice @A:B needs 0 <= A < B <= 1")
         return cls(match["path"], start, end)
 
+    def cut(self, text: str) -> str:
+        """This spec's slice of the whole file's text."""
+        return text[round(self.start * len(text)) : round(self.end * len(text))]
+
 
 def resolve_text_path(name: str) -> Path:
     path = Path(name).expanduser()
@@ -67,8 +71,7 @@ def read_text(spec: str) -> str:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise CalibrationError(f"{path}: not UTF-8 text ({e})") from e
-    a, b = round(parsed.start * len(text)), round(parsed.end * len(text))
-    text = text[a:b]
+    text = parsed.cut(text)
     if not text.strip():
         raise CalibrationError(f"{spec}: the text is empty")
     return text
