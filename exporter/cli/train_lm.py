@@ -16,8 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from exporter.lm_presets import PRESETS, get_preset
+
+if TYPE_CHECKING:
+    from exporter.magrip.calibration import TextSpec
 
 ARCHS = ("llama", "gemma")  # as exporter.lm_training.ARCHS, which imports torch
 DEFAULT_SPM = "llama2_tokenizer.model"
@@ -56,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def resolved_part(spec: str):
+def resolved_part(spec: str) -> TextSpec:
     """One --corpus value as a TextSpec whose path is the file it names."""
     from e2edge.data import resolve_data_file
     from exporter.magrip.calibration import TextSpec
