@@ -44,8 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=2, help="windows per pass")
     parser.add_argument("--coarse-fraction", type=float, default=0.75)
     parser.add_argument("--fine-steps", type=int, default=3)
-    parser.add_argument("--mask-steps", type=int, default=32,
-                        help="mask refinement steps (MAGRIP only; 0 = off)")
+    parser.add_argument("--mask-steps", type=int, default=512,
+                        help="most mask refinement steps (MAGRIP only; 0 = off); held-out "
+                             "calibration loss picks the best step and stops early")
+    parser.add_argument("--mask-patience", type=int, default=3,
+                        help="held-out checks (every 32 steps) "
+                             "without improvement before the mask training stops; 0 = never")
     parser.add_argument("--train-text", help="fine-tune text (path, name, or FILE@A:B)")
     parser.add_argument("--finetune-steps", type=int,
                         help="fine-tune steps (default 300 when --train-text is given)")
@@ -94,7 +98,8 @@ def build_options(args: argparse.Namespace, ratio: float):
         samples=args.samples,
         coarse_fraction=args.coarse_fraction,
         fine_steps=args.fine_steps,
-        mask=MaskOptions(steps=args.mask_steps, batch_size=args.batch_size),
+        mask=MaskOptions(steps=args.mask_steps, patience=args.mask_patience,
+                         batch_size=args.batch_size),
         finetune=FinetuneOptions(steps=steps, params=args.finetune_params, lr=args.finetune_lr,
                                  batch_size=args.finetune_batch_size,
                                  seq_len=args.finetune_seq_len),
@@ -126,9 +131,9 @@ def run(args: argparse.Namespace) -> int:
           f"({p['ffn_ratio_removed']:.1%} of FFN neurons removed)")
     if p.get("mask"):
         m = p["mask"]
-        print(f"mask refinement: {m['neurons_swapped']} neurons swapped, held-out loss "
-              f"{m['held_out_loss_staged']:.4f} -> {m['held_out_loss_refined']:.4f} "
-              f"({'kept' if m['accepted'] else 'rejected'})")
+        print(f"mask refinement: best at step {m['best_step']} of {m['steps']}, "
+              f"{m['neurons_swapped']} neurons swapped, held-out loss "
+              f"{m['held_out_loss_staged']:.4f} -> {m['held_out_loss_refined']:.4f}")
     if p.get("finetune"):
         f = p["finetune"]
         print(f"fine-tune: {f['steps']} steps ({f['params']}), loss {f['first_loss']:.4f} -> "

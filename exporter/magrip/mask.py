@@ -13,15 +13,21 @@ as hard as the mean task gradient (`penalty` = 1) whatever the model's loss scal
 
 The logits start from the staged saliency ranking: in rank units, phi = (K - 1/2 - p)/N
 for the neuron at rank position p of N (K kept), so the kept set is exactly the
-staged one and only neurons near the boundary can cross it in a short training.
+staged one and only neurons near the boundary can cross it early in training.
 `harden` then keeps the top neurons by logit under the allocation rule, so the
 final count is exact.
+
+How long to train is decided on data the mask never trains on: given a `judge` (the
+loss of a hardened mask on held-out calibration windows), the training judges the
+starting mask and every `check_every` steps, keeps the best logits seen, and stops
+after `patience` checks without improvement. Too short a training leaves the staged
+ranking almost as it was; too long fits the mask to the training windows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -35,7 +41,9 @@ DRIFT_UNIT = 0.01  # the penalty scale is defined at a 1 % kept-fraction drift
 
 @dataclass(frozen=True)
 class MaskOptions:
-    steps: int = 32  # 0 = no mask refinement
+    steps: int = 512  # at most; 0 = no mask refinement
+    check_every: int = 32  # steps between held-out checks (with a judge)
+    patience: int = 3  # checks without improvement before the training stops; 0 = never
     lr: float = 2e-3  # Adam, in rank units (a logit moves at most ~lr per step)
     temperature: float = 0.05  # of the sigmoid whose gradient stands in for the step
     penalty: float = 1.0  # weight of the kept-fraction penalty (see the module docstring)
@@ -44,6 +52,8 @@ class MaskOptions:
     def validate(self) -> None:
         if self.steps < 0:
             raise ValueError(f"mask steps must be >= 0, got {self.steps}")
+        if self.check_every < 1 or self.patience < 0:
+            raise ValueError("mask check interval must be >= 1 and patience >= 0")
         if self.lr <= 0 or self.temperature <= 0 or self.penalty < 0:
             raise ValueError("mask lr and temperature must be > 0, penalty >= 0")
         if self.batch_size < 1:
@@ -88,12 +98,14 @@ def initial_logits(priority: Sequence[np.ndarray], keep: Sequence[np.ndarray],
 
 @dataclass
 class MaskTrainingLog:
-    steps: int
+    steps: int  # steps run (fewer than asked when the judge stopped the training)
     first_loss: float
     last_loss: float
     kept_fraction_min: float  # of the hard mask over the training steps
     kept_fraction_max: float
     target_fraction: float
+    best_step: int  # the step whose logits are returned (0: the starting ones)
+    checks: list[tuple[int, float]] = field(default_factory=list)  # (step, judged loss)
 
 
 def train_logits(
@@ -102,8 +114,13 @@ def train_logits(
     logits: Sequence[np.ndarray],  # per layer (W,) initial logits
     target_fraction: float,
     options: MaskOptions,
+    judge: Callable[[list[np.ndarray]], float] | None = None,
 ) -> tuple[list[np.ndarray], MaskTrainingLog]:
-    """Train the mask logits with the weights frozen; return (logits, log)."""
+    """Train the mask logits with the weights frozen; return (logits, log).
+
+    Without a judge the logits after the last step are returned; with one, the best
+    judged logits (lower is better), the starting ones included.
+    """
     ffns = find_ffns(model)
     params = [nn.Parameter(torch.tensor(v, dtype=torch.float32)) for v in logits]
     total = sum(p.numel() for p in params)
@@ -115,8 +132,33 @@ def train_logits(
     model.eval()
     scale = None
     fractions, losses = [], []
+    checks: list[tuple[int, float]] = []
+    best: tuple[int, float, list[np.ndarray]] | None = None  # (step, loss, logits)
+    stale = 0  # checks since the best one
+
+    def snapshot() -> list[np.ndarray]:
+        return [p.detach().double().numpy().copy() for p in params]
+
+    def check(step: int) -> bool:
+        """Judge the logits at `step`; False once patience has run out."""
+        nonlocal best, stale
+        logits_now = snapshot()
+        training_values, masks.values = masks.values, [None] * len(ffns)  # judge unmasked
+        try:
+            loss = float(judge(logits_now))
+        finally:
+            masks.values = training_values
+        checks.append((step, loss))
+        if best is None or loss < best[1]:
+            best, stale = (step, loss, logits_now), 0
+        else:
+            stale += 1
+        return not (options.patience and stale >= options.patience)
+
     try:
         with masks.applied(ffns):
+            if judge is not None:
+                check(0)
             for step in range(options.steps):
                 start = (step * options.batch_size) % len(windows)
                 batch = torch.from_numpy(windows[start : start + options.batch_size])
@@ -138,18 +180,29 @@ def train_logits(
                 optimizer.step()
                 fractions.append(kept.item())
                 losses.append(task.item())
+                done = step + 1
+                if judge is not None and (done % options.check_every == 0
+                                          or done == options.steps):
+                    if not check(done):
+                        break
     finally:
         for p, r in zip(model.parameters(), requires):
             p.requires_grad_(r)
+    if best is not None:
+        best_step, result = best[0], best[2]
+    else:
+        best_step, result = len(losses), snapshot()
     log = MaskTrainingLog(
-        steps=options.steps,
+        steps=len(losses),
         first_loss=losses[0] if losses else float("nan"),
         last_loss=losses[-1] if losses else float("nan"),
         kept_fraction_min=min(fractions, default=target_fraction),
         kept_fraction_max=max(fractions, default=target_fraction),
         target_fraction=target_fraction,
+        best_step=best_step,
+        checks=[(step, round(loss, 6)) for step, loss in checks],
     )
-    return [p.detach().double().numpy() for p in params], log
+    return result, log
 
 
 def harden(

@@ -5,9 +5,9 @@
    (masked) model and remove the rest in equal small steps, so late decisions see
    the network that the early ones left.
 2. Mask refinement (MAGRIP only): mask logits start from the staged ranking and are
-   trained with the weights frozen (mask.py), then hardened to the exact count. The
-   refined mask is kept only if its loss on held-out calibration windows is no worse
-   than the staged mask's.
+   trained with the weights frozen (mask.py), then hardened to the exact count. Loss
+   on held-out calibration windows decides how long it trains and which mask wins;
+   the staged mask stays when no trained one beats it.
 3. Compaction in saliency order (compaction.py), optional light fine-tune
    (finetune.py; the neurons are re-sorted by saliency after it), and the atomic
    write of the checkpoint (checkpoint_out.py).
@@ -170,31 +170,42 @@ def select_neurons(model: nn.Module, windows: np.ndarray, options: PruneOptions,
 
 
 def _refine(model, windows, keep, priority, keep_total, widths, min_widths, options):
-    """Train the differentiable mask; keep it only if held-out calibration loss allows."""
+    """Train the differentiable mask, judged on held-out calibration windows.
+
+    Every eighth window is held out. The training keeps the mask (the staged one
+    included) with the lowest held-out loss, and stops once more steps stop helping.
+    """
     started = time.monotonic()
     held_out = np.arange(len(windows)) % 8 == 7
     if not held_out.any() or held_out.all():
         held_out = np.ones(len(windows), dtype=bool)  # one window: train and judge on it
     train = windows[~held_out] if (~held_out).any() else windows
+
+    def hardened(logits):
+        return harden(logits, keep_total, options.allocation, widths, min_widths)
+
+    def held_out_loss(logits) -> float:
+        return mean_loss(model, windows[held_out], hardened(logits), options.mask.batch_size)
+
     logits = initial_logits(priority, keep, options.allocation)
     logits, training = train_logits(model, train, logits, keep_total / sum(widths),
-                                    options.mask)
-    refined = harden(logits, keep_total, options.allocation, widths, min_widths)
-    staged_loss = mean_loss(model, windows[held_out], keep, options.mask.batch_size)
-    refined_loss = mean_loss(model, windows[held_out], refined, options.mask.batch_size)
-    accepted = refined_loss <= staged_loss
+                                    options.mask, judge=held_out_loss)
+    refined = hardened(logits)  # the judged mask: the staged one when best_step is 0
+    staged_loss, refined_loss = training.checks[0][1], min(c[1] for c in training.checks)
     swapped = int(sum((a & ~b).sum() for a, b in zip(refined, keep)))
     info = {
         **asdict(training),
         "neurons_swapped": swapped,
-        "held_out_loss_staged": round(staged_loss, 6),
-        "held_out_loss_refined": round(refined_loss, 6),
-        "accepted": bool(accepted),
+        "held_out_windows": int(held_out.sum()),
+        "held_out_loss_staged": staged_loss,
+        "held_out_loss_refined": refined_loss,
+        "accepted": training.best_step > 0,
         "seconds": round(time.monotonic() - started, 2),
     }
-    log.info("mask refinement: %d neurons swapped, held-out loss %.4f -> %.4f (%s)", swapped,
-             staged_loss, refined_loss, "accepted" if accepted else "rejected")
-    return (refined if accepted else keep), info
+    log.info("mask refinement: best of %d steps at step %d, %d neurons swapped, held-out "
+             "loss %.4f -> %.4f", training.steps, training.best_step, swapped, staged_loss,
+             refined_loss)
+    return refined, info
 
 
 def compact_in_saliency_order(

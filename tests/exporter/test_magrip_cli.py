@@ -32,6 +32,9 @@ def test_prune_cli_writes_a_loadable_pruned_checkpoint(tmp_path, capsys, calib,
     printed = capsys.readouterr().out
     assert "FFN widths [96, 96] ->" in printed and "peak memory" in printed
     pruning = json.loads((out / "config.json").read_text())["e2edge_pruning"]
+    mask = pruning["mask"]
+    assert f"mask refinement: best at step {mask['best_step']} of {mask['steps']}," in printed
+    assert mask["steps"] <= 4 and mask["checks"][0][0] == 0
     assert sum(pruning["ffn_widths"]) == 144
     assert pruning["finetune"]["steps"] == 3 and pruning["calibration"]["windows"] == 6
     assert pruning["peak_rss_mib"] > 0

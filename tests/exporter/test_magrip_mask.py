@@ -9,7 +9,7 @@ import torch
 from exporter.hf_checkpoint import load_torch_model
 from exporter.magrip.allocation import select_keep, uniform_quotas
 from exporter.magrip.mask import MaskOptions, harden, initial_logits, ste_mask, train_logits
-from exporter.magrip.pipeline import PruneOptions, select_neurons, stage_targets
+from exporter.magrip.pipeline import PruneOptions, mean_loss, select_neurons, stage_targets
 from exporter.magrip.saliency import SaliencyOptions, neuron_saliency
 
 
@@ -79,6 +79,64 @@ def test_mask_training_holds_the_kept_fraction_and_hardens_exactly(model):
     assert any((np.sign(a) != np.sign(b)).any() for a, b in zip(trained, logits))  # it learned
     final = harden(trained, round(target * 192), "global", [96, 96], [1, 1])
     assert sum(int(k.sum()) for k in final) == round(target * 192)
+
+
+def _staged_start(seed: int):
+    rng = np.random.default_rng(seed)
+    keep = [rng.random(96) < 0.6, rng.random(96) < 0.6]
+    priority = [np.stack([k * 1.0, rng.random(96)], axis=1) for k in keep]
+    return keep, initial_logits(priority, keep, "global")
+
+
+def test_the_judge_picks_the_best_mask_and_stops_when_it_stops_improving(model):
+    windows = np.random.default_rng(5).integers(0, 300, size=(8, 32))
+    keep, logits = _staged_start(6)
+    scripted = iter([5.0, 4.0, 3.0, 3.5, 3.6, 3.7, 1.0, 1.0])  # best at the third check
+    seen = []
+
+    def judge(candidate):
+        seen.append([c.copy() for c in candidate])
+        return next(scripted)
+
+    options = MaskOptions(steps=100, lr=0.02, batch_size=4, check_every=2, patience=3)
+    trained, log = train_logits(model, windows, logits, 0.6, options, judge=judge)
+    assert [step for step, _ in log.checks] == [0, 2, 4, 6, 8, 10]  # 3 checks past the best
+    assert log.steps == 10 and log.best_step == 4
+    assert all((a == b).all() for a, b in zip(trained, seen[2]))
+    assert not all((a == b).all() for a, b in zip(seen[2], seen[-1]))  # it went on learning
+
+
+def test_the_staged_mask_stays_when_no_trained_mask_beats_it(model):
+    windows = np.random.default_rng(7).integers(0, 300, size=(8, 32))
+    keep, logits = _staged_start(8)
+    calls = []
+
+    def judge(candidate):
+        calls.append(1)
+        return 1.0 if len(calls) == 1 else 2.0
+
+    options = MaskOptions(steps=64, lr=0.02, batch_size=4, check_every=4, patience=2)
+    trained, log = train_logits(model, windows, logits, 0.6, options, judge=judge)
+    assert log.best_step == 0 and log.steps == 8
+    assert all(np.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(trained, logits))
+    assert all(((a > 0) == k).all() for a, k in zip(trained, keep))  # the staged set
+
+
+def test_refinement_keeps_the_mask_with_the_lowest_held_out_loss(model):
+    """The reported held-out losses are those of the staged mask and of the mask returned."""
+    windows = np.random.default_rng(9).integers(0, 300, size=(16, 32))
+    options = PruneOptions(ratio=0.4, saliency=SaliencyOptions(batch_size=4), fine_steps=1,
+                           mask=MaskOptions(steps=24, lr=0.05, batch_size=4, check_every=4))
+    selection = select_neurons(model, windows, options)
+    info = selection.mask
+    held_out = windows[np.arange(16) % 8 == 7]
+    assert info["held_out_windows"] == 2
+    assert info["checks"][0][0] == 0
+    assert info["held_out_loss_refined"] == min(loss for _, loss in info["checks"])
+    assert info["held_out_loss_refined"] <= info["held_out_loss_staged"]
+    assert mean_loss(model, held_out, selection.keep, 4) == pytest.approx(
+        info["held_out_loss_refined"], abs=1e-5)
+    assert info["accepted"] == (info["best_step"] > 0)
 
 
 def test_straight_through_mask_is_hard_forward_and_soft_backward():
