@@ -47,6 +47,7 @@ def test_prune_cli_writes_a_loadable_pruned_checkpoint(tmp_path, capsys, calib,
     (["--ratio", "0"], "ratio must be in (0, 1)"),
     (["--ratio", "0.3", "--seq-len", "100000"], "too short for one window"),
     (["--ratio", "0.3", "--finetune-steps", "5"], "--finetune-steps needs --train-text"),
+    (["--ratio", "0.3", "--mask-patience", "-1"], "patience >= 0"),
 ])
 def test_prune_cli_rejects_bad_input_in_one_line(tmp_path, capsys, calib,
                                                  tiny_llama_checkpoint, args, message):
