@@ -38,10 +38,11 @@ import torch
 from exporter.package_writer import PackageWriter
 from exporter.vit.checkpoint import WEIGHTS_NAME, Checkpoint, load_checkpoint
 from exporter.vit.medmnist import batches, load_medmnist, resolve_npz
-from exporter.vit.metrics import classification_metrics, softmax
+from exporter.vit.metrics import classification_metrics
 from exporter.vit.onnx_graph import INPUT_NAME, OUTPUT_NAME, build_vit_onnx
 from exporter.vit.ternary import ACT_LEVELS
 from runtime.errors import E2edgeError
+from runtime.numerics import softmax
 from runtime.vision.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)

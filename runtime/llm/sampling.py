@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.errors import InvalidRequest
+from runtime.numerics import softmax
 
 MAX_STOP_STRINGS = 16
 
@@ -74,15 +75,10 @@ class Sampler:
         if p.top_k and p.top_k < scores.size:
             kth = np.partition(scores, -p.top_k)[-p.top_k]
             scores = np.where(scores < kth, -np.inf, scores)
-        probs = _softmax(scores)
+        probs = softmax(scores)
         if p.top_p < 1.0:
             probs = _nucleus(probs, p.top_p)
         return int(self.rng.choice(probs.size, p=probs))
-
-
-def _softmax(scores: np.ndarray) -> np.ndarray:
-    shifted = np.exp(scores - np.max(scores))
-    return shifted / shifted.sum()
 
 
 def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:

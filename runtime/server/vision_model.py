@@ -14,15 +14,9 @@ import numpy as np
 
 from runtime.config import ModelConfig
 from runtime.errors import InvalidRequest, PackageError
+from runtime.numerics import softmax
 from runtime.server.batcher import Batcher, RunWindow
 from runtime.vision.engine import VisionEngine
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """(B, K) logits -> (B, K) probabilities; the same arithmetic as VisionEngine's."""
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 class VisionModel:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import BackendUnavailable, InvalidRequest, PackageError
+from runtime.numerics import softmax
 from runtime.package import ModelPackage, load_package
 from runtime.vision.preprocess import Preprocessing, preprocess
 from runtime.vision.ternary_exec import MODES, unpack_ternary
@@ -34,12 +35,6 @@ AUTO_MODE = "int8"
 class Prediction:
     probabilities: np.ndarray  # (n_classes,) float32, sums to 1
     top: list[tuple[str, float]]  # (label, probability), most likely first
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 class VisionEngine:
@@ -119,7 +114,7 @@ class VisionEngine:
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Raw images -> (B, n_classes) probabilities."""
-        return _softmax(self.logits(self.preprocess(images)))
+        return softmax(self.logits(self.preprocess(images)))
 
     def classify(self, images: np.ndarray, top_k: int = 1) -> list[Prediction]:
         if not 1 <= top_k <= len(self.labels):
