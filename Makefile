@@ -33,6 +33,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy --follow-imports=silent --ignore-missing-imports tests/runtime/server/core/served_model_conformance.py
 
 # Runs with the machine's own python (its CUDA torch, CuPy, cuda-python), not the CPU venv.
 gpu-check:

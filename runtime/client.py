@@ -23,7 +23,7 @@ from runtime.config import DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE_BYTES
 from runtime.errors import E2edgeError
 from runtime.proto.e2edge.v1 import runtime_pb2 as pb
 from runtime.proto.e2edge.v1 import runtime_pb2_grpc as pb_grpc
-from runtime.server.errors import FIELD_METADATA_KEY
+from runtime.server.guard.errors import FIELD_METADATA_KEY
 
 DEFAULT_TARGET = DEFAULT_LISTEN  # where a daemon listens unless told otherwise
 SAMPLING_FIELDS = (
@@ -124,7 +124,7 @@ class EdgeClient:
 
     def classify(self, model: str, images: Sequence[pb.Image], *, top_k: int = 0,
                  request_id: str = "", timeout_s: float | None = None) -> pb.ClassifyResponse:
-        """Classify images (runtime/server/classify_convert.py builds Image messages)."""
+        """Classify images (runtime/server/edge/convert.py builds Image messages)."""
         request = pb.ClassifyRequest(model=model, images=list(images), top_k=top_k,
                                      request_id=request_id)
         try:

@@ -97,7 +97,7 @@ class DaemonConfig:
     listen: str = DEFAULT_LISTEN
     grace_period_s: float = DEFAULT_GRACE_PERIOD_S
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    decode_threads: int = 0  # 0: half the cores (runtime/server/decode_pool.py)
+    decode_threads: int = 0  # 0: half the cores (runtime/server/core/decode_pool.py)
     decode_inline_max_pixels: int = DEFAULT_INLINE_MAX_PIXELS  # 0: always on a thread
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     power: PowerConfig | None = None  # None: the file has no power section

@@ -158,7 +158,7 @@ class Workload:
 
 
 def _image(path: str | None):
-    from runtime.server.classify_convert import encoded_image, tensor_message
+    from runtime.server.edge.convert import encoded_image, tensor_message
 
     if path:
         return encoded_image(Path(path).read_bytes())

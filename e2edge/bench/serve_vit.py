@@ -85,7 +85,7 @@ def _images(package, npz: str | None, kind: str, count: int = 64) -> list:
     import numpy as np
     from PIL import Image
 
-    from runtime.server.classify_convert import encoded_image, tensor_message
+    from runtime.server.edge.convert import encoded_image, tensor_message
     from runtime.vision.preprocess import Preprocessing
 
     spec = Preprocessing.from_dict(package.manifest["preprocessing"])

@@ -59,7 +59,7 @@ def _load(path: str, fmt: str | None):
     """(Image message, None) or (None, the reason it cannot be sent)."""
     import numpy as np
 
-    from runtime.server.classify_convert import encoded_image, tensor_message
+    from runtime.server.edge.convert import encoded_image, tensor_message
 
     try:
         if path.endswith(".npy") and fmt is None:

@@ -7,7 +7,7 @@ in the background while the server already answers health checks; a model that
 fails to load is reported NOT_SERVING and the others are served. On SIGTERM or
 SIGINT the daemon stops accepting requests, lets in-flight streams finish within
 `grace_period_s`, and exits 0; a second signal cuts the grace period short. SIGHUP
-re-reads the config and swaps models in place (runtime/server/reload.py).
+re-reads the config and swaps models in place (runtime/server/core/lifecycle.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     from runtime.config import load_config, with_listen
-    from runtime.server.request_log import configure_logging
+    from runtime.server.guard.request_log import configure_logging
 
     config = load_config(args.config)
     if args.listen:
@@ -38,9 +38,8 @@ async def serve(config, listen_override: str | None = None) -> int:
     import logging
     import signal
 
-    from runtime.server.reload import reload_config_file
+    from runtime.server.daemon import create_server
     from runtime.server.sd_notify import Notifier, announce_ready
-    from runtime.server.server import create_server
 
     log = logging.getLogger("e2edge.server")
     notifier = Notifier.from_environment()  # systemd Type=notify; a no-op elsewhere
@@ -61,8 +60,8 @@ async def serve(config, listen_override: str | None = None) -> int:
         log.warning("%s received again: cancelling in-flight requests", sig.name)
         tasks.add(loop.create_task(daemon.server.stop(0)))
 
-    def on_reload() -> None:  # SIGHUP (systemctl reload): see runtime/server/reload.py
-        task = loop.create_task(reload_config_file(daemon, notifier, listen_override))
+    def on_reload() -> None:  # SIGHUP (systemctl reload): see runtime/server/core/lifecycle.py
+        task = loop.create_task(daemon.reload_config_file(notifier, listen_override))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 

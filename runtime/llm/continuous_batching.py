@@ -53,6 +53,8 @@ class _Failed:
 class ContinuousBatcher:
     """Serves generate() calls from many threads as one batched decode loop."""
 
+    kind = "llm"
+
     def __init__(self, engine: LLMEngine, slots: int, capacity: int):
         if not engine.shared_cache:
             raise ValueError("continuous batching needs a package exported with "

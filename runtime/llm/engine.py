@@ -104,6 +104,8 @@ def _host_buffer_providers(root: Path, backend: str, providers: Sequence[str] | 
 class LLMEngine:
     """Generates text from an llm package. generate() may run concurrently from threads."""
 
+    kind = "llm"
+
     def __init__(self, package: ModelPackage, backend: Backend, tokenizer: Tokenizer):
         self.package = package
         self.backend = backend
@@ -139,6 +141,9 @@ class LLMEngine:
             backend, package.onnx_path, threads=threads, providers=providers, package=package
         )
         return cls(package, runner, tokenizer)
+
+    def close(self) -> None:
+        """Nothing of its own to stop: the backend's session goes with the last reference."""
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)

@@ -1,1 +1,1 @@
-"""The gRPC daemon: config -> models -> EdgeRuntime, health and reflection on grpc.aio."""
+"""The gRPC daemon: daemon.py builds it from core/, edge/, kserve/ and guard/."""

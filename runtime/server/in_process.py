@@ -14,7 +14,7 @@ import asyncio
 import threading
 
 from runtime.config import DaemonConfig
-from runtime.server.server import Daemon, create_server
+from runtime.server.daemon import Daemon, create_server
 
 
 class DaemonThread:

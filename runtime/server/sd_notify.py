@@ -26,7 +26,7 @@ import socket
 import time
 from collections.abc import Mapping
 
-from runtime.server.model_registry import ModelState
+from runtime.server.core.registry import ModelState
 
 log = logging.getLogger("e2edge.server")
 

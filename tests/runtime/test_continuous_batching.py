@@ -136,7 +136,7 @@ def test_the_daemon_batches_concurrent_generate_calls(engine, tiny_llama_package
                                                  ignore_eos=True))
 
     with DaemonThread(config, 0) as daemon:
-        served = daemon.daemon.registry.get("demo").engine
+        served = daemon.daemon.registry.get("demo").model
         assert isinstance(served, ContinuousBatcher) and served.slots == 4
         threads = [threading.Thread(target=stream, args=(i, daemon.target)) for i in range(4)]
         for thread in threads:

@@ -1,0 +1,2 @@
+"""What both APIs share: the served models, their lifecycle, admission, batching,
+generation, health and the drain."""

@@ -1,0 +1,74 @@
+"""Admission control for one model: a few generation slots and a bounded queue.
+
+`max_concurrent` requests run at once; up to `max_queue` more wait for a slot in
+arrival order (FIFO); any request beyond that is refused at once with QueueFull
+(RESOURCE_EXHAUSTED), so a client learns immediately that the device is saturated
+instead of waiting behind an unbounded backlog.
+
+Everything runs on the daemon's event loop, so no lock is needed: a slot is handed
+from a finishing request straight to the first waiter, and a waiter that gives up
+(its client cancelled) leaves the queue without taking a slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from runtime.server.guard.errors import QueueFull
+
+
+class Admission:
+    def __init__(self, model: str, max_concurrent: int, max_queue: int):
+        if max_concurrent < 1 or max_queue < 0:
+            raise ValueError(f"max_concurrent must be >= 1 and max_queue >= 0, got "
+                             f"{max_concurrent}, {max_queue}")
+        self.model = model
+        self.max_concurrent = max_concurrent
+        self.max_queue = max_queue
+        self.active = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting in the queue if needed; QueueFull when the queue is full."""
+        if self.active < self.max_concurrent and not self._waiters:
+            self.active += 1
+            return
+        if len(self._waiters) >= self.max_queue:
+            raise QueueFull(
+                f"model {self.model!r} is busy: {self.active} running and {len(self._waiters)} "
+                f"queued (max_queue {self.max_queue}); retry later"
+            )
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # the slot was handed over just as we were cancelled
+            elif waiter in self._waiters:  # release() may have dropped it already
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Give the slot to the first waiter, or free it."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes on; `active` stays the same
+                return
+        self.active -= 1
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        await self.acquire()
+        try:
+            yield
+        finally:
+            self.release()

@@ -1,0 +1,93 @@
+"""A vision package as the daemon serves it: VisionEngine plus batching and limits.
+
+The registry loads it (`load_vision`, its loader for kind "vision"); the Classify
+service decodes and preprocesses each image on its own (sizes differ), then hands
+the (n, C, S, S) pixels of a request to the model's Batcher, which runs
+`probabilities` on whole batches on the model's worker threads.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+
+import numpy as np
+
+from runtime.config import ModelConfig
+from runtime.errors import InvalidRequest, PackageError
+from runtime.numerics import softmax
+from runtime.server.core.batcher import Batcher, RunWindow
+from runtime.vision.engine import VisionEngine
+
+
+class VisionModel:
+    """An ImageClassifier (served_model.py) over a VisionEngine."""
+
+    kind = "vision"
+
+    def __init__(self, engine: VisionEngine, config: ModelConfig):
+        self.engine = engine
+        self.package = engine.package
+        self.backend_name = "onnxruntime"  # VisionEngine runs an onnxruntime session
+        self.providers: list[str] = list(engine.session.get_providers())
+        self.config = config
+        self.limits = config.image_limits
+        self.labels = engine.labels
+        self.batcher: Batcher | None = None  # made by `batcher_on` at the first request
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """One decoded image -> (1, C, S, S) float32, per the package manifest."""
+        return self.engine.preprocess(image)
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """(B, C, S, S) preprocessed -> (B, n_classes); runs on a worker thread."""
+        return softmax(self.engine.logits(pixels))
+
+    def check_top_k(self, top_k: int) -> int:
+        """0 (unset) -> 1; otherwise 1..n_classes."""
+        top_k = top_k or 1
+        if not 1 <= top_k <= len(self.labels):
+            raise InvalidRequest("top_k", f"must be between 1 and {len(self.labels)} (the "
+                                          f"model's classes), got {top_k}")
+        return top_k
+
+    def top(self, probabilities: np.ndarray, top_k: int) -> list[list[tuple[str, int, float]]]:
+        """(n, K) -> per image the top_k (label, index, probability), most likely first.
+
+        The stable sort breaks ties by class index, as VisionEngine.classify does.
+        """
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+        return [[(self.labels[i], int(i), float(row[i])) for i in best]
+                for row, best in zip(probabilities, order)]
+
+    def batcher_on(self, executor: Executor, run_window: RunWindow | None = None) -> Batcher:
+        """The model's batcher, made on first use with the registry's worker threads.
+
+        Every service that classifies (Classify, KServe) shares it, so their requests
+        batch together; the first caller that brings a `run_window` (Classify's energy
+        windows) installs it, whichever service made the batcher.
+        """
+        if self.batcher is None:
+            self.batcher = Batcher(
+                self.config.name, self.probabilities, executor, self.config.batching,
+                max_concurrent=self.config.max_concurrent, max_queue=self.config.max_queue,
+            )
+        if run_window is not None and self.batcher.run_window is None:
+            self.batcher.run_window = run_window
+        return self.batcher
+
+    def close(self) -> None:
+        """Stop the batcher's workers (the registry calls this when the model goes)."""
+        if self.batcher is not None:
+            self.batcher.close()
+
+
+def load_vision(config: ModelConfig) -> VisionModel:
+    """The registry's loader for kind "vision" packages."""
+    if config.backend != "onnxruntime":
+        raise PackageError(
+            f"{config.path}: vision models run on onnxruntime (backend {config.backend!r} "
+            "is for LLMs); choose GPU execution with providers, e.g. [CUDAExecutionProvider]"
+        )
+    engine = VisionEngine(config.path, threads=config.threads,
+                          providers=list(config.providers) or None)
+    return VisionModel(engine, config)

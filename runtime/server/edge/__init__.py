@@ -1,0 +1,1 @@
+"""The EdgeRuntime API (runtime.proto): Generate, Classify, the model list, WatchPower."""

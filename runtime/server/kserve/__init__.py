@@ -1,0 +1,1 @@
+"""The KServe v2 API (Triton's GRPCInferenceService) over the same models."""
