@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 # preferred order when the caller asks for "auto"
 AUTO_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 def choose_providers(requested: Sequence[str] | None) -> list[str]:
@@ -26,11 +27,26 @@ def choose_providers(requested: Sequence[str] | None) -> list[str]:
         return [p for p in AUTO_PROVIDERS if p in available]
     missing = [p for p in requested if p not in available]
     if missing:
+        hint = ""
+        if set(missing) & set(GPU_PROVIDERS) and not _gpu_build_installed():
+            hint = ("; onnxruntime-gpu is not installed (this onnxruntime is a CPU build): "
+                    "pip install 'e2edge[gpu]', on a Jetson from the Jetson AI Lab index")
         raise BackendUnavailable(
             f"onnxruntime execution provider(s) {missing} not available here "
-            f"(available: {available})"
+            f"(available: {available}){hint}"
         )
     return list(requested)
+
+
+def _gpu_build_installed() -> bool:
+    """Is the installed onnxruntime a GPU build (onnxruntime-gpu, or Jetson's wheel)?"""
+    from importlib import metadata
+
+    import onnxruntime as ort
+
+    names = {d.metadata["Name"].lower() for d in metadata.distributions()
+             if (d.metadata["Name"] or "").lower().startswith("onnxruntime")}
+    return "onnxruntime-gpu" in names or ort.get_device() == "GPU"
 
 
 class OnnxRuntimeBackend:

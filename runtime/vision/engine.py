@@ -9,8 +9,9 @@ batch, and returns softmax probabilities. Ternary packages are executed as chose
 by `execution` (runtime/vision/ternary_exec.py); "auto" unpacks the 2-bit weights
 once at load time to int8 codes for an integer GEMM fed with the graph's own int8
 activation codes: the fastest exact mode measured on x86 CPUs, faster than the fp32
-model (see the README's BitMed ViT section); with GPU providers it picks fp32. The
-package on disk stays 2-bit.
+model (see the README's BitMed ViT section); with GPU providers it unpacks them to
+fp16 (onnxruntime's CUDA provider has no 2-bit kernel, and fp16 runs on tensor
+cores). The package on disk stays 2-bit.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.backends.onnxruntime_backend import choose_providers
 from runtime.errors import BackendUnavailable, InvalidRequest, PackageError
 from runtime.numerics import softmax
 from runtime.package import ModelPackage, load_package
@@ -28,7 +30,12 @@ from runtime.vision.preprocess import Preprocessing, preprocess
 from runtime.vision.ternary_exec import MODES, unpack_ternary
 
 EXECUTIONS = ("auto", *MODES)
-AUTO_MODE = "int8"
+
+
+def auto_execution(providers: list[str]) -> str:
+    """How "auto" runs a ternary package: int8 codes on the CPU provider alone (measured
+    fastest there), fp16 weights when a GPU provider runs the graph."""
+    return "int8" if all(p == "CPUExecutionProvider" for p in providers) else "fp16"
 
 
 @dataclass(frozen=True)
@@ -65,12 +72,11 @@ class VisionEngine:
             raise PackageError(f"{self.package.root}: labels.json does not match n_classes")
 
         ternary = manifest.get("quantization", {}).get("ternary", "none") != "none"
-        providers = providers or ["CPUExecutionProvider"]
+        # Asked-for providers must exist here (one clear line naming what is missing, e.g.
+        # CUDAExecutionProvider without onnxruntime-gpu); none asked for: the CPU.
+        providers = choose_providers(providers) if providers else ["CPUExecutionProvider"]
         if execution == "auto":
-            # int8 was measured fastest on ORT's CPU provider; GPU providers get plain
-            # fp32 MatMuls, which every one of them runs.
-            cpu_only = all(p == "CPUExecutionProvider" for p in providers)
-            execution = AUTO_MODE if cpu_only else "fp32"
+            execution = auto_execution(providers)
         self.execution = execution if ternary else "fp32"
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads

@@ -1,4 +1,4 @@
-"""How a package's 2-bit MatMulNBits layers run on the CPU, chosen at load time.
+"""How a package's 2-bit MatMulNBits layers run in onnxruntime, chosen at load time.
 
 The package stays 2-bit on disk; at load time the graph can be rewritten in memory:
 
@@ -6,6 +6,11 @@ The package stays 2-bit on disk; at load time the graph can be rewritten in memo
             2 bits dequantises block by block, which is slow for small matrices.
     fp32    unpack once to a float32 (K, N) weight (ternary * scale, exact) and use
             MatMul: the same GEMM as the fp32 model, on the same quantised values.
+    fp16    unpack once to a float16 (K, N) weight and run the MatMul in fp16 between
+            two Casts: what GPU providers run fastest (tensor cores; ORT's CUDA
+            provider has no 2-bit MatMulNBits kernel), at half fp32's weight memory.
+            fp16 rounds the scale and the activations to 11 significant bits, so
+            results match fp32 to about 1e-3 relative, not exactly.
     int8    unpack to int8 ternary codes T and feed the graph's own uint8 activation
             codes q (QuantizeLinear's output, zero point 128) to an integer GEMM,
             com.microsoft::MatMulIntegerToFloat (u8 x s8, B packed once at load),
@@ -13,8 +18,8 @@ The package stays 2-bit on disk; at load time the graph can be rewritten in memo
                 y = ((q - 128) @ T.T) * s_w * step
             Integer sums are exact, so this is the fp32 result up to fp32 rounding.
 
-All three compute the same function (the package's explicit per-token int8
-activation grid is kept), so a choice of mode is a choice of speed only.
+All compute the same function (the package's explicit per-token int8 activation grid
+is kept), so a choice of mode is a choice of speed (and, for fp16, of rounding) only.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 from runtime.errors import PackageError
 from runtime.ternary_layout import ZERO_POINT, dequantize, unpack_codes
 
-MODES = ("packed", "fp32", "int8")
+MODES = ("packed", "fp32", "fp16", "int8")
 U8_ZERO_POINT = 128  # the package's activation codes are uint8 with zero point 128
 
 
@@ -80,7 +85,7 @@ def _check_zero_point(producer, name: str) -> None:
 def unpack_ternary(model, mode: str):
     """Return a copy of `model` (onnx.ModelProto) with its 2-bit layers run as `mode`."""
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import TensorProto, helper, numpy_helper
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -111,6 +116,18 @@ def unpack_ternary(model, mode: str):
             replacements[index].append(
                 helper.make_node("MatMul", [node.input[0], w_name], list(node.output), name=name)
             )
+            continue
+        if mode == "fp16":
+            weight = dequantize(packed, scales, k).T.astype(np.float16)  # (K, N) float16
+            w_name, x16, y16 = f"{name}/unpacked_fp16", f"{name}/x_fp16", f"{name}/y_fp16"
+            new_inits.append(numpy_helper.from_array(np.ascontiguousarray(weight), w_name))
+            replacements[index] += [
+                helper.make_node("Cast", [node.input[0]], [x16], to=TensorProto.FLOAT16,
+                                 name=f"{name}/cast_in"),
+                helper.make_node("MatMul", [x16, w_name], [y16], name=name),
+                helper.make_node("Cast", [y16], list(node.output), to=TensorProto.FLOAT,
+                                 name=f"{name}/cast_out"),
+            ]
             continue
         # int8: the layer's input must be DequantizeLinear(q, step, zero_point, axis=0)
         dq = producers.get(node.input[0])

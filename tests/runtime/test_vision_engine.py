@@ -53,9 +53,35 @@ def test_execution_modes_agree(package):
     path, data = package
     images = data["test_images"]
     probs = {mode: VisionEngine(path, execution=mode).probabilities(images)
-             for mode in ("packed", "fp32", "int8")}
+             for mode in ("packed", "fp32", "fp16", "int8")}
     for mode in ("fp32", "int8"):
         np.testing.assert_allclose(probs[mode], probs["packed"], atol=1e-4)
+    # fp16 rounds weights and activations to 11 significant bits: close, not exact.
+    np.testing.assert_allclose(probs["fp16"], probs["packed"], atol=5e-3)
+    assert (probs["fp16"].argmax(1) == probs["packed"].argmax(1)).mean() >= 0.95
+
+
+def test_fp16_unpacking_keeps_no_2bit_or_fp32_weights(package):
+    import onnx
+
+    from runtime.vision.ternary_exec import unpack_ternary
+
+    path, _ = package
+    model = onnx.load(str(path / "model.onnx"))
+    unpacked = unpack_ternary(model, "fp16")
+    ops = {node.op_type for node in unpacked.graph.node}
+    assert "MatMulNBits" in {node.op_type for node in model.graph.node}
+    assert "MatMulNBits" not in ops and "Cast" in ops
+    weights = [i for i in unpacked.graph.initializer if i.name.endswith("/unpacked_fp16")]
+    assert weights and all(i.data_type == onnx.TensorProto.FLOAT16 for i in weights)
+
+
+def test_auto_execution_is_int8_on_cpu_and_fp16_on_gpu_providers():
+    from runtime.vision.engine import auto_execution
+
+    assert auto_execution(["CPUExecutionProvider"]) == "int8"
+    assert auto_execution(["CUDAExecutionProvider", "CPUExecutionProvider"]) == "fp16"
+    assert auto_execution(["TensorrtExecutionProvider", "CUDAExecutionProvider"]) == "fp16"
 
 
 def test_rgb_input_is_converted_to_the_models_grey(package):
