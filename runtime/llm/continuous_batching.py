@@ -68,6 +68,8 @@ class ContinuousBatcher:
         self.tokenizer = engine.tokenizer
         self.backend_name = engine.backend_name
         self.providers = engine.providers
+        self.backend_reason = engine.backend_reason
+        self.execution = f"{engine.execution}, {slots} slots batched per decode step"
         self.context_length = self.capacity
         self.layout = engine.layout
         self.steps = 0  # decode steps run (for tests and metrics)

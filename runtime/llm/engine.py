@@ -114,6 +114,9 @@ class LLMEngine:
         self.context_length = self.layout.context_length
         self.backend_name = backend.name
         self.providers = list(backend.providers)
+        self.backend_reason = "as configured"  # the daemon's loader says more when it chose
+        self.execution = ("shared KV buffer (GroupQueryAttention)" if self.shared_cache
+                          else "KV cache concatenated per step")
         self._cache_names = self.layout.cache_names()
         self._present = [present for _, present in self._cache_names]
 

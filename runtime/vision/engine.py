@@ -72,6 +72,7 @@ class VisionEngine:
             raise PackageError(f"{self.package.root}: labels.json does not match n_classes")
 
         ternary = manifest.get("quantization", {}).get("ternary", "none") != "none"
+        self.ternary = ternary  # 2-bit layers in the package
         # Asked-for providers must exist here (one clear line naming what is missing, e.g.
         # CUDAExecutionProvider without onnxruntime-gpu); none asked for: the CPU.
         providers = choose_providers(providers) if providers else ["CPUExecutionProvider"]

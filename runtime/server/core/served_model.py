@@ -32,6 +32,8 @@ class ServedModel(Protocol):
     package: ModelPackage
     backend_name: str  # "onnxruntime" | "tensorrt": what really runs it
     providers: list[str]  # what executes inside the backend, e.g. ["CPUExecutionProvider"]
+    backend_reason: str  # why that backend: the config, or what `auto` found
+    execution: str  # how the weights run, e.g. "ternary unpacked to fp16"
 
     def close(self) -> None:
         """Stop the model's own threads, if any (the registry calls it when the model goes)."""

@@ -18,6 +18,13 @@ from runtime.numerics import softmax
 from runtime.server.core.batcher import Batcher, RunWindow
 from runtime.vision.engine import VisionEngine
 
+EXECUTION_TEXT = {  # VisionEngine's execution modes for a ternary package, in words
+    "packed": "ternary, 2-bit MatMulNBits as stored",
+    "int8": "ternary as int8 codes, integer GEMM on int8 activations",
+    "fp16": "ternary unpacked to fp16",
+    "fp32": "ternary unpacked to fp32",
+}
+
 
 class VisionModel:
     """An ImageClassifier (served_model.py) over a VisionEngine."""
@@ -29,6 +36,8 @@ class VisionModel:
         self.package = engine.package
         self.backend_name = "onnxruntime"  # VisionEngine runs an onnxruntime session
         self.providers: list[str] = list(engine.session.get_providers())
+        self.backend_reason = "as configured"
+        self.execution = EXECUTION_TEXT[engine.execution] if engine.ternary else "fp32"
         self.config = config
         self.limits = config.image_limits
         self.labels = engine.labels

@@ -142,6 +142,8 @@ def model_info(entry: ModelEntry, power_source: str = "") -> pb.ModelInfo:
     if entry.model is not None:
         info.backend = entry.model.backend_name
         info.execution_providers.extend(entry.model.providers)
+        info.backend_reason = entry.model.backend_reason
+        info.execution = entry.model.execution
         if entry.model.kind == "llm":
             info.context_length = entry.text_generator().context_length
     if manifest:

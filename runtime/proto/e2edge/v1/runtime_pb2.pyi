@@ -267,7 +267,7 @@ class GetModelRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "state", "error", "kind", "package_path", "package_name", "backend", "execution_providers", "parameters", "bytes", "context_length", "pruning", "quantization", "max_concurrent", "max_queue", "active_requests", "queued_requests", "manifest_json", "power_source")
+    __slots__ = ("name", "state", "error", "kind", "package_path", "package_name", "backend", "execution_providers", "parameters", "bytes", "context_length", "pruning", "quantization", "max_concurrent", "max_queue", "active_requests", "queued_requests", "manifest_json", "power_source", "backend_reason", "execution")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -287,6 +287,8 @@ class ModelInfo(_message.Message):
     QUEUED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
     POWER_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_REASON_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: ModelState
     error: str
@@ -306,7 +308,9 @@ class ModelInfo(_message.Message):
     queued_requests: int
     manifest_json: str
     power_source: str
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., package_path: _Optional[str] = ..., package_name: _Optional[str] = ..., backend: _Optional[str] = ..., execution_providers: _Optional[_Iterable[str]] = ..., parameters: _Optional[int] = ..., bytes: _Optional[int] = ..., context_length: _Optional[int] = ..., pruning: _Optional[str] = ..., quantization: _Optional[str] = ..., max_concurrent: _Optional[int] = ..., max_queue: _Optional[int] = ..., active_requests: _Optional[int] = ..., queued_requests: _Optional[int] = ..., manifest_json: _Optional[str] = ..., power_source: _Optional[str] = ...) -> None: ...
+    backend_reason: str
+    execution: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., package_path: _Optional[str] = ..., package_name: _Optional[str] = ..., backend: _Optional[str] = ..., execution_providers: _Optional[_Iterable[str]] = ..., parameters: _Optional[int] = ..., bytes: _Optional[int] = ..., context_length: _Optional[int] = ..., pruning: _Optional[str] = ..., quantization: _Optional[str] = ..., max_concurrent: _Optional[int] = ..., max_queue: _Optional[int] = ..., active_requests: _Optional[int] = ..., queued_requests: _Optional[int] = ..., manifest_json: _Optional[str] = ..., power_source: _Optional[str] = ..., backend_reason: _Optional[str] = ..., execution: _Optional[str] = ...) -> None: ...
 
 class WatchPowerRequest(_message.Message):
     __slots__ = ("interval_ms", "max_samples")

@@ -314,6 +314,8 @@ def test_list_models_shows_the_vision_models(client):
         assert info.state == pb.MODEL_STATE_READY and info.kind == pb.MODEL_KIND_VISION
         assert info.backend == "onnxruntime" and "CPUExecutionProvider" in info.execution_providers
         assert info.package_name == "tiny-vision" and info.active_requests == 0
+        assert info.backend_reason and info.context_length == 0
+        assert info.execution == "ternary as int8 codes, integer GEMM on int8 activations"
 
 
 def test_energy_of_a_request_is_its_batch_window(package, tmp_path, monkeypatch):
