@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "bench serve-vit": "e2edge.bench.serve_vit",
     "bench load": "e2edge.bench.load",
     "bench sweep-decode": "e2edge.bench.sweep_decode",
+    "bench kernels": "e2edge.bench.kernels",
 }
 
 GROUP_HELP = {
