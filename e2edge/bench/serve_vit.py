@@ -246,8 +246,8 @@ def _summary(runs: list, seconds: float) -> dict:
 
 
 def bench_serve_vit(args: argparse.Namespace) -> dict:
-    from e2edge.bench.machine import machine_facts
     from runtime.client import EdgeClient
+    from runtime.host_facts import machine_facts
     from runtime.package import load_package
 
     client_counts = [int(c) for c in args.clients.split(",")]
