@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "models": "runtime.cli.models",
     "classify": "runtime.cli.classify",
     "power": "runtime.cli.power",
+    "doctor": "runtime.cli.doctor",
     "bench llm": "e2edge.bench.llm",
     "bench vit": "e2edge.bench.vit",
     "bench serve": "e2edge.bench.serve",
