@@ -75,3 +75,18 @@ def test_this_machine_is_described_without_raising():
 
 def test_benchmarks_record_the_short_machine_facts():
     assert set(host_facts.machine_facts()) == {"cpu", "cores", "machine", "python"}
+
+
+def test_asking_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from runtime import host_facts; from runtime.backends import selection;"
+        "import runtime.cli.doctor; host_facts.collect(); selection.BackendHost.probe();"
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules];"
+        "sys.exit(', '.join(bad) or None)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
