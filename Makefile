@@ -37,8 +37,8 @@ lint: $(STAMP)
 
 # Runs with the machine's own python (its CUDA torch, CuPy, cuda-python), not the CPU venv.
 gpu-check:
-	PYTHONPATH=. $(PYTHON) -m plugins_trt.gpu_check --out $(ARTIFACTS)/gpu_check.json
-	PYTHONPATH=. $(PYTHON) -m pytest -q -p no:cacheprovider tests/plugins_trt/test_kernels_gpu.py
+	PYTHONPATH=. $(PYTHON) -m e2edge.cli bench kernels --out $(ARTIFACTS)/gpu_check.json
+	PYTHONPATH=. $(PYTHON) -m pytest -q -p no:cacheprovider tests/e2edge/test_bench_kernels_gpu.py
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py

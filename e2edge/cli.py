@@ -32,12 +32,14 @@ COMMANDS: dict[str, str] = {
     "models": "runtime.cli.models",
     "classify": "runtime.cli.classify",
     "power": "runtime.cli.power",
+    "doctor": "runtime.cli.doctor",
     "bench llm": "e2edge.bench.llm",
     "bench vit": "e2edge.bench.vit",
     "bench serve": "e2edge.bench.serve",
     "bench serve-vit": "e2edge.bench.serve_vit",
     "bench load": "e2edge.bench.load",
     "bench sweep-decode": "e2edge.bench.sweep_decode",
+    "bench kernels": "e2edge.bench.kernels",
 }
 
 GROUP_HELP = {

@@ -14,7 +14,6 @@ Everything else (vision packages) gets one profile over the batch.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -24,12 +23,15 @@ from typing import Any
 from e2edge import __version__
 from plugins_trt import engine_files
 from plugins_trt.plugin_spec import PLUGIN_VERSIONS
-from runtime.errors import BackendUnavailable, ConfigError, PackageError
-from runtime.package import load_package
+from plugins_trt.trt_library import (
+    captured_errors,
+    create_builder,
+    process_logger,
+    require_tensorrt,
+)
+from runtime.errors import ConfigError, PackageError
+from runtime.package import ModelPackage, load_package
 
-log = logging.getLogger(__name__)
-
-MIN_TENSORRT = (10, 0)
 PRECISIONS = ("fp16", "fp32")
 DIM_ROLES = {
     "batch": ("batch", "batch_size", "N"),
@@ -61,24 +63,6 @@ class BuildOptions:
 class InputSpec:
     name: str
     dims: tuple[int | str, ...]  # int for fixed, the dim_param name for dynamic
-
-
-def require_tensorrt():
-    """The tensorrt module, or BackendUnavailable saying what is missing."""
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise BackendUnavailable(
-            "tensorrt is not installed: building or running TensorRT engines needs TensorRT "
-            ">= 10 (JetPack 6 ships it; elsewhere `pip install tensorrt`) and an NVIDIA GPU; "
-            "the onnxruntime backend runs the package without it"
-        ) from e
-    major_minor = tuple(int(p) for p in trt.__version__.split(".")[:2])
-    if major_minor < MIN_TENSORRT:
-        raise BackendUnavailable(
-            f"TensorRT {trt.__version__} is too old: the e2edge plugins need >= 10.0"
-        )
-    return trt
 
 
 def _role(dim: str) -> str | None:
@@ -161,26 +145,6 @@ def model_inputs(model) -> list[InputSpec]:
     return specs
 
 
-def make_logger(trt):
-    class CapturingLogger(trt.ILogger):
-        """Forwards TensorRT's log to logging and keeps the errors for the exception text."""
-
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity, msg):
-            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-                self.errors.append(msg)
-                log.error("TensorRT: %s", msg)
-            elif severity == trt.ILogger.Severity.WARNING:
-                log.warning("TensorRT: %s", msg)
-            else:
-                log.debug("TensorRT: %s", msg)
-
-    return CapturingLogger()
-
-
 @dataclass(frozen=True)
 class BuildResult:
     plan: Path
@@ -190,19 +154,47 @@ class BuildResult:
 def build_engine(package_path: str | Path, options: BuildOptions = BuildOptions()) -> BuildResult:
     """Lower, parse and build; write the engine and its sidecar into the package."""
     package = load_package(package_path)
+    _refuse_fused_attention(package)
+    trt = require_tensorrt()
+    from plugins_trt import cuda_driver, trt_plugins
+
+    gpu = cuda_driver.gpu_info(0)
+    lowered, report = _lower(package, options)
+    profiles = optimization_profiles(
+        model_inputs(lowered), options.max_batch, options.max_seq, package.kind == "llm"
+    )
+    trt_plugins.register()
+    builder = create_builder(trt)
+    network, parser = _parse(trt, builder, lowered, package.root)
+    config = _builder_config(trt, builder, options, profiles)
+    t0 = time.perf_counter()
+    serialized = _build(builder, network, config)
+    seconds = time.perf_counter() - t0
+    del parser  # it owns the weights the network points at: kept alive until the build ends
+    if options.timing_cache is not None:
+        engine_files._write_atomically(
+            Path(options.timing_cache), bytes(config.get_timing_cache().serialize())
+        )
+    sidecar = _sidecar(package, trt.__version__, gpu, options, profiles, report, seconds)
+    stem = engine_files.engine_stem(gpu.slug, gpu.cc, trt.__version__)
+    plan = engine_files.write_engine(package.root, stem, bytes(serialized), sidecar)
+    return BuildResult(plan, sidecar)
+
+
+def _refuse_fused_attention(package: ModelPackage) -> None:
     if package.kind == "llm" and (package.manifest.get("llm") or {}).get("attention") == "gqa":
         raise PackageError(
             f"{package.root}: exported with --attention gqa (onnxruntime's fused "
             "GroupQueryAttention, which TensorRT's parser cannot read); export it again with "
             "`e2edge export llm --attention standard` to build an engine"
         )
-    trt = require_tensorrt()
-    from plugins_trt import cuda_driver
 
-    gpu = cuda_driver.gpu_info(0)
+
+def _lower(package: ModelPackage, options: BuildOptions):
+    """The package's graph with e2edge plugin nodes, and the lowering report."""
     import onnx
 
-    from plugins_trt import lowering, trt_plugins
+    from plugins_trt import lowering
 
     lowered, report = lowering.lower_model(
         onnx.load(str(package.onnx_path)),
@@ -214,25 +206,28 @@ def build_engine(package_path: str | Path, options: BuildOptions = BuildOptions(
             f"{package.root}: TensorRT cannot import {len(report.unsupported)} node(s): "
             f"{'; '.join(report.unsupported[:5])}; run this package on onnxruntime"
         )
-    inputs = model_inputs(lowered)
-    profiles = optimization_profiles(
-        inputs, options.max_batch, options.max_seq, package.kind == "llm"
-    )
-    trt_plugins.register()
-    logger = make_logger(trt)
-    builder = trt.Builder(logger)
+    return lowered, report
+
+
+def _parse(trt, builder, lowered, root: Path):
+    """(network, parser) from the lowered graph; the parser must outlive the build."""
+    from plugins_trt import lowering
+
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
-    parser = trt.OnnxParser(network, logger)
+    parser = trt.OnnxParser(network, process_logger(trt))
     with tempfile.TemporaryDirectory(prefix="e2edge-lowered-") as tmp:
         path = lowering.save_lowered(lowered, Path(tmp) / "model.onnx")
         if not parser.parse_from_file(str(path)):
             errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-            raise PackageError(
-                f"{package.root}: TensorRT's ONNX parser failed: {'; '.join(errors)}"
-            )
+            raise PackageError(f"{root}: TensorRT's ONNX parser failed: {'; '.join(errors)}")
+    return network, parser
+
+
+def _builder_config(trt, builder, options: BuildOptions, profiles: list[Profile]):
+    """Precision, timing cache and optimisation profiles."""
     config = builder.create_builder_config()
     if options.precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
+        config.set_flag(trt.BuilderFlag.FP16)  # TensorRT 10's way; see trt_library.BELOW
     cache_bytes = b""
     if options.timing_cache is not None and Path(options.timing_cache).is_file():
         cache_bytes = Path(options.timing_cache).read_bytes()
@@ -243,19 +238,24 @@ def build_engine(package_path: str | Path, options: BuildOptions = BuildOptions(
         for name, (lo, opt, hi) in shapes.items():
             profile.set_shape(name, lo, opt, hi)
         config.add_optimization_profile(profile)
-    t0 = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
+    return config
+
+
+def _build(builder, network, config):
+    with captured_errors() as errors:
+        serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(
-            f"TensorRT could not build the engine: {'; '.join(logger.errors) or 'no log'}"
+            f"TensorRT could not build the engine: {'; '.join(errors) or 'no error logged'}"
         )
-    seconds = time.perf_counter() - t0
-    if options.timing_cache is not None:
-        engine_files._write_atomically(
-            Path(options.timing_cache), bytes(config.get_timing_cache().serialize())
-        )
-    sidecar = {
-        "tensorrt_version": trt.__version__,
+    return serialized
+
+
+def _sidecar(package: ModelPackage, trt_version: str, gpu, options: BuildOptions,
+             profiles: list[Profile], report, seconds: float) -> dict[str, Any]:
+    """What the engine was built from and for; engine_files.select_engine reads it."""
+    return {
+        "tensorrt_version": trt_version,
         "gpu": gpu.name,
         "compute_capability": gpu.cc,
         "plugins": PLUGIN_VERSIONS,
@@ -274,6 +274,3 @@ def build_engine(package_path: str | Path, options: BuildOptions = BuildOptions(
         "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "e2edge_version": __version__,
     }
-    stem = engine_files.engine_stem(gpu.slug, gpu.cc, trt.__version__)
-    plan = engine_files.write_engine(package.root, stem, bytes(serialized), sidecar)
-    return BuildResult(plan, sidecar)

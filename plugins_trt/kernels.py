@@ -1,8 +1,9 @@
 """Launchers for the e2edge kernels on raw device pointers (shared by plugins and tests).
 
 The TensorRT plugins call these from `enqueue` with TensorRT's pointers and stream; the
-tests and gpu_check call them through plugins_trt.kernels_torch with torch tensors. Shapes
-follow plugins_trt/reference.py, which is the specification of each launcher:
+GPU tests and `e2edge bench kernels` call them through e2edge.bench.kernels_torch with
+torch tensors. Shapes follow plugins_trt/reference.py, which is the specification of each
+launcher:
 
     launch_ternary_matmul   Y (M, N) = X (M, K) @ dequant(words, scales).T
         words  (N, K_pad / 16) int32/uint32: the package's packed uint8 bytes, 16 codes a word

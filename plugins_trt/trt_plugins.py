@@ -4,11 +4,13 @@
     e2edge::SparseFFN             gated FFN over the active (prefix or listed) neurons
 
 Written to the TensorRT 10.3 Python API (JetPack 6.1/6.2), following the IPluginV3 +
-IPluginCreatorV3One pattern of TensorRT's samples/python/python_plugin. This module imports
-tensorrt at the top: import it only where tensorrt exists (engine_builder and the TensorRT
-backend do, inside functions, after checking). `register()` must run before an ONNX parse
-or an engine deserialisation; Python plugins are not serialised into the engine, so the
-process that runs the engine registers them too.
+IPluginCreatorV3One pattern of TensorRT's samples/python/python_plugin. What each plugin
+does is written in plain classes (PackedTernaryMatMul, SparseFFN, PluginCreator) that
+import no TensorRT, so they can be read and checked anywhere; `register()` puts
+TensorRT's interfaces under them (IPluginV3 + IPluginV3OneCore/OneBuild/OneRuntime, and
+IPluginCreatorV3One for the creator) and registers the creators. It must run before an
+ONNX parse or an engine deserialisation; Python plugins are not serialised into the
+engine, so the process that runs the engine registers them too.
 
 Kernels run on TensorRT's stream through plugins_trt.kernels (NVRTC + CUDA driver); the
 inputs and formats each plugin accepts are listed in plugins_trt/plugin_spec.py.
@@ -17,14 +19,17 @@ inputs and formats each plugin accepts are listed in plugins_trt/plugin_spec.py.
 from __future__ import annotations
 
 import math
+import types
+from typing import Any
 
 import numpy as np
-import tensorrt as trt
 
 from plugins_trt import kernels
 from plugins_trt import plugin_spec as spec
+from plugins_trt.trt_library import require_tensorrt
 
-_FLOAT_TYPES = {trt.DataType.FLOAT: "float32", trt.DataType.HALF: "float16"}
+PLUGIN_INTERFACES = ("IPluginV3", "IPluginV3OneCore", "IPluginV3OneBuild", "IPluginV3OneRuntime")
+CREATOR_INTERFACES = ("IPluginCreatorV3One",)
 
 
 def _tokens(dims) -> int:
@@ -43,19 +48,25 @@ def _field_values(fc, names: tuple[str, ...], defaults: dict[str, int]) -> dict[
     return values
 
 
-class _E2edgePlugin(
-    trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild, trt.IPluginV3OneRuntime
-):
-    """What both plugins share: integer fields, one output of the first input's dtype."""
+def _float_type(trt: Any, dtype: Any) -> str | None:
+    """"float32" / "float16" for the activation dtypes the kernels take, else None."""
+    return {trt.DataType.FLOAT: "float32", trt.DataType.HALF: "float16"}.get(dtype)
+
+
+class _E2edgePlugin:
+    """What both plugins share: integer fields, one output of the first input's dtype.
+
+    Every method TensorRT's bindings call on an IPluginV3 Python plugin is here or in the
+    subclasses; `self.trt` is the tensorrt module, set on the classes register() makes.
+    """
 
     op = ""
     fields: tuple[str, ...] = ()
+    trt: Any = None
 
     def __init__(self, values: dict[str, int], phase=None):
-        trt.IPluginV3.__init__(self)
-        trt.IPluginV3OneCore.__init__(self)
-        trt.IPluginV3OneBuild.__init__(self)
-        trt.IPluginV3OneRuntime.__init__(self)
+        for interface in PLUGIN_INTERFACES:
+            getattr(self.trt, interface).__init__(self)
         self.values = dict(values)
         self.phase = phase
         self.num_outputs = 1
@@ -72,6 +83,7 @@ class _E2edgePlugin(
         return type(self)(self.values, self.phase)
 
     def get_fields_to_serialize(self):
+        trt = self.trt
         return trt.PluginFieldCollection(
             [
                 trt.PluginField(name, np.array([value], dtype=np.int32), trt.PluginFieldType.INT32)
@@ -91,11 +103,15 @@ class _E2edgePlugin(
     def attach_to_context(self, context):
         return self.clone()
 
+    def set_tactic(self, tactic):
+        """No custom tactics (no get_valid_tactics), yet TensorRT calls this in every build
+        with tactic 0, the default; the bindings fail the build when it is missing."""
+
     def check_inputs(self, descs) -> None:
         """Raise on input shapes that contradict the fields (called at build and run)."""
 
 
-class PackedTernaryMatMulPlugin(_E2edgePlugin):
+class PackedTernaryMatMul(_E2edgePlugin):
     op = spec.TERNARY_OP
     fields = spec.TERNARY_FIELDS
 
@@ -105,16 +121,16 @@ class PackedTernaryMatMulPlugin(_E2edgePlugin):
         self.activation_bits = values["activation_bits"]
 
     def get_output_shapes(self, inputs, shape_inputs, expr_builder):
-        out = trt.DimsExprs(inputs[0])
+        out = self.trt.DimsExprs(inputs[0])
         out[len(out) - 1] = expr_builder.constant(self.geometry.N)
         return [out]
 
     def supports_format_combination(self, pos, in_out, num_inputs):
-        desc = in_out[pos].desc
+        trt, desc = self.trt, in_out[pos].desc
         if desc.format != trt.TensorFormat.LINEAR:
             return False
         if pos == 0:
-            return desc.type in _FLOAT_TYPES
+            return _float_type(trt, desc.type) is not None
         if pos == 1:
             return desc.type == trt.DataType.INT32  # the packed words
         if pos == 2:
@@ -151,14 +167,14 @@ class PackedTernaryMatMulPlugin(_E2edgePlugin):
             y=outputs[0],
             M=_tokens(dims),
             geometry=self.geometry,
-            dtype=_FLOAT_TYPES[input_desc[0].type],
+            dtype=_float_type(self.trt, input_desc[0].type),
             stream=stream,
             activation_bits=self.activation_bits,
             workspace=workspace,
         )
 
 
-class SparseFFNPlugin(_E2edgePlugin):
+class SparseFFN(_E2edgePlugin):
     op = spec.FFN_OP
     fields = spec.FFN_FIELDS
 
@@ -171,14 +187,14 @@ class SparseFFNPlugin(_E2edgePlugin):
             raise ValueError(f"{self.op}: active_mode must be 0 (prefix) or 1 (indices)")
 
     def get_output_shapes(self, inputs, shape_inputs, expr_builder):
-        return [trt.DimsExprs(inputs[0])]
+        return [self.trt.DimsExprs(inputs[0])]
 
     def supports_format_combination(self, pos, in_out, num_inputs):
-        desc = in_out[pos].desc
+        trt, desc = self.trt, in_out[pos].desc
         if desc.format != trt.TensorFormat.LINEAR:
             return False
         if pos == 0:
-            return desc.type in _FLOAT_TYPES
+            return _float_type(trt, desc.type) is not None
         if pos == 4:
             return desc.type == trt.DataType.INT32  # prefix width or neuron ids
         return desc.type == in_out[0].desc.type  # weights and output: the activations' dtype
@@ -191,7 +207,7 @@ class SparseFFNPlugin(_E2edgePlugin):
                 raise ValueError(f"{self.op}: {name} rows are {shape}, expected {expected}")
 
     def get_workspace_size(self, inputs, outputs):
-        dtype = _FLOAT_TYPES[inputs[0].desc.type]
+        dtype = _float_type(self.trt, inputs[0].desc.type)
         return kernels.sparse_ffn_workspace_bytes(
             _tokens(inputs[0].max), self.hidden, self.ffn, dtype
         )
@@ -209,7 +225,7 @@ class SparseFFNPlugin(_E2edgePlugin):
             D=self.hidden,
             F=self.ffn,
             activation=self.activation,
-            dtype=_FLOAT_TYPES[input_desc[0].type],
+            dtype=_float_type(self.trt, input_desc[0].type),
             n_active=min(active, self.ffn) if by_index else self.ffn,
             indices=inputs[4] if by_index else 0,
             width=0 if by_index else inputs[4],
@@ -218,9 +234,15 @@ class SparseFFNPlugin(_E2edgePlugin):
         )
 
 
-class _Creator(trt.IPluginCreatorV3One):
-    def __init__(self, plugin_class, defaults: dict[str, int]):
-        trt.IPluginCreatorV3One.__init__(self)
+class PluginCreator:
+    """Makes one plugin class's instances from the fields TensorRT's ONNX parser found."""
+
+    trt: Any = None
+
+    def __init__(self, plugin_class: type, defaults: dict[str, int]):
+        trt = self.trt
+        for interface in CREATOR_INTERFACES:
+            getattr(trt, interface).__init__(self)
         self.plugin_class = plugin_class
         self.defaults = defaults
         self.name = plugin_class.op
@@ -237,18 +259,24 @@ class _Creator(trt.IPluginCreatorV3One):
         return self.plugin_class(_field_values(fc, self.plugin_class.fields, self.defaults), phase)
 
 
-_CREATORS: list[_Creator] = []
+def with_interfaces(behaviour: type, trt: Any, interfaces: tuple[str, ...]) -> type:
+    """`behaviour` with TensorRT's interface classes under it: the class TensorRT calls."""
+    bases = (behaviour, *(getattr(trt, name) for name in interfaces))
+    return types.new_class(behaviour.__name__, bases, exec_body=lambda ns: ns.update(trt=trt))
+
+
+_CREATORS: list[Any] = []
 
 
 def register() -> None:
     """Put both creators in TensorRT's plugin registry (once per process)."""
     if _CREATORS:
         return
+    trt = require_tensorrt()
+    creator_class = with_interfaces(PluginCreator, trt, CREATOR_INTERFACES)
     registry = trt.get_plugin_registry()
-    for creator in (
-        _Creator(PackedTernaryMatMulPlugin, {"activation_bits": 16}),
-        _Creator(SparseFFNPlugin, {}),
-    ):
+    for behaviour, defaults in ((PackedTernaryMatMul, {"activation_bits": 16}), (SparseFFN, {})):
+        creator = creator_class(with_interfaces(behaviour, trt, PLUGIN_INTERFACES), defaults)
         if not registry.register_creator(creator, spec.PLUGIN_NAMESPACE):
             raise RuntimeError(
                 f"TensorRT refused to register {spec.PLUGIN_NAMESPACE}::{creator.name}"

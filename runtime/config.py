@@ -8,7 +8,7 @@
     models:                        # at least one; everything but name and path defaults
       - name: demo
         path: ../artifacts/demo-llm    # relative paths start at this file's folder
-        backend: onnxruntime           # onnxruntime | tensorrt
+        backend: onnxruntime           # onnxruntime | tensorrt | auto (see e2edge doctor)
         threads: 0                     # intra-op threads; 0 = the backend's choice
         providers: []                  # e.g. [CUDAExecutionProvider]; [] = the default
         max_concurrent: 1              # generations running at once
@@ -57,7 +57,7 @@ MAX_MESSAGE_BYTES_LIMIT = 2**31 - 1  # gRPC keeps message sizes in an int32
 MAX_BATCH_LIMIT = 1024  # images per model run
 DEFAULT_INLINE_MAX_PIXELS = 128 * 128  # per request: a 128 px image, or 20 of 28 px
 MAX_IMAGES_LIMIT = 4096  # images per Classify request
-BACKENDS = ("onnxruntime", "tensorrt")
+BACKENDS = ("onnxruntime", "tensorrt", "auto")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 # Model names are gRPC health service names and CLI arguments: keep them plain.

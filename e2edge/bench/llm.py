@@ -146,13 +146,13 @@ def _speedups(result: dict, side: str, suffix: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from e2edge.bench.llm_streams import bench_streams, parse_streams
-    from e2edge.bench.machine import machine_facts
     from e2edge.bench.memory_bandwidth import (
         bytes_read_per_token,
         measure_copy_bandwidth,
         measure_read_bandwidth,
         roofline_tokens_per_s,
     )
+    from runtime.host_facts import machine_facts
     from runtime.llm.tokenizer import Tokenizer
     from runtime.package import load_package
 

@@ -15,8 +15,8 @@ Times are taken where a caller sees them:
 - decode time per token: first token -> last token, divided by (tokens - 1);
 - total: call -> last token.
 The daemon's per-token overhead is the difference of the median totals divided by
-the token count, also as a percentage of the in-process decode time per token
-(goal: under 5 %).
+the token count, also as a percentage of the in-process decode time per token, checked
+against MAX_OVERHEAD_PCT.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ from pathlib import Path
 from e2edge.bench.daemon_process import daemon_process
 from e2edge.bench.result_file import save_result
 
-GOAL_OVERHEAD_PCT = 5.0
+# What serving through gRPC may add to each token, as a share of the in-process decode
+# time: beyond it a client would notice the daemon, not the model.
+MAX_OVERHEAD_PCT = 5.0
 # A pause before each timed run: onnxruntime's worker threads spin for a while after
 # a run, and the other side's spinning threads must not steal this side's cores.
 SETTLE_S = 0.05
@@ -177,8 +179,8 @@ def bench_serve(package: str, new_tokens: int = 128, repeats: int = 5, warmup: i
         "overhead_ms_per_token": round(overhead_ms, 5),
         "overhead_pct_of_decode": round(overhead_pct, 2),
         "ttft_overhead_ms": round(daemon_side["ttft_ms"] - base["ttft_ms"], 4),
-        "goal_overhead_pct": GOAL_OVERHEAD_PCT,
-        "meets_goal": overhead_pct < GOAL_OVERHEAD_PCT,
+        "max_overhead_pct": MAX_OVERHEAD_PCT,
+        "within_max_overhead": overhead_pct < MAX_OVERHEAD_PCT,
         "host": {"machine": platform.machine(), "python": platform.python_version(),
                  "processor": platform.processor() or platform.machine()},
     }
@@ -186,7 +188,7 @@ def bench_serve(package: str, new_tokens: int = 128, repeats: int = 5, warmup: i
 
 def format_result(result: dict) -> str:
     a, b = result["in_process"], result["daemon"]
-    verdict = "meets" if result["meets_goal"] else "misses"
+    verdict = "within" if result["within_max_overhead"] else "over"
     return "\n".join([
         f"bench serve: {result['package_name']} on {result['backend']} "
         f"(daemon as a {result['daemon_mode']}) "
@@ -199,7 +201,7 @@ def format_result(result: dict) -> str:
         f"  overhead    ttft {result['ttft_overhead_ms']:+8.3f} ms   decode "
         f"{result['overhead_ms_per_token']:+8.4f} ms/token (from totals) = "
         f"{result['overhead_pct_of_decode']:+.2f} % of decode ({verdict} the "
-        f"{result['goal_overhead_pct']:.0f} % goal)",
+        f"{result['max_overhead_pct']:.0f} % limit)",
     ])
 
 

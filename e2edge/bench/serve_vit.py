@@ -15,8 +15,8 @@ what a clinical client sends) or raw uint8 tensors (--input tensor, a camera), f
 
 Reported per (batching, clients): images/s over the timed window, p50/p99 of the
 round trip seen by the clients, the mean batch size the daemon ran, and its mean
-decode / queue / inference split. The goal (issue 6): batched throughput at 32
-clients >= 2x unbatched, and batched p99 < 4x p50 there.
+decode / queue / inference split. The "batching_check" says whether batching pays at
+the largest client count: batched throughput >= 2x unbatched, with batched p99 < 4x p50.
 
 With --ceiling the same daemon also serves, batched and in the same alternating
 windows, a package that mirrors this one with a graph that does no work
@@ -46,8 +46,11 @@ from pathlib import Path
 from e2edge.bench.daemon_process import daemon_process
 from e2edge.bench.result_file import save_result
 
-GOAL_SPEEDUP = 2.0
-GOAL_P99_OVER_P50 = 4.0
+# Batching makes each request wait for its batch: under many clients it must at least
+# double the images served to be worth that wait ...
+MIN_BATCHED_SPEEDUP = 2.0
+# ... and must not buy throughput with a long tail of slow requests.
+MAX_BATCHED_P99_OVER_P50 = 4.0
 MODES = {"unbatched": "off", "batched": "on"}  # model name in the daemon -> batching
 CEILING = {"ceiling": "ceiling"}  # --ceiling: the no-op package, batched like "batched"
 
@@ -243,8 +246,8 @@ def _summary(runs: list, seconds: float) -> dict:
 
 
 def bench_serve_vit(args: argparse.Namespace) -> dict:
-    from e2edge.bench.machine import machine_facts
     from runtime.client import EdgeClient
+    from runtime.host_facts import machine_facts
     from runtime.package import load_package
 
     client_counts = [int(c) for c in args.clients.split(",")]
@@ -302,17 +305,20 @@ def bench_serve_vit(args: argparse.Namespace) -> dict:
     off, on = by["off", top], by["on", top]
     speedup = on["images_per_s"] / off["images_per_s"]
     tail = on["p99_ms"] / on["p50_ms"]
-    result["goal"] = {
+    result["batching_check"] = {
         "clients": top,
         "speedup": round(speedup, 3),
         "batched_p99_over_p50": round(tail, 3),
-        "meets_speedup": speedup >= GOAL_SPEEDUP,
-        "meets_tail": tail < GOAL_P99_OVER_P50,
+        "min_speedup": MIN_BATCHED_SPEEDUP,
+        "max_p99_over_p50": MAX_BATCHED_P99_OVER_P50,
+        "meets_speedup": speedup >= MIN_BATCHED_SPEEDUP,
+        "meets_tail": tail < MAX_BATCHED_P99_OVER_P50,
     }
     if args.ceiling:
         ceiling = by["ceiling", top]["images_per_s"]
-        result["goal"]["ceiling_images_per_s"] = ceiling
-        result["goal"]["ceiling_over_unbatched"] = round(ceiling / off["images_per_s"], 3)
+        result["batching_check"]["ceiling_images_per_s"] = ceiling
+        result["batching_check"]["ceiling_over_unbatched"] = round(
+            ceiling / off["images_per_s"], 3)
     return result
 
 
@@ -330,12 +336,12 @@ def format_result(result: dict) -> str:
             f"  {r['batching']:8} {r['clients']:7} {r['images_per_s']:10.1f} {r['p50_ms']:8.2f} "
             f"{r['p99_ms']:8.2f} {r['mean_batch']:6.2f}  {r['daemon_decode_ms']:.2f}/"
             f"{r['daemon_queue_ms']:.2f}/{r['daemon_inference_ms']:.2f}{cpu}")
-    g = result["goal"]
+    g = result["batching_check"]
     lines.append(
         f"  at {g['clients']} clients: batched/unbatched throughput {g['speedup']:.2f}x "
-        f"({'meets' if g['meets_speedup'] else 'misses'} the {GOAL_SPEEDUP:g}x goal); batched "
-        f"p99/p50 {g['batched_p99_over_p50']:.2f} ({'meets' if g['meets_tail'] else 'misses'} "
-        f"the < {GOAL_P99_OVER_P50:g} goal)")
+        f"({'meets' if g['meets_speedup'] else 'misses'} the {g['min_speedup']:g}x minimum); "
+        f"batched p99/p50 {g['batched_p99_over_p50']:.2f} "
+        f"({'meets' if g['meets_tail'] else 'misses'} the < {g['max_p99_over_p50']:g} limit)")
     if "ceiling_over_unbatched" in g:
         lines.append(
             f"  the same daemon with a no-op model, batched: {g['ceiling_images_per_s']:.1f} "

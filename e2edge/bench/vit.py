@@ -47,7 +47,7 @@ def _modes(path: str, execution: str) -> list[str]:
 def bench(args: argparse.Namespace) -> dict:
     import numpy as np
 
-    from e2edge.bench.machine import machine_facts
+    from runtime.host_facts import machine_facts
     from runtime.vision.engine import EXECUTIONS, VisionEngine
 
     if args.execution not in (*EXECUTIONS, "all"):

@@ -3,7 +3,7 @@
 MatMulNBits bits=2 nodes run as the e2edge::PackedTernaryMatMul plugin over the package's
 own bytes; --sparse-ffn also turns gated FFN blocks into e2edge::SparseFFN with an
 `ffn_keep` input. The engine lands in PKG/engines/<gpu>-sm<cc>-trt<version>.plan with a
-JSON sidecar. Needs TensorRT >= 10, cuda-python and an NVIDIA GPU.
+JSON sidecar. Needs TensorRT 10 (>= 10.0, < 11), cuda-python and an NVIDIA GPU.
 """
 
 from __future__ import annotations

@@ -70,4 +70,8 @@ def create_backend(name: str, onnx_path, *, threads: int = 0, providers=None, pa
         return TensorRTBackend(package)
     from runtime.errors import ConfigError
 
+    if name == "auto":
+        raise ConfigError(
+            "backend auto is chosen per model by runtime/backends/selection.py before a backend "
+            "is made; `e2edge doctor --config FILE` shows the choice: configure that backend")
     raise ConfigError(f"backend {name!r} is not one of: onnxruntime, tensorrt")

@@ -22,7 +22,12 @@ def choose_providers(requested: Sequence[str] | None) -> list[str]:
     """The execution providers to use: the requested ones, or the best available."""
     import onnxruntime as ort
 
-    available = ort.get_available_providers()
+    return pick_providers(requested, ort.get_available_providers())
+
+
+def pick_providers(requested: Sequence[str] | None, available: Sequence[str]) -> list[str]:
+    """choose_providers over a given list of the providers onnxruntime has."""
+    available = list(available)
     if not requested or list(requested) == ["auto"]:
         return [p for p in AUTO_PROVIDERS if p in available]
     missing = [p for p in requested if p not in available]

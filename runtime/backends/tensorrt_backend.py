@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from plugins_trt.trt_library import captured_errors, create_runtime, require_tensorrt
 from runtime.errors import BackendUnavailable, InvalidRequest
 from runtime.package import ModelPackage, load_package
 
@@ -67,8 +68,6 @@ def _onnx_sha256(package: ModelPackage) -> str:
 
 def tensorrt_unavailable_reason(package: ModelPackage, device: int = 0) -> str | None:
     """Why this package cannot run on TensorRT here (None when an engine fits)."""
-    from plugins_trt.engine_builder import require_tensorrt
-
     try:
         trt = require_tensorrt()
         from plugins_trt import cuda_driver, engine_files
@@ -88,8 +87,6 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, package: ModelPackage | str | Path, device: int = 0):
-        from plugins_trt.engine_builder import make_logger, require_tensorrt
-
         if not isinstance(package, ModelPackage):
             package = load_package(package)
         trt = require_tensorrt()
@@ -106,13 +103,13 @@ class TensorRTBackend:
         trt_plugins.register()
         kernels.LIBRARY.preload()
         self._cuda = cuda_driver
-        self._logger = make_logger(trt)
-        self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(choice.plan.read_bytes())
+        self._runtime = create_runtime(trt)
+        with captured_errors() as errors:
+            self._engine = self._runtime.deserialize_cuda_engine(choice.plan.read_bytes())
         if self._engine is None:
             raise BackendUnavailable(
                 f"{choice.plan}: TensorRT could not deserialise it: "
-                f"{'; '.join(self._logger.errors)}"
+                f"{'; '.join(errors) or 'no error logged'}"
             )
         self.plan = choice.plan
         self.sidecar = choice.sidecar
@@ -144,10 +141,11 @@ class TensorRTBackend:
             if all(self._fits(n, shapes[n], profile) for n in self._dynamic):
                 context = self._contexts.get(profile)
                 if context is None:
-                    context = self._engine.create_execution_context()
+                    with captured_errors() as errors:
+                        context = self._engine.create_execution_context()
                     if context is None:
                         raise RuntimeError(
-                            f"TensorRT: no execution context: {'; '.join(self._logger.errors)}"
+                            f"TensorRT: no execution context: {'; '.join(errors) or 'no log'}"
                         )
                     if profile:
                         context.set_optimization_profile_async(profile, self._stream)
@@ -220,10 +218,10 @@ class TensorRTBackend:
                 outputs[name] = host
                 copies.append((host, pointer))
             context.set_tensor_address(name, pointer)
-        if not context.execute_async_v3(self._stream):
-            raise RuntimeError(
-                f"TensorRT execution failed: {'; '.join(self._logger.errors) or 'no log'}"
-            )
+        with captured_errors() as errors:
+            launched = context.execute_async_v3(self._stream)
+        if not launched:
+            raise RuntimeError(f"TensorRT execution failed: {'; '.join(errors) or 'no log'}")
         for host, pointer in copies:
             self._cuda.memcpy_dtoh_async(host, pointer, self._stream)
         self._cuda.stream_synchronize(self._stream)

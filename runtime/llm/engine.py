@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends.base import Backend, create_backend
+from runtime.backends.selection import host_buffer_providers
 from runtime.errors import InvalidRequest, PackageError
 from runtime.llm.kv_buffer import SharedKVBuffer
 from runtime.llm.sampling import SamplingParams
@@ -79,28 +80,6 @@ class DecoderLayout:
         return layout
 
 
-def _host_buffer_providers(root: Path, backend: str, providers: Sequence[str] | None):
-    """The providers for a shared-KV-buffer package: onnxruntime's CPU provider only.
-
-    Its KV buffer lives in host memory and is updated in place; a GPU provider would
-    copy it to the device and back each step, and its GroupQueryAttention would no
-    longer see one shared buffer. So "auto" means CPU here, and a GPU request is refused.
-    """
-    advice = ("for a GPU, export with `e2edge export llm --weights fp32|fp16 --attention "
-              "standard` and build a TensorRT engine")
-    if backend != "onnxruntime":
-        raise PackageError(f"{root}: a --attention gqa package runs on onnxruntime only; "
-                           f"{advice}")
-    if not providers or list(providers) == ["auto"]:
-        return ["CPUExecutionProvider"]
-    others = [p for p in providers if p != "CPUExecutionProvider"]
-    if others:
-        raise PackageError(f"{root}: a --attention gqa package runs on onnxruntime's CPU "
-                           f"provider only (its KV buffer is in host memory), not {others}; "
-                           f"{advice}")
-    return list(providers)
-
-
 class LLMEngine:
     """Generates text from an llm package. generate() may run concurrently from threads."""
 
@@ -139,7 +118,7 @@ class LLMEngine:
             add_bos=bool(llm.get("add_bos_token", False)),
         )
         if DecoderLayout.from_manifest(package.manifest).cache_mode == "shared_buffer":
-            providers = _host_buffer_providers(package.root, backend, providers)
+            providers = host_buffer_providers(package.root, backend, providers)
         runner = create_backend(
             backend, package.onnx_path, threads=threads, providers=providers, package=package
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from runtime.errors import BackendUnavailable
@@ -24,28 +25,38 @@ from runtime.power.tegrastats import TegrastatsSource
 logger = logging.getLogger(__name__)
 
 
+def source_checks(hwmon_root: Path | str = DEFAULT_HWMON_ROOT) -> Iterator[tuple[str, str | None]]:
+    """(source name, why this box lacks it or None) in the `auto` order, each checked only
+    when the caller asks for the next (NVML is started to see that it reports power)."""
+    yield "tegrastats", None if shutil.which("tegrastats") else "tegrastats is not on PATH"
+    if importlib.util.find_spec("jtop") is None:
+        yield "jtop", "jetson-stats is not installed"
+    else:
+        yield "jtop", None if JTOP_SOCKET.exists() else f"no jtop service ({JTOP_SOCKET} absent)"
+    found = find_ina3221_channels(hwmon_root)
+    yield "hwmon", None if found else f"no INA3221 power monitor under {hwmon_root}"
+    yield "nvml", _nvml_problem()
+
+
 def detect_source(hwmon_root: Path | str = DEFAULT_HWMON_ROOT) -> str:
     """The name of the best power source this box has ('none' when it has none)."""
-    if shutil.which("tegrastats") is not None:
-        return "tegrastats"
-    if importlib.util.find_spec("jtop") is not None and JTOP_SOCKET.exists():
-        return "jtop"
-    if find_ina3221_channels(hwmon_root):
-        return "hwmon"
-    if importlib.util.find_spec("pynvml") is not None and _nvml_reports_power():
-        return "nvml"
+    for name, problem in source_checks(hwmon_root):
+        if problem is None:
+            return name
+        logger.debug("auto power source: no %s: %s", name, problem)
     return "none"
 
 
-def _nvml_reports_power() -> bool:
+def _nvml_problem() -> str | None:
+    if importlib.util.find_spec("pynvml") is None:
+        return "nvidia-ml-py is not installed"
     probe = NvmlSource(interval_ms=1000)
     try:
         probe.start()
     except BackendUnavailable as e:
-        logger.info("auto power source: skipping nvml: %s", e)
-        return False
+        return str(e)
     probe.stop()
-    return True
+    return None
 
 
 def open_source(

@@ -30,5 +30,5 @@ def test_bench_serve_compares_daemon_and_in_process(tiny_llama_package, tmp_path
         assert numbers["decode_tokens_per_s"] > 0
     expected = (report["daemon"]["total_ms"] - report["in_process"]["total_ms"]) / 24
     assert report["overhead_ms_per_token"] == pytest.approx(expected, abs=1e-4)
-    assert report["meets_goal"] == (report["overhead_pct_of_decode"] < 5.0)
+    assert report["within_max_overhead"] == (report["overhead_pct_of_decode"] < 5.0)
     assert "overhead" in result.stdout and "% of decode" in result.stdout

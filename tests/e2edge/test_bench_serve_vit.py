@@ -39,7 +39,7 @@ def test_bench_serve_vit_reports_both_sides_at_each_client_count(tmp_path_factor
         else:
             assert 1.0 <= row["mean_batch"] <= 4.0
     assert rows["on", 6]["mean_batch"] > 1.0  # six clients at once do share batches
-    goal = report["goal"]
+    goal = report["batching_check"]
     assert goal["clients"] == 6
     assert goal["speedup"] == pytest.approx(
         rows["on", 6]["images_per_s"] / rows["off", 6]["images_per_s"], rel=1e-2)

@@ -4,12 +4,12 @@ without TensorRT or a GPU (this one)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import onnx
 import pytest
 from package_fixtures import make_ternary_package
+from tensorrt_probe import tensorrt_unusable
 
 from e2edge.cli import main as cli_main
 from plugins_trt import engine_files
@@ -17,7 +17,7 @@ from plugins_trt.engine_builder import BuildOptions, InputSpec, model_inputs, op
 from runtime.errors import BackendUnavailable, ConfigError
 from runtime.package import load_package
 
-HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+TENSORRT_MISSING = tensorrt_unusable()  # None: tensorrt imports here
 
 
 @pytest.fixture
@@ -125,13 +125,13 @@ def test_engine_selection_says_why_nothing_fits(tmp_path):
 
 # ---- no TensorRT here: clear errors --------------------------------------------------------
 @pytest.mark.skipif(
-    HAS_TENSORRT, reason="tensorrt is installed: the missing-tensorrt error cannot occur"
+    TENSORRT_MISSING is None, reason="tensorrt imports here: the error cannot occur"
 )
 def test_build_engine_without_tensorrt_is_one_clear_line(ternary_package, capsys):
     assert cli_main(["build-engine", str(ternary_package), "--precision", "fp16"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1
-    assert err[0].startswith("e2edge build-engine: error: tensorrt is not installed")
+    assert err == [f"e2edge build-engine: error: {TENSORRT_MISSING}"]
+    assert err[0].startswith("e2edge build-engine: error: tensorrt ")
     assert "onnxruntime backend runs the package without it" in err[0]
     assert not (ternary_package / "engines").exists()  # nothing half-written
 
@@ -149,17 +149,19 @@ def test_build_engine_on_a_missing_package_names_it(tmp_path, capsys):
     assert err.startswith("e2edge build-engine: error:") and "nope" in err and "\n" not in err
 
 
-@pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed")
+@pytest.mark.skipif(TENSORRT_MISSING is None, reason="tensorrt imports here")
 def test_tensorrt_backend_is_unavailable_with_the_reason(ternary_package):
     from runtime.backends.base import create_backend
     from runtime.backends.tensorrt_backend import TensorRTBackend, tensorrt_unavailable_reason
 
     package = load_package(ternary_package)
-    with pytest.raises(BackendUnavailable, match="tensorrt is not installed"):
+    with pytest.raises(BackendUnavailable) as raised:
         TensorRTBackend(package)
-    with pytest.raises(BackendUnavailable, match="tensorrt is not installed"):
+    assert str(raised.value) == TENSORRT_MISSING
+    with pytest.raises(BackendUnavailable) as raised:
         create_backend("tensorrt", package.onnx_path, package=package)
-    assert tensorrt_unavailable_reason(package).startswith("tensorrt is not installed")
+    assert str(raised.value) == TENSORRT_MISSING
+    assert tensorrt_unavailable_reason(package) == TENSORRT_MISSING
 
 
 def test_runtime_backend_module_stays_torch_free():
@@ -168,7 +170,8 @@ def test_runtime_backend_module_stays_torch_free():
 
     code = (
         "import sys, runtime.backends.tensorrt_backend, plugins_trt.engine_builder, "
-        "plugins_trt.kernels, plugins_trt.engine_files;"
+        "plugins_trt.kernels, plugins_trt.engine_files, plugins_trt.trt_plugins, "
+        "plugins_trt.trt_library;"
         "bad = [m for m in ('torch', 'transformers', 'onnx', 'tensorrt') if m in sys.modules];"
         "sys.exit(', '.join(bad) or None)"
     )

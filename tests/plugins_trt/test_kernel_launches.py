@@ -2,7 +2,8 @@
 entry exists, the argument count and sizes match its parameters, the block size is its
 __launch_bounds__, the grid covers the work and stays in CUDA's limits, and workspace
 pointers stay inside the workspace. No GPU here, so the driver's launch is recorded instead
-of executed; the kernels' arithmetic is checked on a GPU (test_kernels_gpu.py, gpu_check)."""
+of executed; the kernels' arithmetic is checked on a GPU (`e2edge bench kernels` and
+tests/e2edge/test_bench_kernels_gpu.py)."""
 
 from __future__ import annotations
 

@@ -6,20 +6,20 @@ skipped elsewhere, which includes this project's CI and its GPU check machines."
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 from package_fixtures import make_ternary_package
+from tensorrt_probe import tensorrt_unusable
 
 from plugins_trt.plugin_spec import FFN_KEEP_INPUT
 
 
 def _missing() -> str | None:
-    if importlib.util.find_spec("tensorrt") is None:
-        return "tensorrt is not installed"
+    if tensorrt_unusable() is not None:
+        return tensorrt_unusable()
     from plugins_trt import cuda_driver
     from runtime.errors import BackendUnavailable
 

@@ -1,15 +1,18 @@
-"""`python -m plugins_trt.gpu_check --out FILE.json`: the kernels on the GPU that is here.
+"""The e2edge CUDA kernels on the GPU that is here: correctness and speed, as JSON.
+
+    e2edge bench kernels --out FILE.json [--skip-bench]
 
 In one go: compiles the kernels with NVRTC, checks every kernel path against the NumPy
-references of plugins_trt/reference.py, and benchmarks
+references of plugins_trt/reference.py (the cases of e2edge/bench/kernel_cases.py), and
+benchmarks
   - the ternary GEMV (W2A16 and W2A8) against cuBLAS fp16 (torch) at decode shapes,
   - the tiled ternary kernel against cuBLAS fp16 at the BitMedViT shapes (M = 1024),
   - the sparse FFN at 50 % width against the dense fp16 FFN (torch) and against itself at
     100 %, at decode (M = 1).
-Needs torch with CUDA and cuda-python (NVRTC + driver); not tensorrt, onnx or this
-project's installation (PYTHONPATH=. is enough). Each step is recorded on its own: a
-failure lands in the JSON's "errors" and the next step runs. The JSON is rewritten after
-every step, so a run cut short still leaves its results.
+Needs torch with CUDA and cuda-python (NVRTC + driver); not tensorrt or onnx. Each step is
+recorded on its own: a failure lands in the JSON's "errors" and the next step runs. The
+JSON is rewritten after every step, so a run cut short still leaves its results. Exit
+status 1 when a step failed or a kernel disagrees with its reference.
 
 Timing: weights are rotated through enough copies to exceed the L2 cache (every call reads
 them from DRAM, as a decode step does), and a GPU sleep is queued before each timed loop
@@ -34,15 +37,19 @@ from typing import Any
 
 import numpy as np
 
-from plugins_trt.kernel_cases import correctness_cases
+from e2edge.bench.kernel_cases import correctness_cases
 
 DECODE_SHAPES = [(2048, 2048), (2048, 8192), (4096, 4096), (8192, 2048), (8192, 8192)]  # (K, N)
 BITMEDVIT_SHAPES = [(1024, 512, 2048), (1024, 2048, 512)]  # (M, K, N)
 FFN_SHAPES = [(2048, 8192), (4096, 11008)]  # (D, F)
 BLOCK_SIZE = 128  # what `e2edge export vit` writes for K >= 128 (onnx_graph.block_size_for)
 SMALL_BLOCK_SIZE = 64  # the decode shapes again with twice the scales, for comparison
-DECODE_GOAL = 2.0
-SPARSE_GOAL = 1.8
+# A 2-bit weight is 1/8 of an fp16 one: a decode GEMV that reads its weights from DRAM
+# should run at least this much faster than cuBLAS fp16 for the plugin to earn its place.
+DECODE_MIN_SPEEDUP = 2.0
+# Half the FFN neurons is half the weight bytes: at 50 % width the sparse FFN should come
+# close to twice the dense fp16 FFN's speed.
+SPARSE_FFN_MIN_SPEEDUP = 1.8
 
 
 # ---- timing --------------------------------------------------------------------------------
@@ -96,7 +103,7 @@ def gpu_time_us(fn: Callable[[int], Any], iters: int = 100, reps: int = 5) -> di
 
 
 def _ternary_weights(k: int, n: int, copies: int, seed: int = 0, block_size: int = BLOCK_SIZE):
-    from plugins_trt import kernels_torch
+    from e2edge.bench import kernels_torch
     from runtime.ternary_layout import pack_ternary
 
     rng = np.random.default_rng(seed)
@@ -117,7 +124,8 @@ def _time_ternary_decode(k: int, n: int, block_size: int, bits_list=(16, 8)) -> 
     """GPU us per one-token ternary matmul, weights rotated past L2, per activation bits."""
     import torch
 
-    from plugins_trt import kernels, kernels_torch
+    from e2edge.bench import kernels_torch
+    from plugins_trt import kernels
 
     geometry = kernels.TernaryGeometry(k, n, block_size)
     c_t = _copies(_ternary_bytes(k, n, block_size))
@@ -191,7 +199,7 @@ def bench_decode(report: dict[str, Any]) -> None:
 def _bitmedvit_row(m: int, k: int, n: int) -> dict[str, Any]:
     import torch
 
-    from plugins_trt import kernels_torch
+    from e2edge.bench import kernels_torch
 
     words, scales = _ternary_weights(k, n, 1)
     x = torch.randn(m, k, dtype=torch.float16, device="cuda")
@@ -224,7 +232,8 @@ def bench_bitmedvit(report: dict[str, Any]) -> None:
 def _sparse_ffn_row(d: int, f: int) -> dict[str, Any]:
     import torch
 
-    from plugins_trt import kernels, kernels_torch
+    from e2edge.bench import kernels_torch
+    from plugins_trt import kernels
 
     c = _copies(3 * 2 * f * d, limit_bytes=4 << 30)
     sets = [
@@ -352,12 +361,14 @@ def summarise(report: dict[str, Any]) -> None:
         summary["decode_w2a8_speedup_min"] = min(r["speedup_w2a8"] for r in decode)
         key = f"speedup_w2a16_bs{SMALL_BLOCK_SIZE}"
         summary[f"decode_bs{SMALL_BLOCK_SIZE}_speedup_min"] = min(r[key] for r in decode)
-        summary["decode_goal_2x_met"] = min(ratios) >= DECODE_GOAL
+        summary["decode_min_speedup"] = DECODE_MIN_SPEEDUP
+        summary["decode_meets_min_speedup"] = min(ratios) >= DECODE_MIN_SPEEDUP
     if ffn:
         ratios = [r["speedup_50_vs_dense_torch"] for r in ffn]
         summary["sparse_ffn_50_vs_dense_min"] = min(ratios)
         summary["sparse_ffn_50_vs_own_100_min"] = min(r["speedup_50_vs_own_100"] for r in ffn)
-        summary["sparse_goal_1_8x_met"] = min(ratios) >= SPARSE_GOAL
+        summary["sparse_ffn_min_speedup"] = SPARSE_FFN_MIN_SPEEDUP
+        summary["sparse_ffn_meets_min_speedup"] = min(ratios) >= SPARSE_FFN_MIN_SPEEDUP
     report["summary"] = summary
 
 
@@ -375,7 +386,7 @@ def _write(report: dict[str, Any]) -> None:
     os.replace(tmp, _OUT)
 
 
-def run(out: Path | None, skip_bench: bool = False) -> dict[str, Any]:
+def run_checks(out: Path | None, skip_bench: bool = False) -> dict[str, Any]:
     global _OUT
     _OUT = out
     report: dict[str, Any] = {
@@ -417,12 +428,13 @@ def run(out: Path | None, skip_bench: bool = False) -> dict[str, Any]:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--skip-bench", action="store_true", help="correctness checks only")
-    args = parser.parse_args(argv)
-    report = run(args.out, skip_bench=args.skip_bench)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = run_checks(args.out, skip_bench=args.skip_bench)
     summary = report.get("summary", {})
     print(json.dumps(summary, indent=2))
     for error in report["errors"]:
@@ -432,7 +444,3 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAILED {case['name']}: {case.get('error') or case}", file=sys.stderr)
     failed = summary.get("correctness_passed", 0) != summary.get("correctness_total", -1)
     return 1 if report["errors"] or failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

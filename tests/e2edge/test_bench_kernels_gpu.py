@@ -1,7 +1,7 @@
 """The CUDA kernels on a real GPU against the NumPy references.
 
 Skipped without torch-with-CUDA and cuda-python; the same cases run in
-`python -m plugins_trt.gpu_check` (which also benchmarks)."""
+`e2edge bench kernels` (which also benchmarks)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import importlib.util
 
 import pytest
 
-from plugins_trt.kernel_cases import FFN_CASES, TERNARY_CASES, run_ffn_case, run_ternary_case
+from e2edge.bench.kernel_cases import FFN_CASES, TERNARY_CASES, run_ffn_case, run_ternary_case
 
 
 def _missing_gpu() -> str | None:
@@ -50,7 +50,8 @@ def test_device_width_changes_nothing_but_the_width():
     import numpy as np
     import torch
 
-    from plugins_trt import kernels_torch, reference
+    from e2edge.bench import kernels_torch
+    from plugins_trt import reference
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 256)).astype(np.float16)

@@ -1,4 +1,4 @@
-"""The kernels on torch CUDA tensors, for the GPU tests and plugins_trt.gpu_check.
+"""The kernels on torch CUDA tensors, for the GPU tests and `e2edge bench kernels`.
 
 torch only provides device memory and the stream here: the kernels run through
 plugins_trt.kernels (NVRTC + the CUDA driver via cuda-python), the same launch code the

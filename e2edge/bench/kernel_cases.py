@@ -1,7 +1,7 @@
 """Kernel-vs-reference cases for a GPU: each builds random inputs, runs one kernel path
-through plugins_trt.kernels_torch, and compares with plugins_trt/reference.py. Shared by
-tests/plugins_trt/test_kernels_gpu.py and `python -m plugins_trt.gpu_check`; torch is
-imported inside the cases, so importing this module needs numpy only."""
+through e2edge.bench.kernels_torch, and compares with plugins_trt/reference.py. Shared by
+tests/e2edge/test_bench_kernels_gpu.py and `e2edge bench kernels`; torch is imported
+inside the cases, so importing this module needs numpy only."""
 
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ def _rel_error(got: np.ndarray, want: np.ndarray) -> float:
 def run_ternary_case(name: str, p: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     import torch
 
-    from plugins_trt import kernels, kernels_torch, reference
+    from e2edge.bench import kernels_torch
+    from plugins_trt import kernels, reference
     from runtime.ternary_layout import pack_ternary
 
     rng = np.random.default_rng(seed)
@@ -112,7 +113,8 @@ def run_ternary_case(name: str, p: dict[str, Any], seed: int = 0) -> dict[str, A
 def run_ffn_case(name: str, p: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     import torch
 
-    from plugins_trt import kernels_torch, reference
+    from e2edge.bench import kernels_torch
+    from plugins_trt import reference
 
     rng = np.random.default_rng(seed)
     dtype = np.float16 if p["dtype"] == "float16" else np.float32
