@@ -228,6 +228,11 @@ class TensorRTBackend:
         del staged
         return outputs
 
+    def max_batch(self, name: str) -> int:
+        """The largest first dimension of input `name` that some optimisation profile takes."""
+        profiles = range(max(1, self._engine.num_optimization_profiles))
+        return max(int(self._engine.get_tensor_profile_shape(name, p)[2][0]) for p in profiles)
+
     def wrap(self, array: np.ndarray) -> DeviceTensor:
         raise InvalidRequest(
             "wrap", "the TensorRT backend keeps tensors in device memory; it cannot wrap "

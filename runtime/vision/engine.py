@@ -1,4 +1,4 @@
-"""VisionEngine: a vision model package on onnxruntime, from raw pixels to labels.
+"""VisionEngine: a vision model package, from raw pixels to labels.
 
     engine = VisionEngine("artifacts/vit/retina-student-pkg")
     [prediction] = engine.classify(image_uint8_hwc, top_k=3)
@@ -11,7 +11,9 @@ once at load time to int8 codes for an integer GEMM fed with the graph's own int
 activation codes: the fastest exact mode measured on x86 CPUs, faster than the fp32
 model (see the README's BitMed ViT section); with GPU providers it unpacks them to
 fp16 (onnxruntime's CUDA provider has no 2-bit kernel, and fp16 runs on tensor
-cores). The package on disk stays 2-bit.
+cores). With backend "tensorrt" it runs the package's engine for this GPU, built by
+`e2edge build-engine`, whose 2-bit layers are the packed-ternary plugin over the same
+words. The package on disk stays 2-bit.
 """
 
 from __future__ import annotations
@@ -51,9 +53,8 @@ class VisionEngine:
         execution: str = "auto",
         threads: int = 0,
         providers: list[str] | None = None,
+        backend: str = "onnxruntime",
     ):
-        import onnxruntime as ort
-
         self.package = package if isinstance(package, ModelPackage) else load_package(package)
         manifest = self.package.manifest
         if self.package.kind != "vision":
@@ -73,6 +74,22 @@ class VisionEngine:
 
         ternary = manifest.get("quantization", {}).get("ternary", "none") != "none"
         self.ternary = ternary  # 2-bit layers in the package
+        self.backend_name = backend
+        self.session = None  # onnxruntime's, or:
+        self.tensorrt = None  # the package's engine for this GPU (2-bit layers as the plugin)
+        if backend == "tensorrt":
+            from runtime.backends.tensorrt_backend import TensorRTBackend
+
+            self.tensorrt = TensorRTBackend(self.package)
+            self.execution = "packed"
+            self.providers = list(self.tensorrt.providers)
+            return
+        self._start_onnxruntime(execution, ternary, threads, providers)
+
+    def _start_onnxruntime(self, execution: str, ternary: bool, threads: int,
+                           providers: list[str] | None) -> None:
+        import onnxruntime as ort
+
         # Asked-for providers must exist here (one clear line naming what is missing, e.g.
         # CUDAExecutionProvider without onnxruntime-gpu); none asked for: the CPU.
         providers = choose_providers(providers) if providers else ["CPUExecutionProvider"]
@@ -96,6 +113,12 @@ class VisionEngine:
         else:
             source = str(self.package.onnx_path)
         self.session = ort.InferenceSession(source, options, providers=providers)
+        self.providers = list(self.session.get_providers())
+
+    @property
+    def max_batch(self) -> int | None:
+        """The most images one run takes (a TensorRT engine's profile); None: no limit."""
+        return self.tensorrt.max_batch(self.input_name) if self.tensorrt is not None else None
 
     @property
     def name(self) -> str:
@@ -117,6 +140,8 @@ class VisionEngine:
                 "pixels", f"expected (batch, {', '.join(map(str, expected))}), got {pixels.shape}"
             )
         pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        if self.tensorrt is not None:
+            return self.tensorrt.run({self.input_name: pixels})[self.output_name]
         return self.session.run([self.output_name], {self.input_name: pixels})[0]
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:

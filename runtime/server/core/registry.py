@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import cast
 
+from runtime.backends.selection import BackendChoice, BackendHost, choose_backend
 from runtime.config import ModelConfig
 from runtime.errors import E2edgeError, InvalidRequest, ModelNotFound, PackageError
 from runtime.package import load_package
@@ -40,44 +42,54 @@ class ModelState(enum.Enum):
 DEFAULT_MAX_SEQUENCE_LENGTH = 2048
 
 
-def _load_llm(config: ModelConfig) -> TextGenerator:
+@functools.cache
+def _host() -> BackendHost:
+    """What this box offers the backends, probed once per process (at the first load)."""
+    return BackendHost.probe()
+
+
+def _load_llm(config: ModelConfig, choice: BackendChoice) -> TextGenerator:
     """The package's engine; with a shared KV buffer and several slots, batched streams."""
     from runtime.llm.continuous_batching import ContinuousBatcher
     from runtime.llm.engine import LLMEngine
 
     engine = LLMEngine.load(
         config.path,
-        backend=config.backend,
+        backend=choice.name,
         threads=config.threads,
-        providers=list(config.providers) or None,
+        providers=list(choice.providers) or None,
     )
+    engine.backend_reason = choice.reason
     if not engine.shared_cache or config.max_concurrent == 1:
         return engine
     length = config.max_sequence_length or DEFAULT_MAX_SEQUENCE_LENGTH
     return ContinuousBatcher(engine, slots=config.max_concurrent, capacity=length)
 
 
-def _load_vision(config: ModelConfig) -> ImageClassifier:
+def _load_vision(config: ModelConfig, choice: BackendChoice) -> ImageClassifier:
     from runtime.server.core.vision_model import load_vision
 
-    return load_vision(config)
+    return load_vision(config, choice)
 
 
-# kind (from the package manifest) -> how to build its engine.
-LOADERS: dict[str, Callable[[ModelConfig], ServedModel]] = {
+# kind (from the package manifest) -> how to build its model on the chosen backend.
+LOADERS: dict[str, Callable[[ModelConfig, BackendChoice], ServedModel]] = {
     "llm": _load_llm, "vision": _load_vision}
 
 
 def load_model(config: ModelConfig) -> ServedModel:
     """Build the served model for a configured one; raises PackageError & co. on failure."""
-    kind = load_package(config.path, verify=False).kind  # the full check runs in the loader
+    package = load_package(config.path, verify=False)  # the full check runs in the loader
+    kind = package.kind
     loader = LOADERS.get(kind)
     if loader is None:
         raise PackageError(
             f"{config.path}: kind {kind!r} cannot be served by this daemon yet "
             f"(it serves: {', '.join(sorted(LOADERS))})"
         )
-    return loader(config)
+    choice = choose_backend(config, package, _host())
+    log.info("model %s: %s (%s)", config.name, choice.name, choice.reason)
+    return loader(config, choice)
 
 
 @dataclass

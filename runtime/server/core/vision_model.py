@@ -9,11 +9,13 @@ the (n, C, S, S) pixels of a request to the model's Batcher, which runs
 from __future__ import annotations
 
 from concurrent.futures import Executor
+from dataclasses import replace
 
 import numpy as np
 
+from runtime.backends.selection import BackendChoice
 from runtime.config import ModelConfig
-from runtime.errors import InvalidRequest, PackageError
+from runtime.errors import InvalidRequest
 from runtime.numerics import softmax
 from runtime.server.core.batcher import Batcher, RunWindow
 from runtime.vision.engine import VisionEngine
@@ -34,10 +36,13 @@ class VisionModel:
     def __init__(self, engine: VisionEngine, config: ModelConfig):
         self.engine = engine
         self.package = engine.package
-        self.backend_name = "onnxruntime"  # VisionEngine runs an onnxruntime session
-        self.providers: list[str] = list(engine.session.get_providers())
-        self.backend_reason = "as configured"
+        self.backend_name = engine.backend_name
+        self.providers: list[str] = list(engine.providers)
+        self.backend_reason = "as configured"  # the registry's loader says why
         self.execution = EXECUTION_TEXT[engine.execution] if engine.ternary else "fp32"
+        if engine.tensorrt is not None:
+            self.execution = "TensorRT engine" + (
+                ", ternary through the packed-ternary plugin" if engine.ternary else "")
         self.config = config
         self.limits = config.image_limits
         self.labels = engine.labels
@@ -90,13 +95,15 @@ class VisionModel:
             self.batcher.close()
 
 
-def load_vision(config: ModelConfig) -> VisionModel:
-    """The registry's loader for kind "vision" packages."""
-    if config.backend != "onnxruntime":
-        raise PackageError(
-            f"{config.path}: vision models run on onnxruntime (backend {config.backend!r} "
-            "is for LLMs); choose GPU execution with providers, e.g. [CUDAExecutionProvider]"
-        )
+def load_vision(config: ModelConfig, choice: BackendChoice) -> VisionModel:
+    """The registry's loader for kind "vision" packages, on the backend chosen for it.
+
+    A TensorRT engine takes at most its optimisation profile's batch: dynamic batching
+    is capped there."""
     engine = VisionEngine(config.path, threads=config.threads,
-                          providers=list(config.providers) or None)
-    return VisionModel(engine, config)
+                          providers=list(choice.providers) or None, backend=choice.name)
+    if engine.max_batch is not None and config.batching.max_batch > engine.max_batch:
+        config = replace(config, batching=replace(config.batching, max_batch=engine.max_batch))
+    model = VisionModel(engine, config)
+    model.backend_reason = choice.reason
+    return model
