@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
     from pathlib import Path
 
-    from exporter.evaluation import open_scorer, text_perplexity
+    from exporter.llm.evaluation import open_scorer, text_perplexity
     from exporter.magrip.calibration import read_text
 
     scorer = open_scorer(args.model, threads=args.threads)

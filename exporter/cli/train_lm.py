@@ -18,12 +18,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from exporter.lm_presets import PRESETS, get_preset
+from exporter.llm.presets import PRESETS, get_preset
 
 if TYPE_CHECKING:
     from exporter.magrip.calibration import TextSpec
 
-ARCHS = ("llama", "gemma")  # as exporter.lm_training.ARCHS, which imports torch
+ARCHS = ("llama", "gemma")  # as exporter.llm.training.ARCHS, which imports torch
 DEFAULT_SPM = "llama2_tokenizer.model"
 
 
@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
     # this once, when torch is first imported, which happens just below.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from e2edge.data import resolve_data_file
-    from exporter.lm_tokenizer import TokenizerChoice
-    from exporter.lm_training import TrainConfig, train_lm
+    from exporter.llm.tokenizer import TokenizerChoice
+    from exporter.llm.training import TrainConfig, train_lm
 
     preset = get_preset(args.preset)
     corpus = tuple(resolved_part(spec) for spec in args.corpus)

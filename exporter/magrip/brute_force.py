@@ -83,7 +83,7 @@ def compare(model: nn.Module, windows: np.ndarray, layers: list[int], neurons: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    from exporter.hf_checkpoint import load_torch_model
+    from exporter.llm.checkpoint import load_torch_model
     from exporter.magrip.calibration import (
         checkpoint_tokenizer,
         read_text,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.hf_checkpoint import CheckpointError
+from exporter.llm.checkpoint import CheckpointError
 from runtime.llm.tokenizer import Tokenizer
 
 PART_SEPARATOR = "\n\n"  # between the parts of a text made of several
@@ -85,7 +85,7 @@ def checkpoint_tokenizer(model_dir: str | Path) -> Tokenizer:
     """
     from transformers import AutoTokenizer
 
-    from exporter.hf_checkpoint import read_config
+    from exporter.llm.checkpoint import read_config
 
     model_dir = Path(model_dir)
     path = model_dir / "tokenizer.json"

@@ -3,7 +3,7 @@
 - model.safetensors + config.json from `save_pretrained`, in the source's dtype;
   config.json also gets `intermediate_sizes` (per-layer FFN widths),
   `neurons_sorted_by_saliency: true` and `e2edge_pruning` (method, ratio, widths,
-  parameters before/after, ...), which `exporter.hf_checkpoint` reads back;
+  parameters before/after, ...), which `exporter.llm.checkpoint` reads back;
 - neuron_order.json: per layer, the kept neurons as indices of the source
   checkpoint's neurons, most salient first; the saved weights are in this order;
 - the source's tokenizer and generation files, copied.

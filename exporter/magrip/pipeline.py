@@ -246,7 +246,7 @@ def prune_checkpoint(
     train_text: str | None = None,
 ) -> PruneResult:
     """`e2edge prune`: the whole pipeline from a checkpoint directory to a pruned one."""
-    from exporter.hf_checkpoint import load_torch_model
+    from exporter.llm.checkpoint import load_torch_model
 
     options.validate()
     if options.finetune.steps > 0 and not train_text:

@@ -85,8 +85,8 @@ def run_sweep(model_dir: str | Path, calib: str, report_dir: str | Path,
               base: PruneOptions, sweep: SweepOptions, train_text: str | None = None
               ) -> dict[str, Any]:
     """Run the sweep; write sweep.json and sweep.png; return the report."""
-    from exporter.evaluation import TorchScorer
-    from exporter.hf_checkpoint import load_torch_model
+    from exporter.llm.checkpoint import load_torch_model
+    from exporter.llm.evaluation import TorchScorer
 
     sweep.validate()
     base.validate()
@@ -244,13 +244,13 @@ def _limit(stream: TokenStream, max_tokens: int | None) -> TokenStream:
 
 
 def _ppl(scorer, stream: TokenStream, sweep: SweepOptions) -> float:
-    from exporter.evaluation import perplexity
+    from exporter.llm.evaluation import perplexity
 
     return perplexity(scorer, stream, sweep.eval_window, sweep.eval_stride).perplexity
 
 
 def _export(checkpoint: Path, out: Path, packages: dict[str, Path], key: str) -> dict[str, Any]:
-    from exporter.llm_export import LLMExportOptions, export_llm
+    from exporter.llm.export import LLMExportOptions, export_llm
 
     result = export_llm(checkpoint, out, LLMExportOptions(name=key))
     packages[key] = result.package

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from e2edge.cli import main
-from exporter.hf_checkpoint import CheckpointError, load_torch_model
+from exporter.llm.checkpoint import CheckpointError, load_torch_model
 from exporter.magrip.calibration import CalibrationError, TextSpec, read_text
 from exporter.magrip.ffn import find_ffns
 

@@ -64,7 +64,7 @@ class TorchScorer(Scorer):
 
     @classmethod
     def from_checkpoint(cls, model_dir: Path) -> TorchScorer:
-        from exporter.hf_checkpoint import load_torch_model
+        from exporter.llm.checkpoint import load_torch_model
         from exporter.magrip.calibration import checkpoint_tokenizer
 
         return cls(load_torch_model(model_dir), checkpoint_tokenizer(model_dir), str(model_dir))

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from exporter.evaluation import (
+from exporter.llm.evaluation import (
     EvaluationError,
     PackageScorer,
     TorchScorer,

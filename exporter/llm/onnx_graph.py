@@ -31,8 +31,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from exporter.hf_checkpoint import DecoderSpec
-from exporter.weight_quant import WeightQuantConfig, dequantize_blockwise, quantize_blockwise
+from exporter.llm.checkpoint import DecoderSpec
+from exporter.llm.weight_quant import WeightQuantConfig, dequantize_blockwise, quantize_blockwise
 
 OPSET = 17
 MASK_VALUE = -3.0e38  # finite, so a fully masked (padding) row gives no NaN after softmax
@@ -426,7 +426,7 @@ def build_decoder_onnx(
     """The ONNX decoder with KV cache for `spec`, and the weights it computes with.
 
     attention: "standard" is plain opset-17 ONNX (onnxruntime and TensorRT); "gqa" uses
-    onnxruntime's fused contrib ops and a shared KV buffer (llm_onnx_gqa.py).
+    onnxruntime's fused contrib ops and a shared KV buffer (onnx_graph_gqa.py).
     weight_dtype: float16 stores the float weight matrices in half precision, each
     widened to float32 by a Cast in the graph.
     The second value maps HF weight names to the float32 weights the graph computes with
@@ -434,7 +434,7 @@ def build_decoder_onnx(
     fp32), so a PyTorch reference with the same weights can check the export.
     """
     if attention == "gqa":
-        from exporter.llm_onnx_gqa import GqaDecoderGraphBuilder
+        from exporter.llm.onnx_graph_gqa import GqaDecoderGraphBuilder
 
         builder: DecoderGraphBuilder = GqaDecoderGraphBuilder(spec, weights, quant, weight_dtype)
     elif attention == "standard":

@@ -5,7 +5,7 @@ The recipe, top to bottom:
    10 % is held out. Splitting text rather than tokens keeps the held-out part the same for
    every tokenizer. A corpus of several parts (files or slices FILE@A:B) splits each part
    so, and joins the train parts and the held-out parts with a blank line.
-2. Build the tokenizer (`exporter/lm_tokenizer.py`) and encode both parts to token streams.
+2. Build the tokenizer (`exporter/llm/tokenizer.py`) and encode both parts to token streams.
 3. Train with AdamW, linear warm-up then cosine decay, on windows drawn from the train stream
    by a seeded generator. Every window starts with <s>, as prompts do at generation time.
 4. Report the held-out perplexity (every held-out token predicted once, in consecutive
@@ -42,8 +42,8 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from exporter.lm_presets import LMPreset
-from exporter.lm_tokenizer import TokenizerChoice, build_tokenizer, save_tokenizer
+from exporter.llm.presets import LMPreset
+from exporter.llm.tokenizer import TokenizerChoice, build_tokenizer, save_tokenizer
 from exporter.magrip.calibration import PART_SEPARATOR, TextSpec
 
 ARCHS = ("llama", "gemma")

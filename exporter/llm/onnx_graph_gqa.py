@@ -1,6 +1,6 @@
 """The onnxruntime-fused decoder graph: GroupQueryAttention over a shared KV buffer.
 
-The plain graph (llm_onnx.py) spells attention, RoPE and RMSNorm in ~40 standard
+The plain graph (onnx_graph.py) spells attention, RoPE and RMSNorm in ~40 standard
 ops per layer, so both onnxruntime and TensorRT's parser read it. On onnxruntime
 each small op costs a kernel launch and a pass over memory; this variant uses the
 com.microsoft contrib ops onnxruntime-genai uses instead:
@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from exporter.llm_onnx import OPSET, DecoderGraphBuilder, rope_tables
+from exporter.llm.onnx_graph import OPSET, DecoderGraphBuilder, rope_tables
 
 
 class GqaDecoderGraphBuilder(DecoderGraphBuilder):

@@ -3,7 +3,7 @@
 Speed does not depend on what the weights learned, so a SmolLM2-135M-shaped model
 with random weights measures what a trained one would, without a model hub.
 
-    python -m exporter.random_checkpoint --shape smollm2-135m --out DIR
+    python -m exporter.llm.random_checkpoint --shape smollm2-135m --out DIR
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter.hf_checkpoint import (
+from exporter.llm.checkpoint import (
     CheckpointError,
     DecoderSpec,
     check_architecture,
@@ -26,9 +26,9 @@ from exporter.hf_checkpoint import (
     read_config,
     read_weights,
 )
-from exporter.int8_activation_reference import quantize_linear_inputs
+from exporter.llm.int8_activation_reference import quantize_linear_inputs
+from exporter.llm.weight_quant import BLOCK_FORMATS, WEIGHT_FORMATS, weight_quant_config
 from exporter.package_writer import PackageWriter
-from exporter.weight_quant import BLOCK_FORMATS, WEIGHT_FORMATS, weight_quant_config
 from runtime.errors import E2edgeError
 from runtime.package import sha256_file
 
@@ -90,7 +90,7 @@ def export_llm(
 ) -> LLMExportResult:
     import onnx
 
-    from exporter.llm_onnx import build_decoder_onnx
+    from exporter.llm.onnx_graph import build_decoder_onnx
 
     quant = _weight_quant(options)
     model_dir = Path(model_dir)
@@ -312,7 +312,7 @@ def _reference_model(model_dir: Path, effective: dict[str, np.ndarray]):
     """The checkpoint in PyTorch, with the package's dequantised or fp16-rounded weights."""
     import torch
 
-    from exporter.hf_checkpoint import load_torch_model
+    from exporter.llm.checkpoint import load_torch_model
 
     model = load_torch_model(model_dir)
     if "lm_head.weight" in effective and model.lm_head.weight is model.model.embed_tokens.weight:
@@ -367,7 +367,7 @@ def verify_package(
     rounded to fp16 and back, so the check stays exact: it tests the graph, and the
     rounding's own cost is measured by `e2edge eval ppl` instead. With int8
     activations (accuracy level 4) the checkpoint's quantised linears also see their
-    inputs on onnxruntime's int8 grid (exporter/int8_activation_reference.py), so
+    inputs on onnxruntime's int8 grid (exporter/llm/int8_activation_reference.py), so
     that check is as exact as float rounding allows: a value within float noise of a
     rounding boundary may take the neighbouring int8 code, one step of 1/127 of its
     block, and deep models carry such flips to the logits. The logits may differ by one

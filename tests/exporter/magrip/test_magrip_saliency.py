@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.hf_checkpoint import load_torch_model
+from exporter.llm.checkpoint import load_torch_model
 from exporter.magrip.brute_force import compare, removal_loss_changes
 from exporter.magrip.ffn import NeuronMasks, find_ffns
 from exporter.magrip.saliency import SaliencyOptions, median_normalise, neuron_saliency

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.hf_checkpoint import load_torch_model, read_weights
-from exporter.llm_export import LLMExportOptions, export_llm
+from exporter.llm.checkpoint import load_torch_model, read_weights
+from exporter.llm.export import LLMExportOptions, export_llm
 from exporter.magrip.compaction import compact
 from exporter.magrip.ffn import NeuronMasks, find_ffns
 from exporter.magrip.finetune import FinetuneOptions

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.hf_checkpoint import load_torch_model
+from exporter.llm.checkpoint import load_torch_model
 from exporter.magrip.allocation import select_keep, uniform_quotas
 from exporter.magrip.mask import MaskOptions, harden, initial_logits, ste_mask, train_logits
 from exporter.magrip.pipeline import PruneOptions, mean_loss, select_neurons, stage_targets
