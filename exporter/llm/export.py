@@ -14,7 +14,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,10 +27,18 @@ from exporter.llm.checkpoint import (
     read_weights,
 )
 from exporter.llm.int8_activation_reference import quantize_linear_inputs
-from exporter.llm.weight_quant import BLOCK_FORMATS, WEIGHT_FORMATS, weight_quant_config
+from exporter.llm.weight_quant import (
+    BLOCK_FORMATS,
+    WEIGHT_FORMATS,
+    WeightQuantConfig,
+    weight_quant_config,
+)
 from exporter.package_writer import PackageWriter
 from runtime.errors import E2edgeError
 from runtime.package import sha256_file
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 INT8_ACTIVATIONS = 4  # MatMulNBits accuracy level that quantises its input to int8 blocks
@@ -90,8 +98,6 @@ def export_llm(
 ) -> LLMExportResult:
     import onnx
 
-    from exporter.llm.onnx_graph import build_decoder_onnx
-
     quant = _weight_quant(options)
     model_dir = Path(model_dir)
     config = read_config(model_dir)
@@ -124,6 +130,37 @@ def export_llm(
         verification.greedy_tokens_match if verification else None,
         parameters, manifest["weight_bytes"],
     )
+
+
+ATTENTION_KINDS = ("gqa", "standard")
+
+
+def build_decoder_onnx(
+    spec: DecoderSpec,
+    weights: dict[str, np.ndarray],
+    quant: WeightQuantConfig | None = None,
+    attention: str = "standard",
+    weight_dtype: type = np.float32,
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The ONNX decoder with KV cache for `spec`, and the weights it computes with.
+
+    attention: "standard" is plain opset-17 ONNX (onnxruntime and TensorRT,
+    onnx_graph.py); "gqa" uses onnxruntime's fused contrib ops and a shared KV buffer
+    (onnx_graph_gqa.py).
+    weight_dtype: float16 stores the float weight matrices in half precision, each
+    widened to float32 by a Cast in the graph.
+    The second value maps HF weight names to the float32 weights the graph computes with
+    where they differ from the checkpoint's (dequantised, or rounded to fp16; empty for
+    fp32), so a PyTorch reference with the same weights can check the export.
+    """
+    from exporter.llm.onnx_graph import DecoderGraphBuilder
+    from exporter.llm.onnx_graph_gqa import GqaDecoderGraphBuilder
+
+    if attention not in ATTENTION_KINDS:
+        raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
+    builder_class = GqaDecoderGraphBuilder if attention == "gqa" else DecoderGraphBuilder
+    builder = builder_class(spec, weights, quant, weight_dtype)
+    return builder.build(), builder.effective
 
 
 def default_accuracy_level(weights: str) -> int:

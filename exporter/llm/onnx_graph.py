@@ -412,33 +412,3 @@ class DecoderGraphBuilder:
         model.ir_version = 8  # readable by onnxruntime >= 1.14 and TensorRT 10's parser
         return model
 
-
-ATTENTION_KINDS = ("gqa", "standard")
-
-
-def build_decoder_onnx(
-    spec: DecoderSpec,
-    weights: dict[str, np.ndarray],
-    quant: WeightQuantConfig | None = None,
-    attention: str = "standard",
-    weight_dtype: type = np.float32,
-) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """The ONNX decoder with KV cache for `spec`, and the weights it computes with.
-
-    attention: "standard" is plain opset-17 ONNX (onnxruntime and TensorRT); "gqa" uses
-    onnxruntime's fused contrib ops and a shared KV buffer (onnx_graph_gqa.py).
-    weight_dtype: float16 stores the float weight matrices in half precision, each
-    widened to float32 by a Cast in the graph.
-    The second value maps HF weight names to the float32 weights the graph computes with
-    where they differ from the checkpoint's (dequantised, or rounded to fp16; empty for
-    fp32), so a PyTorch reference with the same weights can check the export.
-    """
-    if attention == "gqa":
-        from exporter.llm.onnx_graph_gqa import GqaDecoderGraphBuilder
-
-        builder: DecoderGraphBuilder = GqaDecoderGraphBuilder(spec, weights, quant, weight_dtype)
-    elif attention == "standard":
-        builder = DecoderGraphBuilder(spec, weights, quant, weight_dtype)
-    else:
-        raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
-    return builder.build(), builder.effective
