@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from exporter.llm.evaluation import choice_accuracy, open_scorer, read_choice_tasks
-    from exporter.magrip.calibration import resolve_text_path
+    from exporter.text import resolve_text_path
 
     records = read_choice_tasks(resolve_text_path(args.tasks))
     if args.limit:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from exporter.llm.presets import PRESETS, get_preset
 
 if TYPE_CHECKING:
-    from exporter.magrip.calibration import TextSpec
+    from exporter.text import TextSpec
 
 ARCHS = ("llama", "gemma")  # as exporter.llm.training.ARCHS, which imports torch
 DEFAULT_SPM = "llama2_tokenizer.model"
@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolved_part(spec: str) -> TextSpec:
     """One --corpus value as a TextSpec whose path is the file it names."""
     from e2edge.data import resolve_data_file
-    from exporter.magrip.calibration import TextSpec
+    from exporter.text import TextSpec
 
     part = TextSpec.parse(spec)
     return TextSpec(str(resolve_data_file(part.path)), part.start, part.end)

@@ -44,7 +44,7 @@ from transformers import (
 
 from exporter.llm.presets import LMPreset
 from exporter.llm.tokenizer import TokenizerChoice, build_tokenizer, save_tokenizer
-from exporter.magrip.calibration import PART_SEPARATOR, TextSpec
+from exporter.text import PART_SEPARATOR, TextSpec, read_part
 
 ARCHS = ("llama", "gemma")
 TRAIN_FRACTION = 0.9
@@ -83,7 +83,7 @@ class TrainConfig:
 def train_lm(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
     """Run the whole recipe; return the train report (also written to train_report.json)."""
     _check_out_dir(config.out)
-    parts = [_read_corpus(part) for part in config.corpus]
+    parts = [read_part(part) for part in config.corpus]
     splits = [int(len(text) * TRAIN_FRACTION) for text in parts]
     train_text = PART_SEPARATOR.join(text[:split] for text, split in zip(parts, splits))
     heldout_text = PART_SEPARATOR.join(text[split:] for text, split in zip(parts, splits))
@@ -181,23 +181,8 @@ def train_lm(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
 
 
 def corpus_name(parts: tuple[TextSpec, ...]) -> str:
-    """The corpus as the user named it: its parts' paths, with @A:B for a slice, joined by +."""
-    whole = (0.0, 1.0)
-    return " + ".join(part.path if (part.start, part.end) == whole
-                      else f"{part.path}@{part.start}:{part.end}" for part in parts)
-
-
-def _read_corpus(part: TextSpec) -> str:
-    """The characters of one corpus part (the whole file, or its slice)."""
-    path = Path(part.path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: corpus is not UTF-8 text ({e.reason} at byte {e.start})") from e
-    text = part.cut(text)
-    if not text.strip():
-        raise ValueError(f"{corpus_name((part,))}: corpus is empty")
-    return text
+    """The corpus as the user named it: its parts' specs (path, @A:B for a slice) joined by +."""
+    return " + ".join(str(part) for part in parts)
 
 
 def _build_model(arch: str, preset: LMPreset, vocab_size: int, ids: dict[str, int]):

@@ -83,13 +83,8 @@ def compare(model: nn.Module, windows: np.ndarray, layers: list[int], neurons: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    from exporter.llm.checkpoint import load_torch_model
-    from exporter.magrip.calibration import (
-        checkpoint_tokenizer,
-        read_text,
-        text_stream,
-        token_windows,
-    )
+    from exporter.llm.checkpoint import checkpoint_tokenizer, load_torch_model
+    from exporter.text import read_text, text_stream, token_windows
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)

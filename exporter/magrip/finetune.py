@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from exporter.magrip.calibration import TokenStream
 from exporter.magrip.ffn import PROJECTIONS, find_ffns
+from exporter.text import TokenStream
 
 FINETUNE_PARAMS = ("ffn", "lora")
 DEFAULT_STEPS = 300  # "a few hundred" when the CLI asks for a fine-tune without a count

@@ -27,15 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from exporter.llm.checkpoint import checkpoint_tokenizer
 from exporter.magrip.allocation import ALLOCATIONS, default_min_widths, select_keep
-from exporter.magrip.calibration import (
-    CalibrationError,
-    TokenStream,
-    checkpoint_tokenizer,
-    read_text,
-    text_stream,
-    token_windows,
-)
 from exporter.magrip.checkpoint_out import (
     neuron_order_document,
     save_pruned_checkpoint,
@@ -46,6 +39,7 @@ from exporter.magrip.ffn import NeuronMasks, ffn_widths, find_ffns
 from exporter.magrip.finetune import FinetuneOptions, finetune
 from exporter.magrip.mask import MaskOptions, harden, initial_logits, train_logits
 from exporter.magrip.saliency import SaliencyOptions, neuron_saliency
+from exporter.text import TextError, TokenStream, read_text, text_stream, token_windows
 
 log = logging.getLogger(__name__)
 
@@ -261,8 +255,8 @@ def prune_checkpoint(
     try:
         windows = token_windows(text_stream(tokenizer, read_text(calib)), options.seq_len,
                                 options.samples)
-    except CalibrationError as e:
-        raise CalibrationError(f"calibration text {calib}: {e}") from e
+    except TextError as e:
+        raise TextError(f"calibration text {calib}: {e}") from e
     train = text_stream(tokenizer, read_text(train_text)) if options.finetune.steps else None
     pruned, pruning = prune_loaded(model, windows, options, train)
     pruning["calibration"] = {"text": calib, "seq_len": options.seq_len,

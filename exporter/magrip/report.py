@@ -27,13 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter.magrip.calibration import (
-    TokenStream,
-    checkpoint_tokenizer,
-    read_text,
-    text_stream,
-    token_windows,
-)
+from exporter.llm.checkpoint import checkpoint_tokenizer
 from exporter.magrip.checkpoint_out import (
     copy_source_files,
     neuron_order_document,
@@ -50,6 +44,7 @@ from exporter.magrip.pipeline import (
     with_ratio,
 )
 from exporter.magrip.saliency import METHODS, neuron_saliency
+from exporter.text import TokenStream, read_text, text_stream, token_windows
 
 log = logging.getLogger(__name__)
 

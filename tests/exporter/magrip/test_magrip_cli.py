@@ -9,8 +9,8 @@ import torch
 
 from e2edge.cli import main
 from exporter.llm.checkpoint import CheckpointError, load_torch_model
-from exporter.magrip.calibration import CalibrationError, TextSpec, read_text
 from exporter.magrip.ffn import find_ffns
+from exporter.text import TextError, TextSpec, read_text
 
 FAST = ["--seq-len", "32", "--samples", "6", "--mask-steps", "4", "--batch-size", "3"]
 
@@ -83,7 +83,7 @@ def test_text_specs_slice_the_file(tmp_path):
     assert read_text(f"{path}@0:0.3") == "abc" and read_text(f"{path}@0.9:1") == "j"
     assert read_text(str(path)) == "abcdefghij"
     assert TextSpec.parse("a@b.txt") == TextSpec("a@b.txt")
-    with pytest.raises(CalibrationError, match="0 <= A < B <= 1"):
+    with pytest.raises(TextError, match="0 <= A < B <= 1"):
         read_text(f"{path}@0.5:0.2")
 
 
