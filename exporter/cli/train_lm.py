@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from e2edge.data import resolve_data_file
     from exporter.llm.tokenizer import TokenizerChoice
-    from exporter.llm.training import TrainConfig, train_lm
+    from exporter.llm.training import LMTrainConfig, train_lm
 
     preset = get_preset(args.preset)
     corpus = tuple(resolved_part(spec) for spec in args.corpus)
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         choice = TokenizerChoice(
             "spm", vocab_size=args.vocab_size, spm_model=resolve_data_file(spm_model)
         )
-    config = TrainConfig(
+    config = LMTrainConfig(
         corpus=corpus,
         out=args.out,
         arch=args.arch,

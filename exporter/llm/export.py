@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from exporter.errors import ExportVerificationError
 from exporter.llm.checkpoint import (
     CheckpointError,
     DecoderSpec,
@@ -34,7 +35,6 @@ from exporter.llm.weight_quant import (
     weight_quant_config,
 )
 from exporter.package_writer import PackageWriter
-from runtime.errors import E2edgeError
 from runtime.package import sha256_file
 
 if TYPE_CHECKING:
@@ -51,10 +51,6 @@ JITTER = 2.0 ** -22  # about two float32 ulps, relative
 JITTER_RUNS = 3
 
 SAMPLE_PROMPT = "The quick brown fox jumps over the lazy dog. To be, or not to be:"
-
-
-class ExportVerificationError(E2edgeError):
-    """The exported graph does not reproduce the checkpoint."""
 
 
 @dataclass(frozen=True)

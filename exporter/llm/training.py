@@ -52,7 +52,7 @@ EVAL_BATCH = 16  # windows per forward pass when measuring held-out loss
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class LMTrainConfig:
     """Everything one training run depends on; validated by the CLI before it gets here."""
 
     corpus: tuple[TextSpec, ...]  # parts with resolved paths, split 90/10 each
@@ -80,7 +80,7 @@ class TrainConfig:
             raise ValueError(f"--time-budget-s must be positive, got {self.time_budget_s}")
 
 
-def train_lm(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
+def train_lm(config: LMTrainConfig, log: Callable[[str], None] = print) -> dict:
     """Run the whole recipe; return the train report (also written to train_report.json)."""
     _check_out_dir(config.out)
     parts = [read_part(part) for part in config.corpus]
@@ -221,7 +221,7 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _train(model, train_ids: torch.Tensor, bos: int, config: TrainConfig, log):
+def _train(model, train_ids: torch.Tensor, bos: int, config: LMTrainConfig, log):
     """Run the optimisation; return (steps done, first loss, last loss)."""
     preset = config.preset
     context, batch = preset.context_length, preset.batch_size

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporter.vit.config import TrainConfig
+from exporter.vit.config import ViTRecipe
 from exporter.vit.distill import DistillationLoss, DistillConfig, TeacherEnsemble
 from exporter.vit.medmnist import Augmentation, MedMNIST, Split, batches
 from exporter.vit.metrics import classification_metrics
@@ -76,7 +76,7 @@ def evaluate(
     return classification_metrics(predict(model, split, spec, batch_size), split.labels)
 
 
-def lr_at(step: int, total: int, warmup: int, recipe: TrainConfig) -> float:
+def lr_at(step: int, total: int, warmup: int, recipe: ViTRecipe) -> float:
     if step < warmup:
         return recipe.lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
@@ -122,7 +122,7 @@ def train(
     model: ViT,
     data: MedMNIST,
     spec: Preprocessing,
-    recipe: TrainConfig,
+    recipe: ViTRecipe,
     seed: int = 0,
     teacher: ViT | TeacherEnsemble | None = None,
     distill: DistillConfig | None = None,

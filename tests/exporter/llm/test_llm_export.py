@@ -12,8 +12,9 @@ import pytest
 import torch
 from llm_fixtures import make_tiny_checkpoint
 
+from exporter.errors import ExportVerificationError
 from exporter.llm.checkpoint import load_torch_model
-from exporter.llm.export import ExportVerificationError, LLMExportOptions, export_llm
+from exporter.llm.export import LLMExportOptions, export_llm
 from runtime.llm.engine import LLMEngine
 from runtime.package import load_package
 
