@@ -25,7 +25,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -42,6 +41,7 @@ from transformers import (
     LlamaForCausalLM,
 )
 
+from exporter.atomic_dir import AtomicDirectory
 from exporter.llm.presets import LMPreset
 from exporter.llm.tokenizer import TokenizerChoice, build_tokenizer, save_tokenizer
 from exporter.text import PART_SEPARATOR, TextSpec, read_part
@@ -309,25 +309,10 @@ def _replaceable(out: Path) -> bool:
 
 
 def _save(out: Path, model, tokenizer, specials, context: int, report: dict) -> None:
-    """Write the checkpoint to a temporary sibling directory and rename it into place."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    try:
-        model.save_pretrained(tmp)  # config.json, model.safetensors, generation_config.json
-        save_tokenizer(tokenizer, specials, tmp, context)
-        (tmp / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    """Write the checkpoint beside `out` and swap it into place (exporter/atomic_dir.py)."""
+    with AtomicDirectory(out) as target:
+        model.save_pretrained(target.dir)  # config.json, model.safetensors, generation_config
+        save_tokenizer(tokenizer, specials, target.dir, context)
+        (target.dir / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
         _check_out_dir(out)  # again: something may have appeared there while we trained
-        if out.exists():
-            out.rename(old)
-        try:
-            tmp.rename(out)
-        except OSError:
-            if old.exists():
-                old.rename(out)  # put the previous checkpoint back
-            raise
-    finally:
-        for leftover in (tmp, old):
-            if leftover.exists():
-                shutil.rmtree(leftover)
+        target.commit()

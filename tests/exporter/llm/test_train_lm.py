@@ -56,7 +56,7 @@ def test_checkpoint_loads_with_transformers(tiny_llama):
         "config.json", "model.safetensors", "generation_config.json",
         "tokenizer.json", "tokenizer_config.json", "train_report.json",
     }
-    assert not list(out.parent.glob(".*partial*"))  # the temporary directory was renamed
+    assert not list(out.parent.glob(f".{out.name}.*"))  # the temporary directory was renamed
 
     model = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
