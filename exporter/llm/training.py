@@ -44,6 +44,7 @@ from transformers import (
 from exporter.atomic_dir import AtomicDirectory
 from exporter.llm.presets import LMPreset
 from exporter.llm.tokenizer import TokenizerChoice, build_tokenizer, save_tokenizer
+from exporter.schedule import warmup_cosine
 from exporter.text import PART_SEPARATOR, TextSpec, read_part
 
 ARCHS = ("llama", "gemma")
@@ -213,14 +214,6 @@ def _build_model(arch: str, preset: LMPreset, vocab_size: int, ids: dict[str, in
     return model
 
 
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up over `warmup` steps, then cosine decay from 1 to `min_ratio`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def _train(model, train_ids: torch.Tensor, bos: int, config: LMTrainConfig, log):
     """Run the optimisation; return (steps done, first loss, last loss)."""
     preset = config.preset
@@ -239,7 +232,8 @@ def _train(model, train_ids: torch.Tensor, bos: int, config: LMTrainConfig, log)
         foreach=False,
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, warmup, config.steps, preset.min_lr_ratio)
+        optimizer,
+        lambda step: warmup_cosine(step, warmup, config.steps, floor=preset.min_lr_ratio),
     )
     generator = torch.Generator().manual_seed(config.seed)  # on the CPU: same order anywhere
     device = train_ids.device

@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from exporter.magrip.ffn import PROJECTIONS, find_ffns
+from exporter.schedule import warmup_cosine
 from exporter.text import TokenStream
 
 FINETUNE_PARAMS = ("ffn", "lora")
+FINAL_LR_RATIO = 0.1  # the cosine decays to 10 % of the peak rate
 DEFAULT_STEPS = 300  # "a few hundred" when the CLI asks for a fine-tune without a count
 
 
@@ -98,14 +100,8 @@ def finetune(model: nn.Module, stream: TokenStream, options: FinetuneOptions,
     trainable = _prepare(ffns, options)
     optimizer = torch.optim.AdamW(trainable, lr=options.learning_rate, weight_decay=0.0)
     warmup = max(1, int(options.warmup_fraction * options.steps))
-
-    def lr_factor(step: int) -> float:  # linear warmup, cosine decay to 10 %
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, options.steps - warmup)
-        return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup, options.steps, floor=FINAL_LR_RATIO))
     rng = np.random.default_rng(seed)
     losses = []
     model.train()

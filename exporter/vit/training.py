@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exporter.schedule import warmup_cosine
 from exporter.vit.config import ViTRecipe
 from exporter.vit.distill import DistillationLoss, DistillConfig, TeacherEnsemble
 from exporter.vit.medmnist import Augmentation, MedMNIST, Split, batches
@@ -74,13 +75,6 @@ def evaluate(
     model: ViT | TeacherEnsemble, split: Split, spec: Preprocessing, batch_size: int = 256,
 ) -> dict:
     return classification_metrics(predict(model, split, spec, batch_size), split.labels)
-
-
-def lr_at(step: int, total: int, warmup: int, recipe: ViTRecipe) -> float:
-    if step < warmup:
-        return recipe.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return recipe.min_lr + 0.5 * (recipe.lr - recipe.min_lr) * (1 + math.cos(math.pi * progress))
 
 
 @torch.no_grad()
@@ -178,7 +172,7 @@ def train(
                 log.warning("time budget spent %d steps into epoch %d", len(losses), epoch + 1)
                 break  # a large model on a CPU may not finish one epoch in the budget
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, warmup, recipe)
+                group["lr"] = warmup_cosine(step, warmup, total_steps, recipe.lr, recipe.min_lr)
             mixes = [(1.0, labels)]  # (weight, labels) pairs of the label loss
             if recipe.mixup > 0:
                 lam = float(rng.beta(recipe.mixup, recipe.mixup))
