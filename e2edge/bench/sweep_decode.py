@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from exporter.magrip.report import SweepOptions, remeasure_decode
+    from exporter.magrip.options import SweepOptions
+    from exporter.magrip.report import remeasure_decode
 
     sweep = SweepOptions(ratios=(0.5,), eval_texts=(), decode_tokens=args.tokens,
                          decode_rounds=args.rounds, threads=args.threads)

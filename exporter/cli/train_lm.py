@@ -18,12 +18,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from exporter.llm.presets import PRESETS, get_preset
+from exporter.llm.presets import ARCHS, PRESETS, get_preset
 
 if TYPE_CHECKING:
     from exporter.text import TextSpec
 
-ARCHS = ("llama", "gemma")  # as exporter.llm.training.ARCHS, which imports torch
 DEFAULT_SPM = "llama2_tokenizer.model"
 
 

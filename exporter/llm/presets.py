@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+ARCHS = ("llama", "gemma")  # the model families a preset builds
+
 
 @dataclass(frozen=True)
 class LMPreset:

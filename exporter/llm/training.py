@@ -42,12 +42,11 @@ from transformers import (
 )
 
 from exporter.atomic_dir import AtomicDirectory
-from exporter.llm.presets import LMPreset
+from exporter.llm.presets import ARCHS, LMPreset
 from exporter.llm.tokenizer import TokenizerChoice, build_tokenizer, save_tokenizer
 from exporter.schedule import warmup_cosine
 from exporter.text import PART_SEPARATOR, TextSpec, read_part
 
-ARCHS = ("llama", "gemma")
 TRAIN_FRACTION = 0.9
 EVAL_BATCH = 16  # windows per forward pass when measuring held-out loss
 

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from exporter.magrip.ffn import NeuronMasks, find_ffns
-from exporter.magrip.saliency import SaliencyOptions, neuron_saliency
+from exporter.magrip.options import SaliencyOptions
+from exporter.magrip.saliency import neuron_saliency
 
 SCORERS = {
     "taylor only (gradient)": SaliencyOptions(method="gradient"),

@@ -16,41 +16,11 @@ import torch
 from torch import nn
 
 from exporter.magrip.ffn import PROJECTIONS, find_ffns
+from exporter.magrip.options import FinetuneOptions
 from exporter.schedule import warmup_cosine
 from exporter.text import TokenStream
 
-FINETUNE_PARAMS = ("ffn", "lora")
 FINAL_LR_RATIO = 0.1  # the cosine decays to 10 % of the peak rate
-DEFAULT_STEPS = 300  # "a few hundred" when the CLI asks for a fine-tune without a count
-
-
-@dataclass(frozen=True)
-class FinetuneOptions:
-    steps: int = 0
-    params: str = "ffn"  # ffn | lora
-    lr: float | None = None  # default: 1e-4 for ffn, 1e-3 for lora
-    lora_rank: int = 8
-    batch_size: int = 4
-    seq_len: int = 256
-    warmup_fraction: float = 0.1
-    grad_clip: float = 1.0
-
-    def validate(self) -> None:
-        if self.steps < 0:
-            raise ValueError(f"fine-tune steps must be >= 0, got {self.steps}")
-        if self.params not in FINETUNE_PARAMS:
-            raise ValueError(f"fine-tune params must be one of {FINETUNE_PARAMS}, "
-                             f"got {self.params!r}")
-        if self.lora_rank < 1 or self.batch_size < 1 or self.seq_len < 2:
-            raise ValueError("fine-tune lora rank and batch size must be >= 1, seq len >= 2")
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"fine-tune lr must be > 0, got {self.lr}")
-
-    @property
-    def learning_rate(self) -> float:
-        if self.lr is not None:
-            return self.lr
-        return 1e-4 if self.params == "ffn" else 1e-3
 
 
 class LoRALinear(nn.Module):

@@ -35,29 +35,9 @@ from torch import nn
 
 from exporter.magrip.allocation import select_keep
 from exporter.magrip.ffn import NeuronMasks, find_ffns
+from exporter.magrip.options import MaskOptions
 
 DRIFT_UNIT = 0.01  # the penalty scale is defined at a 1 % kept-fraction drift
-
-
-@dataclass(frozen=True)
-class MaskOptions:
-    steps: int = 512  # at most; 0 = no mask refinement
-    check_every: int = 32  # steps between held-out checks (with a judge)
-    patience: int = 3  # checks without improvement before the training stops; 0 = never
-    lr: float = 2e-3  # Adam, in rank units (a logit moves at most ~lr per step)
-    temperature: float = 0.05  # of the sigmoid whose gradient stands in for the step
-    penalty: float = 1.0  # weight of the kept-fraction penalty (see the module docstring)
-    batch_size: int = 2
-
-    def validate(self) -> None:
-        if self.steps < 0:
-            raise ValueError(f"mask steps must be >= 0, got {self.steps}")
-        if self.check_every < 1 or self.patience < 0:
-            raise ValueError("mask check interval must be >= 1 and patience >= 0")
-        if self.lr <= 0 or self.temperature <= 0 or self.penalty < 0:
-            raise ValueError("mask lr and temperature must be > 0, penalty >= 0")
-        if self.batch_size < 1:
-            raise ValueError(f"mask batch size must be >= 1, got {self.batch_size}")
 
 
 def ste_mask(logits: torch.Tensor, temperature: float) -> torch.Tensor:

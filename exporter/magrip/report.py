@@ -21,7 +21,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,8 @@ from exporter.magrip.checkpoint_out import (
     source_dtype,
 )
 from exporter.magrip.finetune import finetune
+from exporter.magrip.options import METHODS, PruneOptions, SweepOptions
 from exporter.magrip.pipeline import (
-    PruneOptions,
     finetune_pruned,
     fit_to_context,
     peak_rss_mib,
@@ -43,37 +43,12 @@ from exporter.magrip.pipeline import (
     save,
     with_ratio,
 )
-from exporter.magrip.saliency import METHODS, neuron_saliency
+from exporter.magrip.saliency import neuron_saliency
 from exporter.text import TokenStream, read_text, text_stream, token_windows
 
 log = logging.getLogger(__name__)
 
 DECODE_PROMPT = "ROMEO:\nWhat light through yonder window breaks?"
-
-
-@dataclass(frozen=True)
-class SweepOptions:
-    ratios: tuple[float, ...]
-    eval_texts: tuple[str, ...]  # text specs
-    methods: tuple[str, ...] = METHODS
-    eval_max_tokens: int | None = 20000
-    eval_window: int | None = None
-    eval_stride: int | None = None
-    decode_tokens: int = 96
-    decode_rounds: int = 5
-    threads: int = 0  # onnxruntime intra-op threads for the decode measurement (0: default)
-    keep_artifacts: bool = False  # keep the pruned checkpoints and packages
-
-    def validate(self) -> None:
-        if not self.ratios or not all(0 < r < 1 for r in self.ratios):
-            raise ValueError(f"sweep ratios must be in (0, 1), got {list(self.ratios)}")
-        if not self.eval_texts:
-            raise ValueError("a sweep needs at least one --eval-text")
-        unknown = set(self.methods) - set(METHODS)
-        if unknown:
-            raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
-        if self.decode_tokens < 2 or self.decode_rounds < 1:
-            raise ValueError("decode tokens must be >= 2 and decode rounds >= 1")
 
 
 def run_sweep(model_dir: str | Path, calib: str, report_dir: str | Path,
@@ -210,8 +185,7 @@ def remeasure_decode(report_dir: str | Path, sweep: SweepOptions) -> dict[str, A
     and sweep.json records the new numbers (perplexities are untouched: they do not
     depend on timing).
     """
-    if sweep.decode_tokens < 2 or sweep.decode_rounds < 1:
-        raise ValueError("decode tokens must be >= 2 and decode rounds >= 1")
+    sweep.validate_decode()
     report_dir = Path(report_dir)
     path = report_dir / "sweep.json"
     if not path.is_file():

@@ -9,7 +9,8 @@ import torch
 from exporter.llm.checkpoint import load_torch_model
 from exporter.magrip.brute_force import compare, removal_loss_changes
 from exporter.magrip.ffn import NeuronMasks, find_ffns
-from exporter.magrip.saliency import SaliencyOptions, median_normalise, neuron_saliency
+from exporter.magrip.options import SaliencyOptions
+from exporter.magrip.saliency import median_normalise, neuron_saliency
 
 
 def _rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
