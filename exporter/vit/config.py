@@ -141,6 +141,24 @@ class ViTRecipe:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """The weights of the distillation loss's three terms, and its temperature (distill.py)."""
+
+    ce_weight: float = 0.5
+    kd_weight: float = 0.5
+    feature_weight: float = 0.1
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        if min(self.ce_weight, self.kd_weight, self.feature_weight) < 0:
+            raise ValueError("distillation weights must be >= 0")
+        if self.ce_weight + self.kd_weight + self.feature_weight == 0:
+            raise ValueError("at least one distillation weight must be > 0")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0")
+
+
+@dataclass(frozen=True)
 class Preset:
     model: ViTConfig
     train: ViTRecipe

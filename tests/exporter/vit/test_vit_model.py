@@ -9,10 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from exporter.vit.config import ViTConfig, ViTRecipe, get_preset
+from exporter.vit.config import DistillConfig, ViTConfig, ViTRecipe, get_preset
 from exporter.vit.distill import (
     DistillationLoss,
-    DistillConfig,
     TeacherEnsemble,
     init_from_teacher,
     kd_kl,

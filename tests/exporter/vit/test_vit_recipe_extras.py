@@ -98,7 +98,8 @@ def test_training_with_ema_and_rotation_learns_and_keeps_the_averaged_weights(tm
 def test_mixup_trains_a_distilled_student(tmp_path):
     from vit_fixtures import one_torch_thread, write_synthetic_npz
 
-    from exporter.vit.distill import DistillConfig, init_from_teacher
+    from exporter.vit.config import DistillConfig
+    from exporter.vit.distill import init_from_teacher
     from exporter.vit.medmnist import load_medmnist
     from runtime.vision.preprocess import Preprocessing
 
