@@ -175,8 +175,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
     )
     report = run_sweep(args.model, args.calib, args.report, options, sweep,
                        train_text=args.train_text)
-    for name, goal in report["goals"].items():
-        print(f"{name}: {'met' if goal['ok'] else 'NOT met'}")
+    for name, check in report["checks"].items():
+        print(f"{name}: {'met' if check['ok'] else 'NOT met'}")
     for warning in report["warnings"]:
         print(f"warning: {warning}")
     print(f"wrote {args.report}/sweep.json and sweep.png ({report['seconds']:.0f} s, "
