@@ -413,10 +413,7 @@ def verify_package(
     where the reference's own top two are within the logits tolerance (a near tie,
     which float noise may break either way), and the comparison ends there.
     """
-    import torch
-
     from runtime.llm.engine import LLMEngine
-    from runtime.llm.sampling import SamplingParams
 
     engine = LLMEngine.load(package_dir, threads=options.threads)
     model = _reference_model(model_dir, effective or {})
@@ -425,25 +422,48 @@ def verify_package(
     if int8_activations:
         quantize_linear_inputs(model, (effective or {}).keys(), options.block_size)
     ids = engine.encode(SAMPLE_PROMPT)[: engine.context_length // 2]
+    diff, tolerance = _compare_logits(engine, model, ids, options, int8_activations)
+    if _not_emulated(options):
+        return Verification(diff, tolerance, 0, None)
+    return _compare_greedy(engine, model, ids, options, diff, tolerance)
+
+
+def _compare_logits(engine, model, ids: list[int], options: LLMExportOptions,
+                    int8_activations: bool) -> tuple[float, float]:
+    """(max |logit difference| on the sample prompt, the tolerance it met); raises on more."""
+    import torch
+
     cache = engine.empty_cache()
     ort_logits, _ = engine.forward(np.asarray([ids], dtype=np.int64), 0, cache)
     with torch.no_grad():
         torch_logits = model(torch.tensor([ids])).logits.numpy()
     diff = float(np.abs(ort_logits - torch_logits).max())
-    inexact = options.weights in BLOCK_FORMATS and options.accuracy_level in (1, 2, 3)
     tolerance = options.logits_tolerance
     if int8_activations:
         tolerance += max(float(np.abs(torch_logits).max()) / 127,
                          FLIP_NOISE_FACTOR * _rounding_noise(model, ids, torch_logits))
-    if inexact:
+    if _not_emulated(options):
         tolerance = 0.02 * float(torch_logits.max() - torch_logits.min())
     if not diff <= tolerance:
         raise ExportVerificationError(
             f"onnxruntime logits differ from PyTorch by {diff:.3g} "
             f"(> tolerance {tolerance:g}) on the sample prompt"
         )
-    if inexact:
-        return Verification(diff, tolerance, 0, None)
+    return diff, tolerance
+
+
+def _not_emulated(options: LLMExportOptions) -> bool:
+    """MatMulNBits accuracy levels 1-3: float compute types the reference does not copy."""
+    return options.weights in BLOCK_FORMATS and options.accuracy_level in (1, 2, 3)
+
+
+def _compare_greedy(engine, model, ids: list[int], options: LLMExportOptions, diff: float,
+                    tolerance: float) -> Verification:
+    """Greedy tokens of the package against transformers' generate (see verify_package)."""
+    import torch
+
+    from runtime.llm.sampling import SamplingParams
+
     n = min(options.verify_tokens, engine.context_length - len(ids))
     params = SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True)
     ours = [t for event in engine.generate(ids, params) for t in event.token_ids]
