@@ -1,25 +1,25 @@
 """Writes model packages atomically.
 
-Everything goes into a temporary sibling directory; the manifest (with each file's
-size and sha256) is written last, and the directory is renamed into place. A killed
-or failed export therefore never leaves a half package at the destination.
+Everything goes into a temporary sibling directory (exporter/atomic_dir.py); the
+manifest (with each file's size and sha256) is written last, and the directory is
+renamed into place. A killed or failed export therefore never leaves a half package
+at the destination.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from e2edge import __version__
+from exporter.atomic_dir import AtomicDirectory
 from runtime.package import FORMAT_VERSION, MANIFEST_NAME, PACKAGE_FORMAT, sha256_file
 
 
-class PackageWriter:
+class PackageWriter(AtomicDirectory):
     """Context manager: write files under `.dir`, then `commit(manifest)`.
 
     with PackageWriter(out) as w:
@@ -30,29 +30,13 @@ class PackageWriter:
     directory and leaves any existing package at `out` untouched.
     """
 
-    def __init__(self, out: str | Path):
-        self.out = Path(out).expanduser().resolve()
-        self.dir: Path = Path()
-        self._committed = False
-
-    def __enter__(self) -> PackageWriter:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if not self._committed:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
     def commit(self, manifest: dict[str, Any] | None = None) -> Path:
         """Seal (when given a manifest) and move the package into place."""
         if manifest is not None:
             self.seal(manifest)
         if not (self.dir / MANIFEST_NAME).is_file():
             raise RuntimeError("PackageWriter.commit before seal: no manifest written")
-        self._replace_destination()
-        self._committed = True
-        return self.out
+        return super().commit()
 
     def seal(self, manifest: dict[str, Any]) -> Path:
         """Checksum every file and write manifest.json in the temporary directory.
@@ -79,18 +63,3 @@ class PackageWriter:
         with open(manifest_path, "rb") as f:
             os.fsync(f.fileno())
         return self.dir
-
-    def _replace_destination(self) -> None:
-        if not self.out.exists():
-            os.replace(self.dir, self.out)
-            return
-        # os.replace cannot swap non-empty directories: move the old one aside first.
-        backup = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
-        backup.rmdir()
-        os.replace(self.out, backup)
-        try:
-            os.replace(self.dir, self.out)
-        except OSError:
-            os.replace(backup, self.out)
-            raise
-        shutil.rmtree(backup, ignore_errors=True)

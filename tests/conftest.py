@@ -38,7 +38,7 @@ def tiny_llama_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_llama_package(tmp_path_factory, tiny_llama_checkpoint) -> Path:
-    from exporter.llm_export import LLMExportOptions, export_llm
+    from exporter.llm.export import LLMExportOptions, export_llm
 
     out = tmp_path_factory.mktemp("tiny-llama-pkg") / "pkg"
     return export_llm(tiny_llama_checkpoint, out, LLMExportOptions(name="tiny-llama")).package
@@ -47,7 +47,7 @@ def tiny_llama_package(tmp_path_factory, tiny_llama_checkpoint) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama_package_standard(tmp_path_factory, tiny_llama_checkpoint) -> Path:
     """The same model as plain ONNX (--attention standard): what TensorRT's parser reads."""
-    from exporter.llm_export import LLMExportOptions, export_llm
+    from exporter.llm.export import LLMExportOptions, export_llm
 
     out = tmp_path_factory.mktemp("tiny-llama-std-pkg") / "pkg"
     options = LLMExportOptions(name="tiny-llama-standard", attention="standard")

@@ -21,8 +21,8 @@ def make_tiny_checkpoint(
     import torch
     from transformers import GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    from exporter.hf_checkpoint import resize_mlp
-    from exporter.random_checkpoint import make_bpe_tokenizer
+    from exporter.llm.checkpoint import resize_mlp
+    from exporter.llm.random_checkpoint import make_bpe_tokenizer
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -56,7 +56,7 @@ def make_tiny_checkpoint(
 
 def make_tiny_package(tmp_path: Path, arch: str = "llama", **checkpoint_options) -> Path:
     """A verified llm package exported from a tiny checkpoint; returns the package dir."""
-    from exporter.llm_export import LLMExportOptions, export_llm
+    from exporter.llm.export import LLMExportOptions, export_llm
 
     checkpoint = make_tiny_checkpoint(Path(tmp_path) / f"{arch}-checkpoint", arch,
                                       **checkpoint_options)

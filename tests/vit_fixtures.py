@@ -59,7 +59,7 @@ def make_tiny_vit_checkpoint(
     import torch
 
     from exporter.vit.checkpoint import Checkpoint, save_checkpoint
-    from exporter.vit.config import TrainConfig, ViTConfig
+    from exporter.vit.config import ViTConfig, ViTRecipe
     from exporter.vit.medmnist import load_medmnist
     from exporter.vit.model import ViT
     from exporter.vit.training import train
@@ -71,7 +71,7 @@ def make_tiny_vit_checkpoint(
     spec = Preprocessing(size=config.image_size, channels=config.channels, mean=mean, std=std)
     torch.manual_seed(seed)
     model = ViT(config)
-    recipe = TrainConfig(epochs=epochs, batch_size=32, lr=3e-3, warmup_epochs=0, max_shift=0)
+    recipe = ViTRecipe(epochs=epochs, batch_size=32, lr=3e-3, warmup_epochs=0, max_shift=0)
     with one_torch_thread():
         result = train(model, data, spec, recipe, seed=seed)
     record = {"data": npz.name, "data_path": str(npz), "recipe": dataclasses.asdict(recipe),

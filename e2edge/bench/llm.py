@@ -87,7 +87,7 @@ def bench_runtime(package: str, ids: list[int], new_tokens: int, runs: int, thre
 def bench_transformers(model_dir: str, ids: list[int], new_tokens: int, runs: int, threads: int):
     import torch
 
-    from exporter.hf_checkpoint import load_torch_model
+    from exporter.llm.checkpoint import load_torch_model
 
     if threads:
         torch.set_num_threads(threads)

@@ -23,8 +23,8 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
     from pathlib import Path
 
-    from exporter.evaluation import choice_accuracy, open_scorer, read_choice_tasks
-    from exporter.magrip.calibration import resolve_text_path
+    from exporter.llm.evaluation import choice_accuracy, open_scorer, read_choice_tasks
+    from exporter.text import resolve_text_path
 
     records = read_choice_tasks(resolve_text_path(args.tasks))
     if args.limit:

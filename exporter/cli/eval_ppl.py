@@ -26,8 +26,8 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
     from pathlib import Path
 
-    from exporter.evaluation import open_scorer, text_perplexity
-    from exporter.magrip.calibration import read_text
+    from exporter.llm.evaluation import open_scorer, text_perplexity
+    from exporter.text import read_text
 
     scorer = open_scorer(args.model, threads=args.threads)
     result = text_perplexity(scorer, read_text(args.text), args.window, args.stride,

@@ -13,7 +13,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from exporter.weight_quant import WEIGHT_FORMATS  # numpy only: the CLI stays quick
+    from exporter.llm.weight_quant import WEIGHT_FORMATS  # numpy only: the CLI stays quick
 
     parser.add_argument("--model", required=True, help="checkpoint directory (config.json, "
                         "model.safetensors, tokenizer files)")
@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from exporter.llm_export import LLMExportOptions, default_accuracy_level, export_llm
+    from exporter.llm.export import LLMExportOptions, default_accuracy_level, export_llm
 
     result = export_llm(
         args.model,

@@ -17,6 +17,20 @@ from __future__ import annotations
 
 import argparse
 
+# torch-free: the parser reads every default and choice from the options' definitions
+from exporter.magrip.allocation import ALLOCATIONS
+from exporter.magrip.options import (
+    DEFAULT_STEPS,
+    FINETUNE_PARAMS,
+    METHODS,
+    SENSITIVITIES,
+    FinetuneOptions,
+    MaskOptions,
+    PruneOptions,
+    SaliencyOptions,
+    SweepOptions,
+)
+
 
 def _ratios(text: str) -> tuple[float, ...]:
     try:
@@ -30,34 +44,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib", required=True, help="calibration text (path, name, or FILE@A:B)")
     parser.add_argument("--ratio", type=float, help="fraction of FFN neurons to remove, in (0, 1)")
     parser.add_argument("--out", help="directory of the pruned checkpoint")
-    parser.add_argument("--method", default="magrip",
-                        choices=["magrip", "magnitude", "gradient", "random"])
-    parser.add_argument("--sensitivity", default="taylor", choices=["taylor", "jacobian"],
+    parser.add_argument("--method", default=SaliencyOptions.method, choices=METHODS)
+    parser.add_argument("--sensitivity", default=SaliencyOptions.sensitivity, choices=SENSITIVITIES,
                         help="taylor: |sum u dL/du| (default); jacobian: ||dL/du||_2")
-    parser.add_argument("--magnitude-weight", type=float, default=1.0)
-    parser.add_argument("--sensitivity-weight", type=float, default=1.0)
-    parser.add_argument("--allocation", default="global", choices=["global", "uniform"])
+    parser.add_argument("--magnitude-weight", type=float, default=SaliencyOptions.magnitude_weight)
+    parser.add_argument("--sensitivity-weight", type=float,
+                        default=SaliencyOptions.sensitivity_weight)
+    parser.add_argument("--allocation", default=PruneOptions.allocation, choices=ALLOCATIONS)
     parser.add_argument("--min-width", type=int,
                         help="neurons every layer keeps (global allocation; default 10%% of it)")
-    parser.add_argument("--seq-len", type=int, default=512, help="calibration window tokens")
-    parser.add_argument("--samples", type=int, default=128, help="calibration windows")
-    parser.add_argument("--batch-size", type=int, default=2, help="windows per pass")
-    parser.add_argument("--coarse-fraction", type=float, default=0.75)
-    parser.add_argument("--fine-steps", type=int, default=3)
-    parser.add_argument("--mask-steps", type=int, default=512,
+    parser.add_argument("--seq-len", type=int, default=PruneOptions.seq_len,
+                        help="calibration window tokens")
+    parser.add_argument("--samples", type=int, default=PruneOptions.samples,
+                        help="calibration windows")
+    parser.add_argument("--batch-size", type=int, default=SaliencyOptions.batch_size,
+                        help="windows per pass")
+    parser.add_argument("--coarse-fraction", type=float, default=PruneOptions.coarse_fraction)
+    parser.add_argument("--fine-steps", type=int, default=PruneOptions.fine_steps)
+    parser.add_argument("--mask-steps", type=int, default=MaskOptions.steps,
                         help="most mask refinement steps (MAGRIP only; 0 = off); held-out "
                              "calibration loss picks the best step and stops early")
-    parser.add_argument("--mask-patience", type=int, default=3,
-                        help="held-out checks (every 32 steps) "
+    parser.add_argument("--mask-patience", type=int, default=MaskOptions.patience,
+                        help=f"held-out checks (every {MaskOptions.check_every} steps) "
                              "without improvement before the mask training stops; 0 = never")
     parser.add_argument("--train-text", help="fine-tune text (path, name, or FILE@A:B)")
     parser.add_argument("--finetune-steps", type=int,
-                        help="fine-tune steps (default 300 when --train-text is given)")
-    parser.add_argument("--finetune-params", default="ffn", choices=["ffn", "lora"])
+                        help=f"fine-tune steps (default {DEFAULT_STEPS} when --train-text is "
+                             "given)")
+    parser.add_argument("--finetune-params", default=FinetuneOptions.params,
+                        choices=FINETUNE_PARAMS)
     parser.add_argument("--finetune-lr", type=float)
-    parser.add_argument("--finetune-batch-size", type=int, default=4)
-    parser.add_argument("--finetune-seq-len", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--finetune-batch-size", type=int, default=FinetuneOptions.batch_size)
+    parser.add_argument("--finetune-seq-len", type=int, default=FinetuneOptions.seq_len)
+    parser.add_argument("--seed", type=int, default=PruneOptions.seed)
     parser.add_argument("--torch-threads", type=int,
                         help="PyTorch CPU threads (default: PyTorch's; 1 is much faster on a "
                              "machine whose cores are busy with other work)")
@@ -66,21 +85,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--report", help="directory for sweep.json and sweep.png")
     sweep.add_argument("--eval-text", action="append", default=[],
                        help="perplexity text (repeatable)")
-    sweep.add_argument("--eval-max-tokens", type=int, default=20000)
-    sweep.add_argument("--methods", default="magrip,magnitude,gradient,random")
-    sweep.add_argument("--decode-tokens", type=int, default=96)
-    sweep.add_argument("--decode-rounds", type=int, default=5)
-    sweep.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: auto)")
+    sweep.add_argument("--eval-max-tokens", type=int, default=SweepOptions.eval_max_tokens)
+    sweep.add_argument("--methods", default=",".join(SweepOptions.methods))
+    sweep.add_argument("--decode-tokens", type=int, default=SweepOptions.decode_tokens)
+    sweep.add_argument("--decode-rounds", type=int, default=SweepOptions.decode_rounds)
+    sweep.add_argument("--threads", type=int, default=SweepOptions.threads,
+                       help="onnxruntime threads (0: auto)")
     sweep.add_argument("--keep-artifacts", action="store_true",
                        help="keep the sweep's checkpoints and packages under REPORT/work")
 
 
-def build_options(args: argparse.Namespace, ratio: float):
-    from exporter.magrip.finetune import DEFAULT_STEPS, FinetuneOptions
-    from exporter.magrip.mask import MaskOptions
-    from exporter.magrip.pipeline import PruneOptions
-    from exporter.magrip.saliency import SaliencyOptions
-
+def build_options(args: argparse.Namespace, ratio: float) -> PruneOptions:
     steps = args.finetune_steps
     if steps is None:
         steps = DEFAULT_STEPS if args.train_text else 0
@@ -143,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
-    from exporter.magrip.report import SweepOptions, run_sweep
+    from exporter.magrip.report import run_sweep
 
     if not args.report:
         raise ValueError("--sweep needs --report DIR")
@@ -160,8 +175,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
     )
     report = run_sweep(args.model, args.calib, args.report, options, sweep,
                        train_text=args.train_text)
-    for name, goal in report["goals"].items():
-        print(f"{name}: {'met' if goal['ok'] else 'NOT met'}")
+    for name, check in report["checks"].items():
+        print(f"{name}: {'met' if check['ok'] else 'NOT met'}")
     for warning in report["warnings"]:
         print(f"warning: {warning}")
     print(f"wrote {args.report}/sweep.json and sweep.png ({report['seconds']:.0f} s, "

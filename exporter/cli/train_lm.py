@@ -18,12 +18,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from exporter.lm_presets import PRESETS, get_preset
+from exporter.llm.presets import ARCHS, PRESETS, get_preset
 
 if TYPE_CHECKING:
-    from exporter.magrip.calibration import TextSpec
+    from exporter.text import TextSpec
 
-ARCHS = ("llama", "gemma")  # as exporter.lm_training.ARCHS, which imports torch
 DEFAULT_SPM = "llama2_tokenizer.model"
 
 
@@ -63,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolved_part(spec: str) -> TextSpec:
     """One --corpus value as a TextSpec whose path is the file it names."""
     from e2edge.data import resolve_data_file
-    from exporter.magrip.calibration import TextSpec
+    from exporter.text import TextSpec
 
     part = TextSpec.parse(spec)
     return TextSpec(str(resolve_data_file(part.path)), part.start, part.end)
@@ -75,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
     # this once, when torch is first imported, which happens just below.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from e2edge.data import resolve_data_file
-    from exporter.lm_tokenizer import TokenizerChoice
-    from exporter.lm_training import TrainConfig, train_lm
+    from exporter.llm.tokenizer import TokenizerChoice
+    from exporter.llm.training import LMTrainConfig, train_lm
 
     preset = get_preset(args.preset)
     corpus = tuple(resolved_part(spec) for spec in args.corpus)
@@ -88,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         choice = TokenizerChoice(
             "spm", vocab_size=args.vocab_size, spm_model=resolve_data_file(spm_model)
         )
-    config = TrainConfig(
+    config = LMTrainConfig(
         corpus=corpus,
         out=args.out,
         arch=args.arch,

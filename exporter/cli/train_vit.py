@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import argparse
 
+# torch-free: the parser reads its defaults from the definitions
+from exporter.vit.config import ROLES, DistillConfig, get_preset
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--role", required=True, choices=("teacher", "student", "fp-student"))
+    parser.add_argument("--role", required=True, choices=ROLES)
     parser.add_argument("--preset", default="mnist28", help="bitmedvit | mnist28 (default)")
     parser.add_argument("--data", required=True, help="MedMNIST-style .npz (path or file name)")
     parser.add_argument("--out", required=True, help="checkpoint directory to write")
@@ -48,12 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--monitor", action="append", default=[], choices=("train", "test"),
                         help="also score this split every epoch into the checkpoint's "
                              "history (learning curves; never used to select the epoch)")
-    parser.add_argument("--ce-weight", type=float, default=0.5, help="label loss weight")
-    parser.add_argument("--kd-weight", type=float, default=0.5,
+    parser.add_argument("--ce-weight", type=float, default=DistillConfig.ce_weight,
+                        help="label loss weight")
+    parser.add_argument("--kd-weight", type=float, default=DistillConfig.kd_weight,
                         help="weight of T^2 * KL(teacher || student) at --temperature")
-    parser.add_argument("--feature-weight", type=float, default=0.1,
+    parser.add_argument("--feature-weight", type=float, default=DistillConfig.feature_weight,
                         help="weight of the pooled-feature MSE to the teacher")
-    parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--temperature", type=float, default=DistillConfig.temperature)
 
 
 def parse_recipe(items: list[str], base) -> dict:
@@ -86,20 +90,10 @@ def parse_recipe(items: list[str], base) -> dict:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
     import json
+    from pathlib import Path
 
-    import torch
+    from exporter.vit.train_checkpoint import ViTTrainConfig, train_checkpoint
 
-    from exporter.vit.checkpoint import Checkpoint, save_checkpoint
-    from exporter.vit.config import get_preset
-    from exporter.vit.distill import DistillConfig, TeacherEnsemble, init_from_teacher
-    from exporter.vit.medmnist import load_medmnist, resolve_npz
-    from exporter.vit.model import ViT, count_parameters
-    from exporter.vit.training import train
-    from runtime.errors import InvalidRequest
-    from runtime.vision.preprocess import Preprocessing
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     preset = get_preset(args.preset)
     overrides = parse_recipe(args.recipe, preset.train)
     overrides.update({
@@ -110,78 +104,14 @@ def run(args: argparse.Namespace) -> int:
     recipe = dataclasses.replace(preset.train, **overrides)
     if recipe.min_lr > recipe.lr:
         recipe = dataclasses.replace(recipe, min_lr=recipe.lr)
-    data_path = resolve_npz(args.data)
-    data = load_medmnist(data_path)
-    config = preset.model.for_data(data.n_classes, data.channels).for_role(args.role, args.ternary)
-    mean, std = data.normalisation(config.channels)
-    spec = Preprocessing(size=config.image_size, channels=config.channels, mean=mean, std=std)
-
-    teacher = None
-    if args.teacher:
-        if args.role == "teacher":
-            raise InvalidRequest("--teacher", "a teacher is trained on labels alone")
-        teachers = [_load_teacher(path, config.n_classes, spec) for path in args.teacher]
-        teacher = TeacherEnsemble(teachers)
-
-    torch.manual_seed(args.seed)
-    model = ViT(config)
-    not_copied = []
-    if teacher is not None and args.init == "teacher":
-        not_copied = init_from_teacher(model, teacher.teachers[0])
-    distill = DistillConfig(args.ce_weight, args.kd_weight, args.feature_weight, args.temperature)
-
-    print(f"{args.role}: {count_parameters(model):,} parameters, ternary={config.ternary}, "
-          f"kv_heads={config.n_kv_heads}, {recipe.epochs} epochs on {data_path.name}", flush=True)
-
-    def show(row: dict) -> None:
-        print(f"epoch {row['epoch']:3d} loss {row['loss']:.4f} val acc "
-              f"{row['val_accuracy']:.4f} auc {row['val_auc']:.4f} loss {row['val_loss']:.4f} "
-              f"({row['seconds']:.1f} s)", flush=True)
-
-    result = train(
-        model, data, spec, recipe, seed=args.seed, teacher=teacher,
-        distill=distill if teacher is not None else None,
-        time_budget_s=args.time_budget_s, on_epoch=show, device=args.device,
-        monitor=tuple(args.monitor),
+    config = ViTTrainConfig(
+        role=args.role, preset=args.preset, data=args.data, out=Path(args.out), recipe=recipe,
+        teachers=tuple(args.teacher), ternary=args.ternary, init=args.init,
+        distill=DistillConfig(args.ce_weight, args.kd_weight, args.feature_weight,
+                              args.temperature),
+        seed=args.seed, time_budget_s=args.time_budget_s, threads=args.threads,
+        device=args.device, monitor=tuple(args.monitor),
     )
-    record = {
-        "preset": args.preset,
-        "data": data_path.name,
-        "data_path": str(data_path.resolve()),
-        "seed": args.seed,
-        "device": args.device,
-        "recipe": dataclasses.asdict(recipe),
-        "teacher": str(args.teacher[0]) if args.teacher else None,  # the one init uses
-        "teachers": [str(path) for path in args.teacher],
-        "init": args.init if teacher is not None else "random",
-        "not_copied_from_teacher": not_copied,
-        "distillation": dataclasses.asdict(distill) if teacher is not None else None,
-        "parameters": count_parameters(model),
-        **result.to_dict(),
-    }
-    out = save_checkpoint(
-        Checkpoint(model=model, role=args.role, label_names=data.label_names,
-                   preprocessing=spec, record=record),
-        args.out,
-    )
-    summary = {"checkpoint": str(out), "best_epoch": result.best_epoch,
-               "seconds": round(result.seconds, 1), **result.metrics}
-    if result.teacher_metrics is not None:
-        summary["teacher"] = result.teacher_metrics
-        which = f"ensemble of {len(args.teacher)}" if len(args.teacher) > 1 else "teacher"
-        gap = result.metrics["test"]["accuracy"] - result.teacher_metrics["test"]["accuracy"]
-        print(f"test accuracy: student {result.metrics['test']['accuracy']:.4f}, {which} "
-              f"{result.teacher_metrics['test']['accuracy']:.4f} ({100 * gap:+.1f} points)",
-              flush=True)
+    summary = train_checkpoint(config, log=lambda line: print(line, flush=True))
     print(json.dumps(summary))
     return 0
-
-
-def _load_teacher(path: str, n_classes: int, spec):
-    """A frozen teacher checkpoint's model, checked against the student's data."""
-    from exporter.vit.checkpoint import load_matching_checkpoint
-
-    teacher = load_matching_checkpoint(path, n_classes, spec, "--teacher", "the data").model
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher

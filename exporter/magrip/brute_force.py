@@ -1,6 +1,6 @@
 """Brute-force check of the saliency scorers: remove one neuron, measure the loss change.
 
-    python -m exporter.magrip.brute_force --model DIR --calib TEXT [--out FILE.json]
+    e2edge eval saliency --model DIR --calib TEXT [--out FILE.json]
 
 For a random subset of neurons in a few layers, each neuron is masked alone and the
 calibration loss is measured again; every scorer's ranking of those neurons is then
@@ -10,16 +10,13 @@ choice of the default sensitivity form (taylor) was measured.
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
 
 from exporter.magrip.ffn import NeuronMasks, find_ffns
-from exporter.magrip.saliency import SaliencyOptions, neuron_saliency
+from exporter.magrip.options import SaliencyOptions
+from exporter.magrip.saliency import neuron_saliency
 
 SCORERS = {
     "taylor only (gradient)": SaliencyOptions(method="gradient"),
@@ -82,37 +79,17 @@ def compare(model: nn.Module, windows: np.ndarray, layers: list[int], neurons: i
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    from exporter.hf_checkpoint import load_torch_model
-    from exporter.magrip.calibration import (
-        checkpoint_tokenizer,
-        read_text,
-        text_stream,
-        token_windows,
-    )
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--calib", required=True, help="text (path, name, or FILE@A:B)")
-    parser.add_argument("--layers", help="comma-separated (default: first, middle, last)")
-    parser.add_argument("--neurons", type=int, default=96, help="neurons checked per layer")
-    parser.add_argument("--windows", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--out", help="JSON file for the result")
-    args = parser.parse_args(argv)
-    model = load_torch_model(args.model)
-    stream = text_stream(checkpoint_tokenizer(args.model), read_text(args.calib))
-    windows = token_windows(stream, args.seq_len, args.windows)
+def check_checkpoint(model_dir: str, calib: str, layers: list[int] | None = None,
+                     neurons: int = 96, windows: int = 8, seq_len: int = 256) -> dict:
+    """`compare` on a checkpoint and calibration text; layers default to first, middle, last."""
+    from exporter.llm.checkpoint import checkpoint_tokenizer, load_torch_model
+    from exporter.text import read_text, text_stream, token_windows
+
+    model = load_torch_model(model_dir)
+    stream = text_stream(checkpoint_tokenizer(model_dir), read_text(calib))
+    calibration = token_windows(stream, seq_len, windows)
     n = len(find_ffns(model))
-    layers = [int(x) for x in args.layers.split(",")] if args.layers else [0, n // 2, n - 1]
-    result = {"model": args.model, "calib": args.calib, "windows": list(windows.shape),
-              "layers": compare(model, windows, layers, args.neurons)}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    layers = layers if layers is not None else [0, n // 2, n - 1]
+    return {"model": model_dir, "calib": calib, "windows": list(calibration.shape),
+            "layers": compare(model, calibration, layers, neurons)}

@@ -3,7 +3,7 @@
 - model.safetensors + config.json from `save_pretrained`, in the source's dtype;
   config.json also gets `intermediate_sizes` (per-layer FFN widths),
   `neurons_sorted_by_saliency: true` and `e2edge_pruning` (method, ratio, widths,
-  parameters before/after, ...), which `exporter.hf_checkpoint` reads back;
+  parameters before/after, ...), which `exporter.llm.checkpoint` reads back;
 - neuron_order.json: per layer, the kept neurons as indices of the source
   checkpoint's neurons, most salient first; the saved weights are in this order;
 - the source's tokenizer and generation files, copied.
@@ -15,9 +15,7 @@ so an interrupted run never leaves a half checkpoint at the destination.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from exporter.atomic_dir import AtomicDirectory
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -87,28 +87,20 @@ def save_pruned_checkpoint(
 
     `source_dir` provides the tokenizer and generation files (copy_source_files).
     """
-    source_dir, out = Path(source_dir), Path(out).expanduser().resolve()
     widths = [int(w) for w in pruning["ffn_widths"]]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is an ordinary directory
-    try:
+    with AtomicDirectory(out) as target:
         save_model = model if dtype in (None, torch.float32) else _cast_copy(model, dtype)
-        save_model.save_pretrained(tmp)
-        copy_source_files(source_dir, tmp)
-        config_path = tmp / "config.json"
+        save_model.save_pretrained(target.dir)
+        copy_source_files(source_dir, target.dir)
+        config_path = target.dir / "config.json"
         config = json.loads(config_path.read_text())
         config["intermediate_size"] = max(widths)
         config["intermediate_sizes"] = widths
         config["neurons_sorted_by_saliency"] = True
         config["e2edge_pruning"] = pruning
         config_path.write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / "neuron_order.json").write_text(json.dumps(neuron_order) + "\n")
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+        (target.dir / "neuron_order.json").write_text(json.dumps(neuron_order) + "\n")
+        return target.commit()
 
 
 def _cast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -116,18 +108,3 @@ def _cast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 
     return copy.deepcopy(model).to(dtype)
 
-
-def _replace(tmp: Path, out: Path) -> None:
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    # os.replace cannot swap non-empty directories: move the old one aside first.
-    backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    backup.rmdir()
-    os.replace(out, backup)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        os.replace(backup, out)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)

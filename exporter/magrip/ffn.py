@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from exporter.hf_checkpoint import CheckpointError
+from exporter.llm.checkpoint import CheckpointError
 
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 

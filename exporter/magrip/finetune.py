@@ -15,40 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from exporter.magrip.calibration import TokenStream
 from exporter.magrip.ffn import PROJECTIONS, find_ffns
+from exporter.magrip.options import FinetuneOptions
+from exporter.schedule import warmup_cosine
+from exporter.text import TokenStream
 
-FINETUNE_PARAMS = ("ffn", "lora")
-DEFAULT_STEPS = 300  # "a few hundred" when the CLI asks for a fine-tune without a count
-
-
-@dataclass(frozen=True)
-class FinetuneOptions:
-    steps: int = 0
-    params: str = "ffn"  # ffn | lora
-    lr: float | None = None  # default: 1e-4 for ffn, 1e-3 for lora
-    lora_rank: int = 8
-    batch_size: int = 4
-    seq_len: int = 256
-    warmup_fraction: float = 0.1
-    grad_clip: float = 1.0
-
-    def validate(self) -> None:
-        if self.steps < 0:
-            raise ValueError(f"fine-tune steps must be >= 0, got {self.steps}")
-        if self.params not in FINETUNE_PARAMS:
-            raise ValueError(f"fine-tune params must be one of {FINETUNE_PARAMS}, "
-                             f"got {self.params!r}")
-        if self.lora_rank < 1 or self.batch_size < 1 or self.seq_len < 2:
-            raise ValueError("fine-tune lora rank and batch size must be >= 1, seq len >= 2")
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"fine-tune lr must be > 0, got {self.lr}")
-
-    @property
-    def learning_rate(self) -> float:
-        if self.lr is not None:
-            return self.lr
-        return 1e-4 if self.params == "ffn" else 1e-3
+FINAL_LR_RATIO = 0.1  # the cosine decays to 10 % of the peak rate
 
 
 class LoRALinear(nn.Module):
@@ -98,14 +70,8 @@ def finetune(model: nn.Module, stream: TokenStream, options: FinetuneOptions,
     trainable = _prepare(ffns, options)
     optimizer = torch.optim.AdamW(trainable, lr=options.learning_rate, weight_decay=0.0)
     warmup = max(1, int(options.warmup_fraction * options.steps))
-
-    def lr_factor(step: int) -> float:  # linear warmup, cosine decay to 10 %
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, options.steps - warmup)
-        return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup, options.steps, floor=FINAL_LR_RATIO))
     rng = np.random.default_rng(seed)
     losses = []
     model.train()

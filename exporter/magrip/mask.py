@@ -26,7 +26,8 @@ ranking almost as it was; too long fits the mask to the training windows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,29 +36,9 @@ from torch import nn
 
 from exporter.magrip.allocation import select_keep
 from exporter.magrip.ffn import NeuronMasks, find_ffns
+from exporter.magrip.options import MaskOptions
 
 DRIFT_UNIT = 0.01  # the penalty scale is defined at a 1 % kept-fraction drift
-
-
-@dataclass(frozen=True)
-class MaskOptions:
-    steps: int = 512  # at most; 0 = no mask refinement
-    check_every: int = 32  # steps between held-out checks (with a judge)
-    patience: int = 3  # checks without improvement before the training stops; 0 = never
-    lr: float = 2e-3  # Adam, in rank units (a logit moves at most ~lr per step)
-    temperature: float = 0.05  # of the sigmoid whose gradient stands in for the step
-    penalty: float = 1.0  # weight of the kept-fraction penalty (see the module docstring)
-    batch_size: int = 2
-
-    def validate(self) -> None:
-        if self.steps < 0:
-            raise ValueError(f"mask steps must be >= 0, got {self.steps}")
-        if self.check_every < 1 or self.patience < 0:
-            raise ValueError("mask check interval must be >= 1 and patience >= 0")
-        if self.lr <= 0 or self.temperature <= 0 or self.penalty < 0:
-            raise ValueError("mask lr and temperature must be > 0, penalty >= 0")
-        if self.batch_size < 1:
-            raise ValueError(f"mask batch size must be >= 1, got {self.batch_size}")
 
 
 def ste_mask(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -123,86 +104,120 @@ def train_logits(
     """
     ffns = find_ffns(model)
     params = [nn.Parameter(torch.tensor(v, dtype=torch.float32)) for v in logits]
-    total = sum(p.numel() for p in params)
-    optimizer = torch.optim.Adam(params, lr=options.lr)
     masks = NeuronMasks([None] * len(ffns))
-    requires = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.eval()
-    scale = None
-    fractions, losses = [], []
-    checks: list[tuple[int, float]] = []
-    best: tuple[int, float, list[np.ndarray]] | None = None  # (step, loss, logits)
-    stale = 0  # checks since the best one
-
-    def snapshot() -> list[np.ndarray]:
-        return [p.detach().double().numpy().copy() for p in params]
-
-    def check(step: int) -> bool:
-        """Judge the logits at `step`; False once patience has run out."""
-        nonlocal best, stale
-        logits_now = snapshot()
-        training_values, masks.values = masks.values, [None] * len(ffns)  # judge unmasked
-        try:
-            loss = float(judge(logits_now))
-        finally:
-            masks.values = training_values
-        checks.append((step, loss))
-        if best is None or loss < best[1]:
-            best, stale = (step, loss, logits_now), 0
-        else:
-            stale += 1
-        return not (options.patience and stale >= options.patience)
-
-    try:
-        with masks.applied(ffns):
-            if judge is not None:
-                check(0)
-            for step in range(options.steps):
-                start = (step * options.batch_size) % len(windows)
-                batch = torch.from_numpy(windows[start : start + options.batch_size])
-                values = [ste_mask(p, options.temperature) for p in params]
-                for v in values:
-                    v.retain_grad()
-                masks.values = list(values)
-                task = model(input_ids=batch, labels=batch).loss
-                kept = torch.stack([v.sum() for v in values]).sum() / total
-                loss = task
-                if scale is not None:
-                    loss = task + scale * (kept - target_fraction) ** 2
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if scale is None:
-                    task_grad = torch.cat([v.grad.abs() for v in values]).mean().item()
-                    # d/dm_i of scale*(f-t)^2 at |f-t| = DRIFT_UNIT equals penalty * task_grad
-                    scale = options.penalty * task_grad * total / (2 * DRIFT_UNIT)
-                optimizer.step()
-                fractions.append(kept.item())
-                losses.append(task.item())
-                done = step + 1
-                if judge is not None and (done % options.check_every == 0
-                                          or done == options.steps):
-                    if not check(done):
-                        break
-    finally:
-        for p, r in zip(model.parameters(), requires):
-            p.requires_grad_(r)
-    if best is not None:
-        best_step, result = best[0], best[2]
+    trainer = _MaskTrainer(model, params, target_fraction, options)
+    held_out = None if judge is None else _HeldOutChecks(judge, options.patience, masks, params)
+    with _frozen(model), masks.applied(ffns):
+        if held_out is not None:
+            held_out.check(0)
+        for step in range(options.steps):
+            start = (step * options.batch_size) % len(windows)
+            trainer.step(torch.from_numpy(windows[start : start + options.batch_size]), masks)
+            done = step + 1
+            due = done % options.check_every == 0 or done == options.steps
+            if held_out is not None and due and not held_out.check(done):
+                break
+    if held_out is not None and held_out.best is not None:
+        best_step, result = held_out.best[0], held_out.best[2]
     else:
-        best_step, result = len(losses), snapshot()
+        best_step, result = len(trainer.losses), _snapshot(params)
+    checks = held_out.checks if held_out is not None else []
     log = MaskTrainingLog(
-        steps=len(losses),
-        first_loss=losses[0] if losses else float("nan"),
-        last_loss=losses[-1] if losses else float("nan"),
-        kept_fraction_min=min(fractions, default=target_fraction),
-        kept_fraction_max=max(fractions, default=target_fraction),
+        steps=len(trainer.losses),
+        first_loss=trainer.losses[0] if trainer.losses else float("nan"),
+        last_loss=trainer.losses[-1] if trainer.losses else float("nan"),
+        kept_fraction_min=min(trainer.fractions, default=target_fraction),
+        kept_fraction_max=max(trainer.fractions, default=target_fraction),
         target_fraction=target_fraction,
         best_step=best_step,
         checks=[(step, round(loss, 6)) for step, loss in checks],
     )
     return result, log
+
+
+class _MaskTrainer:
+    """Steps of the mask logits: task loss plus the kept-fraction penalty (module docstring)."""
+
+    def __init__(self, model: nn.Module, params: list[nn.Parameter], target_fraction: float,
+                 options: MaskOptions):
+        self.model = model
+        self.params = params
+        self.target_fraction = target_fraction
+        self.options = options
+        self.optimizer = torch.optim.Adam(params, lr=options.lr)
+        self.total = sum(p.numel() for p in params)
+        self.scale: float | None = None  # the penalty's weight, set at the first step
+        self.fractions: list[float] = []  # kept fraction of the hard mask, per step
+        self.losses: list[float] = []  # task loss, per step
+
+    def step(self, batch: torch.Tensor, masks: NeuronMasks) -> None:
+        """One Adam step on a (B, S) batch of windows."""
+        values = [ste_mask(p, self.options.temperature) for p in self.params]
+        for v in values:
+            v.retain_grad()
+        masks.values = list(values)
+        task = self.model(input_ids=batch, labels=batch).loss
+        kept = torch.stack([v.sum() for v in values]).sum() / self.total
+        loss = task
+        if self.scale is not None:
+            loss = task + self.scale * (kept - self.target_fraction) ** 2
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.scale is None:
+            task_grad = torch.cat([v.grad.abs() for v in values]).mean().item()
+            # d/dm_i of scale*(f-t)^2 at |f-t| = DRIFT_UNIT equals penalty * task_grad
+            self.scale = self.options.penalty * task_grad * self.total / (2 * DRIFT_UNIT)
+        self.optimizer.step()
+        self.fractions.append(kept.item())
+        self.losses.append(task.item())
+
+
+class _HeldOutChecks:
+    """The judge's verdicts on the logits: the best seen, and when patience runs out."""
+
+    def __init__(self, judge: Callable[[list[np.ndarray]], float], patience: int,
+                 masks: NeuronMasks, params: list[nn.Parameter]):
+        self.judge = judge
+        self.patience = patience
+        self.masks = masks
+        self.params = params
+        self.checks: list[tuple[int, float]] = []  # (step, judged loss)
+        self.best: tuple[int, float, list[np.ndarray]] | None = None  # (step, loss, logits)
+        self.stale = 0  # checks since the best one
+
+    def check(self, step: int) -> bool:
+        """Judge the logits at `step`; False once patience has run out."""
+        logits_now = _snapshot(self.params)
+        training_values = self.masks.values
+        self.masks.values = [None] * len(training_values)  # the judge runs unmasked
+        try:
+            loss = float(self.judge(logits_now))
+        finally:
+            self.masks.values = training_values
+        self.checks.append((step, loss))
+        if self.best is None or loss < self.best[1]:
+            self.best, self.stale = (step, loss, logits_now), 0
+        else:
+            self.stale += 1
+        return not (self.patience and self.stale >= self.patience)
+
+
+def _snapshot(params: list[nn.Parameter]) -> list[np.ndarray]:
+    return [p.detach().double().numpy().copy() for p in params]
+
+
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode with its weights frozen; their requires_grad comes back after."""
+    requires = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    try:
+        yield
+    finally:
+        for p, r in zip(model.parameters(), requires):
+            p.requires_grad_(r)
 
 
 def harden(

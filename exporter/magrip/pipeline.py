@@ -19,7 +19,7 @@ import copy
 import logging
 import resource
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from exporter.magrip.allocation import ALLOCATIONS, default_min_widths, select_keep
-from exporter.magrip.calibration import (
-    CalibrationError,
-    TokenStream,
-    checkpoint_tokenizer,
-    read_text,
-    text_stream,
-    token_windows,
-)
+from exporter.llm.checkpoint import checkpoint_tokenizer
+from exporter.magrip.allocation import default_min_widths, select_keep
 from exporter.magrip.checkpoint_out import (
     neuron_order_document,
     save_pruned_checkpoint,
@@ -43,45 +36,13 @@ from exporter.magrip.checkpoint_out import (
 )
 from exporter.magrip.compaction import compact, saliency_order
 from exporter.magrip.ffn import NeuronMasks, ffn_widths, find_ffns
-from exporter.magrip.finetune import FinetuneOptions, finetune
-from exporter.magrip.mask import MaskOptions, harden, initial_logits, train_logits
-from exporter.magrip.saliency import SaliencyOptions, neuron_saliency
+from exporter.magrip.finetune import finetune
+from exporter.magrip.mask import harden, initial_logits, train_logits
+from exporter.magrip.options import PruneOptions, SaliencyOptions
+from exporter.magrip.saliency import neuron_saliency
+from exporter.text import TextError, TokenStream, read_text, text_stream, token_windows
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PruneOptions:
-    ratio: float  # fraction of the FFN neurons (= FFN parameters) to remove, in (0, 1)
-    saliency: SaliencyOptions = field(default_factory=SaliencyOptions)
-    allocation: str = "global"  # global | uniform
-    min_width: int | None = None  # per layer; None: 10 % of the layer's width
-    seq_len: int = 512  # calibration window length
-    samples: int = 128  # calibration windows
-    coarse_fraction: float = 0.75  # of the neurons to remove, removed by the first pass
-    fine_steps: int = 3  # passes that remove the rest
-    mask: MaskOptions = field(default_factory=MaskOptions)  # MAGRIP only
-    finetune: FinetuneOptions = field(default_factory=FinetuneOptions)
-    seed: int = 0
-
-    def validate(self) -> None:
-        if not (isinstance(self.ratio, (int, float)) and 0.0 < self.ratio < 1.0):
-            raise ValueError(f"prune ratio must be in (0, 1), got {self.ratio}")
-        self.saliency.validate()
-        self.mask.validate()
-        self.finetune.validate()
-        if self.allocation not in ALLOCATIONS:
-            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
-        if self.min_width is not None and self.min_width < 1:
-            raise ValueError(f"min width must be >= 1, got {self.min_width}")
-        if not 0.0 < self.coarse_fraction <= 1.0:
-            raise ValueError(f"coarse fraction must be in (0, 1], got {self.coarse_fraction}")
-        if self.fine_steps < 0:
-            raise ValueError(f"fine steps must be >= 0, got {self.fine_steps}")
-
-    @property
-    def refine_mask(self) -> bool:
-        return self.saliency.method == "magrip" and self.mask.steps > 0
 
 
 @dataclass
@@ -246,7 +207,7 @@ def prune_checkpoint(
     train_text: str | None = None,
 ) -> PruneResult:
     """`e2edge prune`: the whole pipeline from a checkpoint directory to a pruned one."""
-    from exporter.hf_checkpoint import load_torch_model
+    from exporter.llm.checkpoint import load_torch_model
 
     options.validate()
     if options.finetune.steps > 0 and not train_text:
@@ -261,8 +222,8 @@ def prune_checkpoint(
     try:
         windows = token_windows(text_stream(tokenizer, read_text(calib)), options.seq_len,
                                 options.samples)
-    except CalibrationError as e:
-        raise CalibrationError(f"calibration text {calib}: {e}") from e
+    except TextError as e:
+        raise TextError(f"calibration text {calib}: {e}") from e
     train = text_stream(tokenizer, read_text(train_text)) if options.finetune.steps else None
     pruned, pruning = prune_loaded(model, windows, options, train)
     pruning["calibration"] = {"text": calib, "seq_len": options.seq_len,

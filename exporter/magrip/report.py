@@ -7,11 +7,12 @@ sliding-window perplexity on each evaluation text (PyTorch, on the in-memory mod
 that was saved; the same numbers when the source is fp32), parameters, package weight
 bytes, and greedy decode tokens/s of the package relative to the dense package.
 Decode speed is measured at the end, round-robin over all packages for several rounds
-(median per package), so that drifts of a shared
-machine's load hit every package alike. With training text, the dense model gets the
-same fine-tune as a control (how much of the recovery is plain extra training).
+(the best round per package, see `decode_speeds`), so that drifts of a shared machine's
+load hit every package alike. With training text, the dense model gets the same
+fine-tune as a control (how much of the recovery is plain extra training).
 
-Writes sweep.json (every row, the goals checked) and sweep.png to the report dir.
+Writes sweep.json (every row, and the criteria checked: `sweep_checks`) and sweep.png
+to the report dir.
 """
 
 from __future__ import annotations
@@ -21,27 +22,25 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
-from exporter.magrip.calibration import (
-    TokenStream,
-    checkpoint_tokenizer,
-    read_text,
-    text_stream,
-    token_windows,
-)
+from exporter.llm.checkpoint import checkpoint_tokenizer, load_torch_model
+from exporter.llm.evaluation import TorchScorer, perplexity
+from exporter.llm.export import LLMExportOptions, export_llm
 from exporter.magrip.checkpoint_out import (
     copy_source_files,
     neuron_order_document,
     source_dtype,
 )
 from exporter.magrip.finetune import finetune
+from exporter.magrip.options import METHODS, PruneOptions, SweepOptions
 from exporter.magrip.pipeline import (
-    PruneOptions,
     finetune_pruned,
     fit_to_context,
     peak_rss_mib,
@@ -49,51 +48,161 @@ from exporter.magrip.pipeline import (
     save,
     with_ratio,
 )
-from exporter.magrip.saliency import METHODS, neuron_saliency
+from exporter.magrip.saliency import neuron_saliency
+from exporter.text import TokenStream, read_text, text_stream, token_windows
+from runtime.llm.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 DECODE_PROMPT = "ROMEO:\nWhat light through yonder window breaks?"
 
 
-@dataclass(frozen=True)
-class SweepOptions:
-    ratios: tuple[float, ...]
-    eval_texts: tuple[str, ...]  # text specs
-    methods: tuple[str, ...] = METHODS
-    eval_max_tokens: int | None = 20000
-    eval_window: int | None = None
-    eval_stride: int | None = None
-    decode_tokens: int = 96
-    decode_rounds: int = 5
-    threads: int = 0  # onnxruntime intra-op threads for the decode measurement (0: default)
-    keep_artifacts: bool = False  # keep the pruned checkpoints and packages
-
-    def validate(self) -> None:
-        if not self.ratios or not all(0 < r < 1 for r in self.ratios):
-            raise ValueError(f"sweep ratios must be in (0, 1), got {list(self.ratios)}")
-        if not self.eval_texts:
-            raise ValueError("a sweep needs at least one --eval-text")
-        unknown = set(self.methods) - set(METHODS)
-        if unknown:
-            raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
-        if self.decode_tokens < 2 or self.decode_rounds < 1:
-            raise ValueError("decode tokens must be >= 2 and decode rounds >= 1")
-
-
 def run_sweep(model_dir: str | Path, calib: str, report_dir: str | Path,
               base: PruneOptions, sweep: SweepOptions, train_text: str | None = None
               ) -> dict[str, Any]:
     """Run the sweep; write sweep.json and sweep.png; return the report."""
-    from exporter.evaluation import TorchScorer
-    from exporter.hf_checkpoint import load_torch_model
-
     sweep.validate()
     base.validate()
     started = time.monotonic()
     model_dir, report_dir = Path(model_dir), Path(report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    work = report_dir / "work"
+    run = _start(model_dir, report_dir / "work", calib, base, sweep, train_text)
+    dense_row = run.dense_row()
+    dense_tuned = run.dense_control() if run.train is not None else None
+    rows = [row for method in sweep.methods for row in run.method_rows(method)]
+    _set_decode_speeds(dense_row, rows, decode_speeds(run.packages, sweep))
+    report = {
+        "model": str(model_dir.resolve()),
+        "model_type": run.dense.config.model_type,
+        "calibration": {"text": calib, "seq_len": run.base.seq_len,
+                        "windows": int(len(run.windows))},
+        "train_text": train_text,
+        "eval_texts": {spec: int(len(s.ids)) for spec, s in run.evals.items()},
+        "options": _jsonable(asdict(run.base)),
+        "decode": {"tokens": sweep.decode_tokens, "rounds": sweep.decode_rounds,
+                   "prompt": DECODE_PROMPT, "statistic": "best-of-rounds decode tokens/s"},
+        "dense": dense_row,
+        "dense_finetuned_control": dense_tuned,
+        "rows": rows,
+        "checks": sweep_checks(dense_row, rows),
+        "warnings": unmodelled_texts(dense_row["perplexity"], run.dense.config.vocab_size),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    (report_dir / "sweep.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, report_dir / "sweep.png")
+    if not sweep.keep_artifacts:
+        shutil.rmtree(run.work, ignore_errors=True)
+    return report
+
+
+@dataclass
+class _SweepRun:
+    """What every row of one sweep shares: the dense model, the texts, where rows go."""
+
+    dense: nn.Module
+    tokenizer: Tokenizer
+    windows: np.ndarray  # (N, seq_len) int64 calibration windows
+    train: TokenStream | None  # the fine-tune text; None: no fine-tuned rows
+    evals: dict[str, TokenStream]  # perplexity texts by spec
+    base: PruneOptions
+    sweep: SweepOptions
+    work: Path  # the rows' checkpoints and packages
+    source: Path  # the source checkpoint's tokenizer and generation files, copied
+    dtype: torch.dtype  # the source's weights' dtype, which the rows' checkpoints keep
+    packages: dict[str, Path] = field(default_factory=dict)  # package key -> package
+
+    def dense_row(self) -> dict[str, Any]:
+        checkpoint = self.work / "dense-ckpt"
+        self.dense.save_pretrained(checkpoint)
+        copy_source_files(self.source, checkpoint)
+        row = {"method": "dense", "ratio": 0.0, "finetuned": False,
+               "perplexity": self.measure(self.dense, "dense"),
+               **self.export(checkpoint, "dense")}
+        log.info("dense: %s", row["perplexity"])
+        return row
+
+    def dense_control(self) -> dict[str, Any]:
+        """The same fine-tune on the unpruned model. The demo models are small and briefly
+        trained, so part of what a fine-tune recovers is plain extra training."""
+        tuned = copy.deepcopy(self.dense)
+        ft_log = finetune(tuned, self.train, self.base.finetune, seed=self.base.seed)
+        return {"perplexity": self.measure(tuned, "dense-ft"), "finetune": asdict(ft_log)}
+
+    def method_rows(self, method: str) -> list[dict[str, Any]]:
+        """One method at every ratio (each also fine-tuned, with training text).
+
+        The first saliency pass scores the dense model, the same at every ratio: it runs
+        once, and each row's prune time counts it."""
+        base = self.base
+        t0 = time.monotonic()
+        dense_scores = neuron_saliency(self.dense, self.windows,
+                                       with_ratio(base, self.sweep.ratios[0], method).saliency,
+                                       seed=base.seed)
+        shared_seconds = time.monotonic() - t0
+        rows = []
+        for ratio in self.sweep.ratios:
+            options = replace(with_ratio(base, ratio, method),
+                              finetune=replace(base.finetune, steps=0))
+            t0 = time.monotonic() - shared_seconds
+            pruned, pruning = prune_loaded(self.dense, self.windows, options,
+                                           dense_scores=dense_scores)
+            rows.append(self.row(method, ratio, False, pruned, pruning, time.monotonic() - t0))
+            if self.train is not None:
+                rows.append(self.finetuned_row(method, ratio, pruned, pruning, options))
+            log.info("%s: %s", package_key(method, ratio, False), rows[-1]["perplexity"])
+        return rows
+
+    def finetuned_row(self, method: str, ratio: float, pruned: nn.Module,
+                      pruning: dict[str, Any], options: PruneOptions) -> dict[str, Any]:
+        """The pruned model fine-tuned (a copy), its neurons sorted by saliency again."""
+        t0 = time.monotonic()
+        tuned = copy.deepcopy(pruned)
+        order = [np.asarray(layer["kept"]) for layer in pruning["neuron_order"]["layers"]]
+        ft_options = replace(options, finetune=self.base.finetune)
+        order, scores, ft_pruning = finetune_pruned(tuned, order, self.windows, self.train,
+                                                    ft_options, pruning)
+        ft_pruning["neuron_order"] = neuron_order_document(
+            order, scores, pruning["source_ffn_widths"])
+        return self.row(method, ratio, True, tuned, ft_pruning, time.monotonic() - t0)
+
+    def row(self, method: str, ratio: float, finetuned: bool, model: nn.Module,
+            pruning: dict[str, Any], seconds: float) -> dict[str, Any]:
+        """Save, measure and export one pruned model; its row of the table."""
+        key = package_key(method, ratio, finetuned)
+        checkpoint = save(model, self.source, self.work / f"{key}-ckpt", pruning, self.dtype)
+        row = {
+            "method": method,
+            "ratio": ratio,
+            "finetuned": finetuned,
+            "perplexity": self.measure(model, key),
+            "ffn_widths": pruning["ffn_widths"],
+            "prune_seconds": round(seconds, 1),
+            "mask": pruning.get("mask"),
+            **self.export(checkpoint, key),
+        }
+        if finetuned:
+            row["finetune"] = pruning["finetune"]
+        return row
+
+    def measure(self, model: nn.Module, name: str) -> dict[str, float]:
+        """Perplexity on each evaluation text (PyTorch, the in-memory model)."""
+        scorer = TorchScorer(model, self.tokenizer, name)
+        sweep = self.sweep
+        return {spec: round(perplexity(scorer, stream, sweep.eval_window,
+                                       sweep.eval_stride).perplexity, 4)
+                for spec, stream in self.evals.items()}
+
+    def export(self, checkpoint: Path, key: str) -> dict[str, Any]:
+        """A verified package of the checkpoint, kept for the decode timing."""
+        result = export_llm(checkpoint, self.work / f"{key}-pkg", LLMExportOptions(name=key))
+        self.packages[key] = result.package
+        return {"parameters": result.parameters, "weight_bytes": result.weight_bytes}
+
+
+def _start(model_dir: Path, work: Path, calib: str, base: PruneOptions, sweep: SweepOptions,
+           train_text: str | None) -> _SweepRun:
+    """A fresh work folder, the dense model and every text of the sweep, tokenized."""
+    work.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     # The source's files are read once, up front: the sweep runs for a while, and it
@@ -112,79 +221,7 @@ def run_sweep(model_dir: str | Path, calib: str, report_dir: str | Path,
         raise ValueError("a sweep with --train-text needs --finetune-steps > 0")
     evals = {spec: _limit(text_stream(tokenizer, read_text(spec)), sweep.eval_max_tokens)
              for spec in sweep.eval_texts}
-
-    def measure(model, name: str) -> dict[str, float]:
-        scorer = TorchScorer(model, tokenizer, name)
-        return {spec: round(_ppl(scorer, stream, sweep), 4) for spec, stream in evals.items()}
-
-    rows: list[dict[str, Any]] = []
-    packages: dict[str, Path] = {}
-    dense_checkpoint = work / "dense-ckpt"
-    dense.save_pretrained(dense_checkpoint)
-    copy_source_files(source, dense_checkpoint)
-    dense_row = {"method": "dense", "ratio": 0.0, "finetuned": False,
-                 "perplexity": measure(dense, "dense"),
-                 **_export(dense_checkpoint, work / "dense-pkg", packages, "dense")}
-    log.info("dense: %s", dense_row["perplexity"])
-    dense_tuned = None
-    if train is not None:
-        # Control: the same fine-tune on the unpruned model. The demo models are small
-        # and briefly trained, so part of what a fine-tune recovers is plain extra training.
-        tuned = copy.deepcopy(dense)
-        ft_log = finetune(tuned, train, base.finetune, seed=base.seed)
-        dense_tuned = {"perplexity": measure(tuned, "dense-ft"), "finetune": asdict(ft_log)}
-        del tuned
-    for method in sweep.methods:
-        method_options = with_ratio(base, sweep.ratios[0], method)
-        t0 = time.monotonic()
-        dense_scores = neuron_saliency(dense, windows, method_options.saliency,
-                                       seed=base.seed)
-        shared_seconds = time.monotonic() - t0
-        for ratio in sweep.ratios:
-            options = replace(with_ratio(base, ratio, method),
-                              finetune=replace(base.finetune, steps=0))
-            t0 = time.monotonic() - shared_seconds  # each row counts the shared first pass
-            pruned, pruning = prune_loaded(dense, windows, options, dense_scores=dense_scores)
-            key = package_key(method, ratio, False)
-            rows.append(_row(method, ratio, False, pruned, pruning, (source, dtype), work, key,
-                             packages, measure, time.monotonic() - t0))
-            if train is not None:
-                t0 = time.monotonic()
-                tuned = copy.deepcopy(pruned)
-                order = [np.asarray(layer["kept"]) for layer in
-                         pruning["neuron_order"]["layers"]]
-                ft_options = replace(options, finetune=base.finetune)
-                order, scores, ft_pruning = finetune_pruned(tuned, order, windows, train,
-                                                            ft_options, pruning)
-                ft_pruning["neuron_order"] = neuron_order_document(
-                    order, scores, pruning["source_ffn_widths"])
-                rows.append(_row(method, ratio, True, tuned, ft_pruning, (source, dtype), work,
-                                 package_key(method, ratio, True), packages, measure,
-                                 time.monotonic() - t0))
-            log.info("%s: %s", key, rows[-1]["perplexity"])
-    _set_decode_speeds(dense_row, rows, decode_speeds(packages, sweep))
-    report = {
-        "model": str(model_dir.resolve()),
-        "model_type": dense.config.model_type,
-        "calibration": {"text": calib, "seq_len": base.seq_len, "windows": int(len(windows))},
-        "train_text": train_text,
-        "eval_texts": {spec: int(len(s.ids)) for spec, s in evals.items()},
-        "options": _jsonable(asdict(base)),
-        "decode": {"tokens": sweep.decode_tokens, "rounds": sweep.decode_rounds,
-                   "prompt": DECODE_PROMPT, "statistic": "best-of-rounds decode tokens/s"},
-        "dense": dense_row,
-        "dense_finetuned_control": dense_tuned,
-        "rows": rows,
-        "goals": check_goals(dense_row, rows),
-        "warnings": unmodelled_texts(dense_row["perplexity"], dense.config.vocab_size),
-        "peak_rss_mib": round(peak_rss_mib(), 1),
-        "seconds": round(time.monotonic() - started, 1),
-    }
-    (report_dir / "sweep.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(report, report_dir / "sweep.png")
-    if not sweep.keep_artifacts:
-        shutil.rmtree(work, ignore_errors=True)
-    return report
+    return _SweepRun(dense, tokenizer, windows, train, evals, base, sweep, work, source, dtype)
 
 
 def package_key(method: str, ratio: float, finetuned: bool) -> str:
@@ -207,7 +244,7 @@ def _set_decode_speeds(dense: dict[str, Any], rows: list[dict[str, Any]],
 
 
 def remeasure_decode(report_dir: str | Path, sweep: SweepOptions) -> dict[str, Any]:
-    """Time the kept packages of a finished sweep again; rewrite its speeds and goals.
+    """Time the kept packages of a finished sweep again; rewrite its speeds and checks.
 
     Pruning and fine-tuning a sweep takes half an hour; timing its packages takes a
     minute. On a shared machine whose load changed (or to use more rounds), the kept
@@ -215,8 +252,7 @@ def remeasure_decode(report_dir: str | Path, sweep: SweepOptions) -> dict[str, A
     and sweep.json records the new numbers (perplexities are untouched: they do not
     depend on timing).
     """
-    if sweep.decode_tokens < 2 or sweep.decode_rounds < 1:
-        raise ValueError("decode tokens must be >= 2 and decode rounds >= 1")
+    sweep.validate_decode()
     report_dir = Path(report_dir)
     path = report_dir / "sweep.json"
     if not path.is_file():
@@ -230,7 +266,7 @@ def remeasure_decode(report_dir: str | Path, sweep: SweepOptions) -> dict[str, A
         raise ValueError(f"{missing[0]}: package missing ({len(missing)} in all); re-timing "
                          "needs a sweep run with --keep-artifacts")
     _set_decode_speeds(dense, rows, decode_speeds(packages, sweep))
-    report["goals"] = check_goals(dense, rows)
+    report["checks"] = sweep_checks(dense, rows)
     report["decode"] = {"tokens": sweep.decode_tokens, "rounds": sweep.decode_rounds,
                         "threads": sweep.threads, "prompt": DECODE_PROMPT,
                         "statistic": "best-of-rounds decode tokens/s", "remeasured": True}
@@ -241,39 +277,6 @@ def remeasure_decode(report_dir: str | Path, sweep: SweepOptions) -> dict[str, A
 
 def _limit(stream: TokenStream, max_tokens: int | None) -> TokenStream:
     return TokenStream(stream.ids[:max_tokens] if max_tokens else stream.ids, stream.bos)
-
-
-def _ppl(scorer, stream: TokenStream, sweep: SweepOptions) -> float:
-    from exporter.evaluation import perplexity
-
-    return perplexity(scorer, stream, sweep.eval_window, sweep.eval_stride).perplexity
-
-
-def _export(checkpoint: Path, out: Path, packages: dict[str, Path], key: str) -> dict[str, Any]:
-    from exporter.llm_export import LLMExportOptions, export_llm
-
-    result = export_llm(checkpoint, out, LLMExportOptions(name=key))
-    packages[key] = result.package
-    return {"parameters": result.parameters, "weight_bytes": result.weight_bytes}
-
-
-def _row(method, ratio, finetuned, model, pruning, source, work, key, packages, measure,
-         seconds) -> dict[str, Any]:
-    source_dir, dtype = source
-    checkpoint = save(model, source_dir, work / f"{key}-ckpt", pruning, dtype)
-    row = {
-        "method": method,
-        "ratio": ratio,
-        "finetuned": finetuned,
-        "perplexity": measure(model, key),
-        "ffn_widths": pruning["ffn_widths"],
-        "prune_seconds": round(seconds, 1),
-        "mask": pruning.get("mask"),
-        **_export(checkpoint, work / f"{key}-pkg", packages, key),
-    }
-    if finetuned:
-        row["finetune"] = pruning["finetune"]
-    return row
 
 
 def decode_speeds(packages: dict[str, Path], sweep: SweepOptions) -> dict[str, float]:
@@ -317,8 +320,16 @@ def _relative(dense: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         }
 
 
-def check_goals(dense: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The issue's three goals, cell by cell, with an overall verdict for each."""
+def sweep_checks(dense: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a sweep must show, each criterion cell by cell with an overall verdict:
+
+    - magrip_beats_every_ablation_from_0.2: at every ratio >= 0.2 (with and without
+      the fine-tune) MAGRIP's perplexity is below every ablation's on every text;
+    - ppl_within_15pct_of_dense_at_0.3_finetuned: fine-tuned MAGRIP at ratio 0.3 stays
+      within 15 % of the dense model's perplexity on every text;
+    - decode_speedup_at_least_90pct_of_bytes_ratio: every package decodes at least 90 %
+      as much faster than the dense one as its weight bytes are smaller.
+    """
     by = {(r["method"], r["ratio"], r["finetuned"]): r for r in rows}
     beats = []
     for (method, ratio, tuned), row in by.items():

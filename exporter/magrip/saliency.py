@@ -16,48 +16,13 @@ averaged over the calibration batches. `random` is the null ablation.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from exporter.magrip.ffn import NeuronMasks, find_ffns
-
-METHODS = ("magrip", "magnitude", "gradient", "random")
-SENSITIVITIES = ("taylor", "jacobian")
-
-
-@dataclass(frozen=True)
-class SaliencyOptions:
-    method: str = "magrip"  # magrip | magnitude | gradient | random
-    sensitivity: str = "taylor"  # taylor | jacobian
-    magnitude_weight: float = 1.0  # MAGRIP's weight of the contribution signal
-    sensitivity_weight: float = 1.0  # MAGRIP's weight of the sensitivity signal
-    batch_size: int = 2  # calibration windows per forward/backward pass
-
-    def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.sensitivity not in SENSITIVITIES:
-            raise ValueError(f"sensitivity must be one of {SENSITIVITIES}, "
-                             f"got {self.sensitivity!r}")
-        if self.magnitude_weight < 0 or self.sensitivity_weight < 0 or (
-            self.magnitude_weight + self.sensitivity_weight == 0
-        ):
-            raise ValueError("saliency weights must be >= 0 and not both 0")
-        if self.batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
-
-    @property
-    def weights(self) -> tuple[float, float]:
-        """(contribution weight, sensitivity weight) of this method."""
-        return {
-            "magrip": (self.magnitude_weight, self.sensitivity_weight),
-            "magnitude": (1.0, 0.0),
-            "gradient": (0.0, 1.0),
-            "random": (0.0, 0.0),
-        }[self.method]
+from exporter.magrip.options import SaliencyOptions
 
 
 def median_normalise(values: np.ndarray, active: np.ndarray) -> np.ndarray:

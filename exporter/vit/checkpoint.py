@@ -8,15 +8,13 @@ and renamed into place, so a killed run never leaves a half checkpoint.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, save_file
 
+from exporter.atomic_dir import AtomicDirectory
 from exporter.vit.config import ROLES, ViTConfig
 from exporter.vit.model import ViT
 from runtime.errors import InvalidRequest
@@ -42,12 +40,9 @@ class Checkpoint:
 
 
 def save_checkpoint(checkpoint: Checkpoint, out: str | Path) -> Path:
-    out = Path(out).expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with AtomicDirectory(out) as target:
         state = {k: v.detach().contiguous().cpu() for k, v in checkpoint.model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_NAME))
+        save_file(state, str(target.dir / WEIGHTS_NAME))
         meta = {
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_VERSION,
@@ -57,19 +52,8 @@ def save_checkpoint(checkpoint: Checkpoint, out: str | Path) -> Path:
             "preprocessing": checkpoint.preprocessing.to_dict(),
             "record": checkpoint.record,
         }
-        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            old.rmdir()
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+        (target.dir / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+        return target.commit()
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

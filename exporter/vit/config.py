@@ -95,7 +95,7 @@ SELECT_RULES = ("val_accuracy", "val_loss", "last")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class ViTRecipe:
     """The recipe: AdamW with warm-up and cosine decay, label smoothing, augmentation."""
 
     epochs: int = 60
@@ -141,9 +141,27 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """The weights of the distillation loss's three terms, and its temperature (distill.py)."""
+
+    ce_weight: float = 0.5
+    kd_weight: float = 0.5
+    feature_weight: float = 0.1
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        if min(self.ce_weight, self.kd_weight, self.feature_weight) < 0:
+            raise ValueError("distillation weights must be >= 0")
+        if self.ce_weight + self.kd_weight + self.feature_weight == 0:
+            raise ValueError("at least one distillation weight must be > 0")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0")
+
+
+@dataclass(frozen=True)
 class Preset:
     model: ViTConfig
-    train: TrainConfig
+    train: ViTRecipe
     description: str
 
 
@@ -155,7 +173,7 @@ PRESETS: dict[str, Preset] = {
             image_size=224, patch_size=7, width=512, depth=3, n_heads=8, ffn_width=2048,
             dropout=0.1,
         ),
-        train=TrainConfig(epochs=100, batch_size=32, lr=3e-4, warmup_epochs=5, max_shift=16),
+        train=ViTRecipe(epochs=100, batch_size=32, lr=3e-4, warmup_epochs=5, max_shift=16),
         description="BitMedViT (Walczak et al. 2025) shape: 224 px, patch 7, width 512",
     ),
     # Sized for 28 px MedMNIST on a couple of CPU cores: 49 tokens of width 128. Width
@@ -166,7 +184,7 @@ PRESETS: dict[str, Preset] = {
             image_size=28, patch_size=4, width=128, depth=3, n_heads=8, ffn_width=512,
             dropout=0.1,
         ),
-        train=TrainConfig(epochs=100),
+        train=ViTRecipe(epochs=100),
         description="28 px MedMNIST: patch 4 (49 tokens), width 128, depth 3, FFN 512",
     ),
 }

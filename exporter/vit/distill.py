@@ -29,29 +29,12 @@ teacher's K/V heads (mean-pooling, as in GQA uptraining, Ainslie et al. 2023).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exporter.vit.config import DistillConfig
 from exporter.vit.model import ViT
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    ce_weight: float = 0.5
-    kd_weight: float = 0.5
-    feature_weight: float = 0.1
-    temperature: float = 2.0
-
-    def __post_init__(self) -> None:
-        if min(self.ce_weight, self.kd_weight, self.feature_weight) < 0:
-            raise ValueError("distillation weights must be >= 0")
-        if self.ce_weight + self.kd_weight + self.feature_weight == 0:
-            raise ValueError("at least one distillation weight must be > 0")
-        if self.temperature <= 0:
-            raise ValueError("temperature must be > 0")
 
 
 def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float) -> torch.Tensor:

@@ -35,13 +35,13 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from exporter.errors import ExportVerificationError
 from exporter.package_writer import PackageWriter
 from exporter.vit.checkpoint import WEIGHTS_NAME, Checkpoint, load_checkpoint
 from exporter.vit.medmnist import batches, load_medmnist, resolve_npz
 from exporter.vit.metrics import classification_metrics
 from exporter.vit.onnx_graph import INPUT_NAME, OUTPUT_NAME, build_vit_onnx
 from exporter.vit.ternary import ACT_LEVELS
-from runtime.errors import E2edgeError
 from runtime.numerics import softmax
 from runtime.vision.preprocess import Preprocessing
 
@@ -49,10 +49,6 @@ log = logging.getLogger(__name__)
 
 ONNX_NAME = "model.onnx"
 LABELS_NAME = "labels.json"
-
-
-class ExportVerificationError(E2edgeError):
-    """The exported graph does not compute what the PyTorch model computes."""
 
 
 @dataclass(frozen=True)

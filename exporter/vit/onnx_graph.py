@@ -38,14 +38,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
+from exporter.onnx_builder import GraphBuilder
 from exporter.vit.model import ViT
 from exporter.vit.ternary import ACT_LEVELS, EPS, BitLinear
 from runtime.ternary_layout import check_block_size, pack_ternary
 
-OPSET = 17
-IR_VERSION = 8
 ACT_ZERO_POINT = 128  # uint8 activation codes: q + 128, the operand integer GEMMs want
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
@@ -68,35 +67,22 @@ class GraphFacts:
     parameters: int = 0
 
 
-class _Builder:
+class _VitGraph(GraphBuilder):
+    """The ViT's nodes, each named `{scope}/{op}_{n}` so every name shows its layer; the
+    bytes of each weight are counted under its part of the model."""
+
     def __init__(self) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
+        super().__init__()
         self.facts = GraphFacts()
         self.zero_points: str | None = None
-        self._constants: dict[str, np.ndarray] = {}
-        self._count = 0
 
-    def const(self, name: str, value: np.ndarray, part: str | None = None) -> str:
-        array = np.ascontiguousarray(value)
-        if part is None:  # a shape or scalar, which layers share under one name
-            if name in self._constants:
-                if not np.array_equal(self._constants[name], array):
-                    raise ValueError(f"constant {name!r} defined twice with different values")
-                return name
-            self._constants[name] = array
-        self.initializers.append(numpy_helper.from_array(array, name))
-        if part is not None:  # a weight (vs a shape or a scalar of the graph's arithmetic)
-            self.facts.bytes_by_part[part] += array.nbytes
-        return name
+    def weight(self, name: str, value: np.ndarray, part: str) -> str:
+        self.facts.bytes_by_part[part] += np.asarray(value).nbytes
+        return self.const(name, value)
 
-    def op(self, op_type: str, inputs: list[str], name: str, domain: str = "", **attrs) -> str:
-        self._count += 1
-        output = f"{name}/{op_type}_{self._count}"
-        node = helper.make_node(
-            op_type, inputs, [output], name=output, domain=domain or None, **attrs
-        )
-        self.nodes.append(node)
+    def op(self, op_type: str, inputs: list[str], scope: str, **attrs) -> str:
+        output = self.unique(f"{scope}/{op_type}")
+        self.node(op_type, inputs, [output], output, **attrs)
         return output
 
 
@@ -104,12 +90,12 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy().astype(np.float32)
 
 
-def _quantize_activations(b: _Builder, x: str, name: str) -> str:
+def _quantize_activations(b: _VitGraph, x: str, name: str) -> str:
     """BitLinear's per-token int8 grid on (M, K) rows: DequantizeLinear(QuantizeLinear(x))."""
     first = b.zero_points is None
     if first:
-        b.const("c_act_levels", np.float32(ACT_LEVELS))
-        b.const("c_eps", np.float32(EPS))
+        b.const("c_act_levels", np.array([ACT_LEVELS], dtype=np.float32))
+        b.const("c_eps", np.array([EPS], dtype=np.float32))
     high = b.op("ReduceMax", [x], name, axes=[-1], keepdims=0)  # (M,)
     low = b.op("Neg", [b.op("ReduceMin", [x], name, axes=[-1], keepdims=0)], name)
     step = b.op("Div", [b.op("Max", [high, low, "c_eps"], name), "c_act_levels"], name)
@@ -122,7 +108,7 @@ def _quantize_activations(b: _Builder, x: str, name: str) -> str:
 
 
 def _linear(
-    b: _Builder, x: str, layers: list[torch.nn.Linear], name: str, part: str,
+    b: _VitGraph, x: str, layers: list[torch.nn.Linear], name: str, part: str,
     max_block_size: int, accuracy_level: int, row_gain: list[float] | None = None,
 ) -> str:
     """y = x @ concat(W_i * gain_i).T for the given linears (all ternary or all not)."""
@@ -135,7 +121,7 @@ def _linear(
     k = layers[0].in_features
     if not ternary:
         weight = np.concatenate([_np(layer.weight) * g for layer, g in zip(layers, gains)])
-        return b.op("MatMul", [x, b.const(f"{name}.weight", weight.T, part)], name)  # (K, N)
+        return b.op("MatMul", [x, b.weight(f"{name}.weight", weight.T, part)], name)  # (K, N)
     codes, row_scales = [], []
     for layer, gain in zip(layers, gains):
         ternary_w, scale = layer.ternary_weight()
@@ -149,8 +135,8 @@ def _linear(
     # scales (N, n_blocks) float32, stored flat as MatMulNBits wants
     xq = _quantize_activations(b, x, name)
     inputs = [
-        xq, b.const(f"{name}.packed", packed, part),
-        b.const(f"{name}.scales", scales.reshape(-1), part),
+        xq, b.weight(f"{name}.packed", packed, part),
+        b.weight(f"{name}.scales", scales.reshape(-1), part),
     ]
     b.facts.ternary_bytes += packed.nbytes + scales.nbytes
     b.facts.ternary_layers.append({"name": name, "K": k, "N": n, "block_size": block})
@@ -160,19 +146,19 @@ def _linear(
     )
 
 
-def _layer_norm(b: _Builder, x: str, norm: torch.nn.LayerNorm, name: str) -> str:
-    scale = b.const(f"{name}.weight", _np(norm.weight), "norms")
-    bias = b.const(f"{name}.bias", _np(norm.bias), "norms")
+def _layer_norm(b: _VitGraph, x: str, norm: torch.nn.LayerNorm, name: str) -> str:
+    scale = b.weight(f"{name}.weight", _np(norm.weight), "norms")
+    bias = b.weight(f"{name}.bias", _np(norm.bias), "norms")
     return b.op("LayerNormalization", [x, scale, bias], name, axis=-1, epsilon=norm.eps)
 
 
-def _shape(b: _Builder, name: str, dims: list[int]) -> str:
+def _shape(b: _VitGraph, name: str, dims: list[int]) -> str:
     return b.const(name, np.asarray(dims, dtype=np.int64))
 
 
 
 def _grouped_attention(
-    b: _Builder, q: str, k: str, v: str, name: str,
+    b: _VitGraph, q: str, k: str, v: str, name: str,
     n: int, kv: int, group: int, dh: int, rows: str,
 ) -> str:
     """Bidirectional attention of `group` query heads per K/V head, (B*N, .) rows in and out.
@@ -207,17 +193,17 @@ def build_vit_onnx(
 ) -> tuple[onnx.ModelProto, GraphFacts]:
     cfg = model.config
     d, dh, kv, group = cfg.width, cfg.head_dim, cfg.n_kv_heads, cfg.n_heads // cfg.n_kv_heads
-    b = _Builder()
+    b = _VitGraph()
 
     # Patch embedding: the linear over (c, py, px)-flattened patches is a strided Conv.
     p = cfg.patch_size
     conv_w = _np(model.patch_embed.weight).reshape(d, cfg.channels, p, p)
-    x = b.op("Conv", [INPUT_NAME, b.const("patch_embed.weight", conv_w, "patch_embed"),
-                      b.const("patch_embed.bias", _np(model.patch_embed.bias), "patch_embed")],
+    x = b.op("Conv", [INPUT_NAME, b.weight("patch_embed.weight", conv_w, "patch_embed"),
+                      b.weight("patch_embed.bias", _np(model.patch_embed.bias), "patch_embed")],
              "patch_embed", kernel_shape=[p, p], strides=[p, p])  # (B, D, g, g)
     x = b.op("Reshape", [x, _shape(b, "shape_tokens_t", [0, d, -1])], "patch_embed")
     x = b.op("Transpose", [x], "patch_embed", perm=[0, 2, 1])  # (B, N, D)
-    x = b.op("Add", [x, b.const("pos_embed", _np(model.pos_embed), "pos_embed")], "pos_embed")
+    x = b.op("Add", [x, b.weight("pos_embed", _np(model.pos_embed), "pos_embed")], "pos_embed")
     rows = _shape(b, "shape_rows", [-1, d])
     x = b.op("Reshape", [x, rows], "tokens")  # (B*N, D): one row per token
 
@@ -231,8 +217,8 @@ def build_vit_onnx(
         qkv = _linear(b, h, [attn.q, attn.k, attn.v], f"{name}.attn.qkv", "attention",
                       max_block_size, accuracy_level, row_gain=[fold, 1.0, 1.0])
         q_flat, k_flat, v_flat = (f"{name}.attn.{part}" for part in "qkv")
-        b.nodes.append(helper.make_node("Split", [qkv, split_sizes], [q_flat, k_flat, v_flat],
-                                        name=f"{name}.attn.split", axis=-1))
+        b.node("Split", [qkv, split_sizes], [q_flat, k_flat, v_flat], f"{name}.attn.split",
+               axis=-1)
         ctx = _grouped_attention(b, q_flat, k_flat, v_flat, name, n, kv, group, dh, rows)
         out = _linear(b, ctx, [attn.o], f"{name}.attn.o", "attention",
                       max_block_size, accuracy_level)
@@ -248,27 +234,18 @@ def build_vit_onnx(
     x = b.op("Reshape", [x, _shape(b, "shape_tokens", [-1, n, d])], "pool")  # (B, N, D)
     pooled = b.op("ReduceMean", [x], "pool", axes=[1], keepdims=0)  # (B, D)
     pooled = _layer_norm(b, pooled, model.norm, "norm")
-    logits = b.op("MatMul", [pooled, b.const("head.weight", _np(model.head.weight).T, "head")],
+    logits = b.op("MatMul", [pooled, b.weight("head.weight", _np(model.head.weight).T, "head")],
                   "head")
-    b.nodes.append(helper.make_node(
-        "Add", [logits, b.const("head.bias", _np(model.head.bias), "head")], [OUTPUT_NAME],
-        name="head/Add_out",
-    ))
+    b.node("Add", [logits, b.weight("head.bias", _np(model.head.bias), "head")], [OUTPUT_NAME],
+           "head/Add_out")
 
-    graph = helper.make_graph(
-        b.nodes, "bitmed_vit",
-        [helper.make_tensor_value_info(
-            INPUT_NAME, TensorProto.FLOAT, ["batch", cfg.channels, cfg.image_size, cfg.image_size]
-        )],
+    pixels = ["batch", cfg.channels, cfg.image_size, cfg.image_size]
+    onnx_model = b.model(
+        "bitmed_vit",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, pixels)],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", cfg.n_classes])],
-        b.initializers,
+        contrib=True,
     )
-    onnx_model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
-        producer_name="e2edge",
-    )
-    onnx_model.ir_version = IR_VERSION
     onnx.checker.check_model(onnx_model)
     b.facts.bytes_by_part = dict(b.facts.bytes_by_part)
     b.facts.parameters = sum(p.numel() for p in model.parameters())

@@ -240,7 +240,7 @@ def test_an_fp16_packages_bytes_per_token_count_its_weights_as_onnxruntime_folds
     tmp_path, tiny_llama_checkpoint
 ):
     from e2edge.bench.memory_bandwidth import bytes_read_per_token
-    from exporter.llm_export import LLMExportOptions, export_llm
+    from exporter.llm.export import LLMExportOptions, export_llm
 
     per_token = {}
     for weights in ("fp32", "fp16"):

@@ -206,7 +206,7 @@ def _silu(g, x: str, out: str) -> list[onnx.NodeProto]:
 
 
 def _gelu_tanh(g, x: str, out: str) -> list[onnx.NodeProto]:
-    """0.5 x (1 + tanh(c (x + k x^3))), decomposed as exporter/llm_onnx.py writes it."""
+    """0.5 x (1 + tanh(c (x + k x^3))), decomposed as exporter/llm/onnx_graph.py writes it."""
     for name, value in (
         ("gk", 0.044715),
         ("gc", math.sqrt(2 / math.pi)),
@@ -381,7 +381,7 @@ def test_ffn_lowering_is_off_unless_asked():
 
 @pytest.fixture(scope="module")
 def tiny_llama_package_standard_fp16(tmp_path_factory, tiny_llama_checkpoint) -> Path:
-    from exporter.llm_export import LLMExportOptions, export_llm
+    from exporter.llm.export import LLMExportOptions, export_llm
 
     out = tmp_path_factory.mktemp("tiny-llama-std-fp16") / "pkg"
     options = LLMExportOptions(attention="standard", weights="fp16", verify=False)

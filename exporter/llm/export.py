@@ -14,11 +14,12 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from exporter.hf_checkpoint import (
+from exporter.errors import ExportVerificationError
+from exporter.llm.checkpoint import (
     CheckpointError,
     DecoderSpec,
     check_architecture,
@@ -26,11 +27,18 @@ from exporter.hf_checkpoint import (
     read_config,
     read_weights,
 )
-from exporter.int8_activation_reference import quantize_linear_inputs
+from exporter.llm.int8_activation_reference import quantize_linear_inputs
+from exporter.llm.weight_quant import (
+    BLOCK_FORMATS,
+    WEIGHT_FORMATS,
+    WeightQuantConfig,
+    weight_quant_config,
+)
 from exporter.package_writer import PackageWriter
-from exporter.weight_quant import BLOCK_FORMATS, WEIGHT_FORMATS, weight_quant_config
-from runtime.errors import E2edgeError
 from runtime.package import sha256_file
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 INT8_ACTIVATIONS = 4  # MatMulNBits accuracy level that quantises its input to int8 blocks
@@ -43,10 +51,6 @@ JITTER = 2.0 ** -22  # about two float32 ulps, relative
 JITTER_RUNS = 3
 
 SAMPLE_PROMPT = "The quick brown fox jumps over the lazy dog. To be, or not to be:"
-
-
-class ExportVerificationError(E2edgeError):
-    """The exported graph does not reproduce the checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -90,8 +94,6 @@ def export_llm(
 ) -> LLMExportResult:
     import onnx
 
-    from exporter.llm_onnx import build_decoder_onnx
-
     quant = _weight_quant(options)
     model_dir = Path(model_dir)
     config = read_config(model_dir)
@@ -124,6 +126,37 @@ def export_llm(
         verification.greedy_tokens_match if verification else None,
         parameters, manifest["weight_bytes"],
     )
+
+
+ATTENTION_KINDS = ("gqa", "standard")
+
+
+def build_decoder_onnx(
+    spec: DecoderSpec,
+    weights: dict[str, np.ndarray],
+    quant: WeightQuantConfig | None = None,
+    attention: str = "standard",
+    weight_dtype: type = np.float32,
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The ONNX decoder with KV cache for `spec`, and the weights it computes with.
+
+    attention: "standard" is plain opset-17 ONNX (onnxruntime and TensorRT,
+    onnx_graph.py); "gqa" uses onnxruntime's fused contrib ops and a shared KV buffer
+    (onnx_graph_gqa.py).
+    weight_dtype: float16 stores the float weight matrices in half precision, each
+    widened to float32 by a Cast in the graph.
+    The second value maps HF weight names to the float32 weights the graph computes with
+    where they differ from the checkpoint's (dequantised, or rounded to fp16; empty for
+    fp32), so a PyTorch reference with the same weights can check the export.
+    """
+    from exporter.llm.onnx_graph import DecoderGraphBuilder
+    from exporter.llm.onnx_graph_gqa import GqaDecoderGraphBuilder
+
+    if attention not in ATTENTION_KINDS:
+        raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
+    builder_class = GqaDecoderGraphBuilder if attention == "gqa" else DecoderGraphBuilder
+    builder = builder_class(spec, weights, quant, weight_dtype)
+    return builder.build(), builder.effective
 
 
 def default_accuracy_level(weights: str) -> int:
@@ -312,7 +345,7 @@ def _reference_model(model_dir: Path, effective: dict[str, np.ndarray]):
     """The checkpoint in PyTorch, with the package's dequantised or fp16-rounded weights."""
     import torch
 
-    from exporter.hf_checkpoint import load_torch_model
+    from exporter.llm.checkpoint import load_torch_model
 
     model = load_torch_model(model_dir)
     if "lm_head.weight" in effective and model.lm_head.weight is model.model.embed_tokens.weight:
@@ -367,7 +400,7 @@ def verify_package(
     rounded to fp16 and back, so the check stays exact: it tests the graph, and the
     rounding's own cost is measured by `e2edge eval ppl` instead. With int8
     activations (accuracy level 4) the checkpoint's quantised linears also see their
-    inputs on onnxruntime's int8 grid (exporter/int8_activation_reference.py), so
+    inputs on onnxruntime's int8 grid (exporter/llm/int8_activation_reference.py), so
     that check is as exact as float rounding allows: a value within float noise of a
     rounding boundary may take the neighbouring int8 code, one step of 1/127 of its
     block, and deep models carry such flips to the logits. The logits may differ by one
@@ -380,10 +413,7 @@ def verify_package(
     where the reference's own top two are within the logits tolerance (a near tie,
     which float noise may break either way), and the comparison ends there.
     """
-    import torch
-
     from runtime.llm.engine import LLMEngine
-    from runtime.llm.sampling import SamplingParams
 
     engine = LLMEngine.load(package_dir, threads=options.threads)
     model = _reference_model(model_dir, effective or {})
@@ -392,25 +422,48 @@ def verify_package(
     if int8_activations:
         quantize_linear_inputs(model, (effective or {}).keys(), options.block_size)
     ids = engine.encode(SAMPLE_PROMPT)[: engine.context_length // 2]
+    diff, tolerance = _compare_logits(engine, model, ids, options, int8_activations)
+    if _not_emulated(options):
+        return Verification(diff, tolerance, 0, None)
+    return _compare_greedy(engine, model, ids, options, diff, tolerance)
+
+
+def _compare_logits(engine, model, ids: list[int], options: LLMExportOptions,
+                    int8_activations: bool) -> tuple[float, float]:
+    """(max |logit difference| on the sample prompt, the tolerance it met); raises on more."""
+    import torch
+
     cache = engine.empty_cache()
     ort_logits, _ = engine.forward(np.asarray([ids], dtype=np.int64), 0, cache)
     with torch.no_grad():
         torch_logits = model(torch.tensor([ids])).logits.numpy()
     diff = float(np.abs(ort_logits - torch_logits).max())
-    inexact = options.weights in BLOCK_FORMATS and options.accuracy_level in (1, 2, 3)
     tolerance = options.logits_tolerance
     if int8_activations:
         tolerance += max(float(np.abs(torch_logits).max()) / 127,
                          FLIP_NOISE_FACTOR * _rounding_noise(model, ids, torch_logits))
-    if inexact:
+    if _not_emulated(options):
         tolerance = 0.02 * float(torch_logits.max() - torch_logits.min())
     if not diff <= tolerance:
         raise ExportVerificationError(
             f"onnxruntime logits differ from PyTorch by {diff:.3g} "
             f"(> tolerance {tolerance:g}) on the sample prompt"
         )
-    if inexact:
-        return Verification(diff, tolerance, 0, None)
+    return diff, tolerance
+
+
+def _not_emulated(options: LLMExportOptions) -> bool:
+    """MatMulNBits accuracy levels 1-3: float compute types the reference does not copy."""
+    return options.weights in BLOCK_FORMATS and options.accuracy_level in (1, 2, 3)
+
+
+def _compare_greedy(engine, model, ids: list[int], options: LLMExportOptions, diff: float,
+                    tolerance: float) -> Verification:
+    """Greedy tokens of the package against transformers' generate (see verify_package)."""
+    import torch
+
+    from runtime.llm.sampling import SamplingParams
+
     n = min(options.verify_tokens, engine.context_length - len(ids))
     params = SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True)
     ours = [t for event in engine.generate(ids, params) for t in event.token_ids]

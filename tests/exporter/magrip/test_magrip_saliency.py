@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from exporter.hf_checkpoint import load_torch_model
+from exporter.llm.checkpoint import load_torch_model
 from exporter.magrip.brute_force import compare, removal_loss_changes
 from exporter.magrip.ffn import NeuronMasks, find_ffns
-from exporter.magrip.saliency import SaliencyOptions, median_normalise, neuron_saliency
+from exporter.magrip.options import SaliencyOptions
+from exporter.magrip.saliency import median_normalise, neuron_saliency
 
 
 def _rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -67,6 +70,25 @@ def test_brute_force_tool_measures_the_same_loss_changes(model_and_windows):
     np.testing.assert_allclose(removal_loss_changes(model, windows, 1, neurons),
                                batched[neurons], atol=1e-5)
 
+
+
+def test_eval_saliency_runs_the_brute_force_check_on_a_checkpoint(tiny_llama_checkpoint,
+                                                                   tmp_path, capsys):
+    from e2edge.cli import main
+
+    calib = tmp_path / "calib.txt"
+    calib.write_text("To be, or not to be, that is the question. " * 40)
+    out = tmp_path / "saliency.json"
+    assert main(["eval", "saliency", "--model", str(tiny_llama_checkpoint), "--calib",
+                 str(calib), "--layers", "1", "--neurons", "6", "--windows", "2",
+                 "--seq-len", "16", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text())
+    assert printed["windows"] == [2, 16] and set(printed["layers"]) == {"1"}
+    layer = printed["layers"]["1"]
+    assert layer["neurons"] == 6 and set(layer["spearman_vs_abs_change"]) == {
+        "taylor only (gradient)", "jacobian only (gradient)", "magnitude only",
+        "magrip, taylor", "magrip, jacobian"}
 
 def test_ablation_signals_and_masked_neurons(model_and_windows):
     model, windows = model_and_windows

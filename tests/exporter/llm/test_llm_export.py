@@ -12,8 +12,9 @@ import pytest
 import torch
 from llm_fixtures import make_tiny_checkpoint
 
-from exporter.hf_checkpoint import load_torch_model
-from exporter.llm_export import ExportVerificationError, LLMExportOptions, export_llm
+from exporter.errors import ExportVerificationError
+from exporter.llm.checkpoint import load_torch_model
+from exporter.llm.export import LLMExportOptions, export_llm
 from runtime.llm.engine import LLMEngine
 from runtime.package import load_package
 
@@ -143,17 +144,17 @@ def test_pruned_checkpoint_with_unequal_ffn_widths_exports_and_matches(tmp_path)
 def test_export_fails_loudly_and_writes_nothing_when_logits_differ(
     tmp_path, monkeypatch, options, error
 ):
-    import exporter.llm_onnx as llm_onnx
+    import exporter.llm.export as export
 
     checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", "llama")
-    real_build = llm_onnx.build_decoder_onnx
+    real_build = export.build_decoder_onnx
 
     def off_by_a_little(spec, weights, *args):
         weights = dict(weights)
         weights["model.norm.weight"] = weights["model.norm.weight"] * error
         return real_build(spec, weights, *args)
 
-    monkeypatch.setattr(llm_onnx, "build_decoder_onnx", off_by_a_little)
+    monkeypatch.setattr(export, "build_decoder_onnx", off_by_a_little)
     with pytest.raises(ExportVerificationError, match="logits differ"):
         export_llm(checkpoint, tmp_path / "pkg", options)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]

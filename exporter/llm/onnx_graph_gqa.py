@@ -1,6 +1,6 @@
 """The onnxruntime-fused decoder graph: GroupQueryAttention over a shared KV buffer.
 
-The plain graph (llm_onnx.py) spells attention, RoPE and RMSNorm in ~40 standard
+The plain graph (onnx_graph.py) spells attention, RoPE and RMSNorm in ~40 standard
 ops per layer, so both onnxruntime and TensorRT's parser read it. On onnxruntime
 each small op costs a kernel launch and a pass over memory; this variant uses the
 com.microsoft contrib ops onnxruntime-genai uses instead:
@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from exporter.llm_onnx import OPSET, DecoderGraphBuilder, rope_tables
+from exporter.llm.onnx_graph import DecoderGraphBuilder, rope_tables
 
 
 class GqaDecoderGraphBuilder(DecoderGraphBuilder):
@@ -62,7 +62,7 @@ class GqaDecoderGraphBuilder(DecoderGraphBuilder):
             )
             h, residual = self._skip_norm(ffn, residual, following)
         logits = self._lm_head(h)
-        g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits_out"))
+        g.node("Identity", [logits], ["logits"], "logits_out")
         return self._model()
 
     def activation(self, x: str) -> str:
@@ -86,15 +86,15 @@ class GqaDecoderGraphBuilder(DecoderGraphBuilder):
         """(RMSNorm(x + residual) * w, x + residual) in one fused kernel."""
         s, g = self.spec, self.g
         weight = (self.w[weight_name] + s.norm_offset).astype(np.float32)
-        normed, total = g.name("norm"), g.name("resid")
-        g.nodes.append(helper.make_node(
+        normed, total = g.unique("norm"), g.unique("resid")
+        g.node(
             "SkipSimplifiedLayerNormalization",
             [x, residual, g.const(weight_name, weight)],
             [normed, "", "", total],
-            name=g.name("SkipSimplifiedLayerNormalization"),
+            g.unique("SkipSimplifiedLayerNormalization"),
             domain="com.microsoft",
             epsilon=float(s.rms_norm_eps),
-        ))
+        )
         return normed, total
 
     def _qkv_weight(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -117,20 +117,20 @@ class GqaDecoderGraphBuilder(DecoderGraphBuilder):
             (f"{p}.v_proj.weight", kv_rows)])
         if bias is not None:
             qkv = g.op("Add", [qkv, g.const(f"{p}.qkv_proj.bias", bias)], "qkv_bias")
-        context = g.name("attn")
-        g.nodes.append(helper.make_node(
+        context = g.unique("attn")
+        g.node(
             "GroupQueryAttention",
             [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value",
              "seqlens_k", "total_sequence_length", "rope_cos_half", "rope_sin_half"],
             [context, f"present.{i}.key", f"present.{i}.value"],
-            name=f"gqa_{i}",
+            f"gqa_{i}",
             domain="com.microsoft",
             num_heads=s.num_heads,
             kv_num_heads=s.num_kv_heads,
             scale=1.0 / math.sqrt(s.head_dim),
             do_rotary=1,
             rotary_interleaved=0,
-        ))
+        )
         return self.linear(context, f"{p}.o_proj.weight", "o")
 
     def _model(self) -> onnx.ModelProto:
@@ -148,12 +148,4 @@ class GqaDecoderGraphBuilder(DecoderGraphBuilder):
             for part in ("key", "value"):
                 inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{part}", f32, kv))
                 outputs.append(helper.make_tensor_value_info(f"present.{i}.{part}", f32, kv))
-        used = {name for node in g.nodes for name in node.input}
-        initializers = [t for t in g.initializers if t.name in used]  # shared consts it skips
-        graph = helper.make_graph(
-            g.nodes, f"{s.model_type}_decoder_gqa", inputs, outputs, initializer=initializers
-        )
-        opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)]
-        model = helper.make_model(graph, opset_imports=opsets, producer_name="e2edge")
-        model.ir_version = 8
-        return model
+        return g.model(f"{s.model_type}_decoder_gqa", inputs, outputs, contrib=True)

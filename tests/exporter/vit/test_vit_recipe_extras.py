@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.vit.config import TrainConfig, ViTConfig
+from exporter.vit.config import ViTConfig, ViTRecipe
 from exporter.vit.medmnist import Augmentation, augment, rotate_and_zoom
 from exporter.vit.model import ViT
 from exporter.vit.training import evaluate, train, update_ema
@@ -58,7 +58,7 @@ def test_recipes_without_the_new_keys_augment_exactly_as_before():
 @pytest.mark.parametrize("key,value", [("rotation", -1.0), ("scale", 1.0), ("ema", 1.0)])
 def test_recipe_rejects_out_of_range_values(key, value):
     with pytest.raises(ValueError):
-        TrainConfig(**{key: value})
+        ViTRecipe(**{key: value})
 
 
 def test_ema_update_averages_with_a_ramped_decay():
@@ -83,7 +83,7 @@ def test_training_with_ema_and_rotation_learns_and_keeps_the_averaged_weights(tm
     spec = Preprocessing(size=8, channels=1, mean=(0.4,), std=(0.2,))
     torch.manual_seed(0)
     model = ViT(dataclasses.replace(SMALL, ternary="ffn", n_kv_heads=1))
-    recipe = TrainConfig(epochs=6, batch_size=32, lr=3e-3, warmup_epochs=0, max_shift=0,
+    recipe = ViTRecipe(epochs=6, batch_size=32, lr=3e-3, warmup_epochs=0, max_shift=0,
                          rotation=10.0, scale=0.1, ema=0.9)
     with one_torch_thread():
         result = train(model, data, spec, recipe, seed=0)
@@ -98,7 +98,8 @@ def test_training_with_ema_and_rotation_learns_and_keeps_the_averaged_weights(tm
 def test_mixup_trains_a_distilled_student(tmp_path):
     from vit_fixtures import one_torch_thread, write_synthetic_npz
 
-    from exporter.vit.distill import DistillConfig, init_from_teacher
+    from exporter.vit.config import DistillConfig
+    from exporter.vit.distill import init_from_teacher
     from exporter.vit.medmnist import load_medmnist
     from runtime.vision.preprocess import Preprocessing
 
@@ -106,7 +107,7 @@ def test_mixup_trains_a_distilled_student(tmp_path):
     spec = Preprocessing(size=8, channels=1, mean=(0.4,), std=(0.2,))
     torch.manual_seed(0)
     teacher = ViT(SMALL)
-    recipe = TrainConfig(epochs=5, batch_size=32, lr=3e-3, warmup_epochs=0, max_shift=0,
+    recipe = ViTRecipe(epochs=5, batch_size=32, lr=3e-3, warmup_epochs=0, max_shift=0,
                          mixup=0.4)
     with one_torch_thread():
         train(teacher, data, spec, recipe, seed=0)
@@ -118,7 +119,7 @@ def test_mixup_trains_a_distilled_student(tmp_path):
     assert all(np.isfinite(losses))
     assert result.metrics["val"]["accuracy"] >= 0.9
     with pytest.raises(ValueError):
-        TrainConfig(mixup=-0.1)
+        ViTRecipe(mixup=-0.1)
 
 
 def test_log_loss_is_the_mean_negative_log_likelihood_of_the_labels():
@@ -146,7 +147,7 @@ def _train_small(tmp_path, select: str, monitor: tuple[str, ...] = ()):
     spec = Preprocessing(size=8, channels=1, mean=(0.4,), std=(0.2,))
     torch.manual_seed(0)
     model = ViT(SMALL)
-    recipe = TrainConfig(epochs=6, batch_size=32, lr=3e-2, min_lr=1e-2, warmup_epochs=0,
+    recipe = ViTRecipe(epochs=6, batch_size=32, lr=3e-2, min_lr=1e-2, warmup_epochs=0,
                          max_shift=0, select=select)
     with one_torch_thread():
         result = train(model, data, spec, recipe, seed=0, monitor=monitor)
@@ -190,4 +191,4 @@ def test_monitored_splits_are_recorded_but_never_change_the_training(tmp_path):
 
 def test_unknown_select_rule_is_rejected():
     with pytest.raises(ValueError, match="select must be one of"):
-        TrainConfig(select="best")
+        ViTRecipe(select="best")

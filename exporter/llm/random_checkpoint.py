@@ -3,12 +3,11 @@
 Speed does not depend on what the weights learned, so a SmolLM2-135M-shaped model
 with random weights measures what a trained one would, without a model hub.
 
-    python -m exporter.random_checkpoint --shape smollm2-135m --out DIR
+    e2edge train random-llm --shape smollm2-135m --out DIR
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,15 +81,3 @@ def make_random_checkpoint(shape_name: str, out: Path, seed: int = 0) -> Path:
     model.save_pretrained(out)
     return out
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--shape", choices=sorted(SHAPES), required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    print(make_random_checkpoint(args.shape, args.out, args.seed))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,12 +1,14 @@
 """Named presets for `e2edge train lm`: model shape, tokenizer and training schedule.
 
-The same preset builds a LLaMA or a Gemma model (`exporter/lm_training.py`): Gemma ties the
+The same preset builds a LLaMA or a Gemma model (`exporter/llm/training.py`): Gemma ties the
 output layer to the embedding, so its parameter count is smaller by vocab * hidden.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+ARCHS = ("llama", "gemma")  # the model families a preset builds
 
 
 @dataclass(frozen=True)

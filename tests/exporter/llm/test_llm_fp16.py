@@ -12,8 +12,8 @@ import torch
 from llm_fixtures import make_tiny_checkpoint
 
 from e2edge.cli import main
-from exporter.hf_checkpoint import load_torch_model
-from exporter.llm_export import LLMExportOptions, export_llm
+from exporter.llm.checkpoint import load_torch_model
+from exporter.llm.export import LLMExportOptions, export_llm
 from runtime.llm.engine import LLMEngine
 from runtime.llm.sampling import SamplingParams
 from runtime.package import load_package

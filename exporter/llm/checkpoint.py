@@ -1,4 +1,4 @@
-"""Hugging Face LLaMA/Gemma-family checkpoints: read the architecture and weights.
+"""Hugging Face LLaMA/Gemma-family checkpoints: read the architecture, weights and tokenizer.
 
 A checkpoint is a local directory with config.json and model.safetensors (or a
 sharded model.safetensors.index.json). FFN widths are read per layer from the
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import E2edgeError
+from runtime.llm.tokenizer import Tokenizer
 
 # model_type -> the facts of its family that change the graph
 FAMILIES: dict[str, dict[str, Any]] = {
@@ -187,6 +188,26 @@ def decoder_spec(config: dict[str, Any], weights: dict[str, np.ndarray]) -> Deco
         bos_token_id=config.get("bos_token_id"),
         eos_token_ids=_as_tuple(config.get("eos_token_id")),
     )
+
+
+def checkpoint_tokenizer(model_dir: str | Path) -> Tokenizer:
+    """The checkpoint's tokenizer as the runtime will use it after export.
+
+    The BOS rule is the exporter's: prepend BOS exactly when the checkpoint's Hugging
+    Face tokenizer does, so a checkpoint and its package see the same token ids.
+    """
+    from transformers import AutoTokenizer
+
+    model_dir = Path(model_dir)
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        raise CheckpointError(f"{model_dir}: no tokenizer.json")
+    bos = read_config(model_dir).get("bos_token_id")
+    bare = Tokenizer(path, bos_token_id=bos, add_bos=False)
+    hf = AutoTokenizer.from_pretrained(model_dir)
+    probe = "Hello world"
+    add_bos = bos is not None and hf(probe)["input_ids"] == [bos, *bare.encode(probe)]
+    return Tokenizer(path, bos_token_id=bos, add_bos=add_bos)
 
 
 def load_torch_model(model_dir: str | Path):

@@ -9,10 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from exporter.vit.config import TrainConfig, ViTConfig, get_preset
+from exporter.vit.config import DistillConfig, ViTConfig, ViTRecipe, get_preset
 from exporter.vit.distill import (
     DistillationLoss,
-    DistillConfig,
     TeacherEnsemble,
     init_from_teacher,
     kd_kl,
@@ -141,7 +140,7 @@ def test_a_few_training_steps_reduce_the_loss(tmp_path):
     spec = Preprocessing(size=8, channels=1, mean=(0.4,), std=(0.2,))
     torch.manual_seed(0)
     model = ViT(dataclasses.replace(SMALL, ternary="all", n_kv_heads=1))
-    recipe = TrainConfig(epochs=6, batch_size=32, lr=3e-3, warmup_epochs=0, max_shift=0)
+    recipe = ViTRecipe(epochs=6, batch_size=32, lr=3e-3, warmup_epochs=0, max_shift=0)
     before = evaluate(model, data.splits["val"], spec)
     with one_torch_thread():
         result = train(model, data, spec, recipe, seed=0)

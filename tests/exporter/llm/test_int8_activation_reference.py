@@ -8,8 +8,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from exporter.int8_activation_reference import fake_quantize_blocks, quantize_linear_inputs
-from exporter.weight_quant import WeightQuantConfig, dequantize_blockwise, quantize_blockwise
+from exporter.llm.int8_activation_reference import fake_quantize_blocks, quantize_linear_inputs
+from exporter.llm.weight_quant import WeightQuantConfig, dequantize_blockwise, quantize_blockwise
 
 
 def _matmulnbits(packed, scales, k, n, bits, block, level):

@@ -6,7 +6,7 @@ import pytest
 import sentencepiece
 from tokenizers import Tokenizer
 
-from exporter.lm_tokenizer import (
+from exporter.llm.tokenizer import (
     BPE_SPECIAL_TOKENS,
     BPE_SPECIALS,
     TokenizerChoice,

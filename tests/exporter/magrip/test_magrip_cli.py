@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from e2edge.cli import main
-from exporter.hf_checkpoint import CheckpointError, load_torch_model
-from exporter.magrip.calibration import CalibrationError, TextSpec, read_text
+from exporter.llm.checkpoint import CheckpointError, load_torch_model
 from exporter.magrip.ffn import find_ffns
+from exporter.text import TextError, TextSpec, read_text
 
 FAST = ["--seq-len", "32", "--samples", "6", "--mask-steps", "4", "--batch-size", "3"]
 
@@ -83,7 +83,7 @@ def test_text_specs_slice_the_file(tmp_path):
     assert read_text(f"{path}@0:0.3") == "abc" and read_text(f"{path}@0.9:1") == "j"
     assert read_text(str(path)) == "abcdefghij"
     assert TextSpec.parse("a@b.txt") == TextSpec("a@b.txt")
-    with pytest.raises(CalibrationError, match="0 <= A < B <= 1"):
+    with pytest.raises(TextError, match="0 <= A < B <= 1"):
         read_text(f"{path}@0.5:0.2")
 
 
@@ -117,7 +117,7 @@ def test_sweep_writes_a_table_and_a_plot(tmp_path, capsys, calib, tiny_llama_che
         assert row["decode_tokens_per_s"] > 0 and row["relative"]["weight_bytes"] < 1
         assert set(row["perplexity"]) == {f"{calib}@0.5:1"}
     assert rows[("magrip", True)]["finetune"]["steps"] == 2
-    assert set(table["goals"]) == {"magrip_beats_every_ablation_from_0.2",
+    assert set(table["checks"]) == {"magrip_beats_every_ablation_from_0.2",
                                    "ppl_within_15pct_of_dense_at_0.3_finetuned",
                                    "decode_speedup_at_least_90pct_of_bytes_ratio"}
     vocab = json.loads((tiny_llama_checkpoint / "config.json").read_text())["vocab_size"]
@@ -154,7 +154,7 @@ def test_a_kept_sweep_is_retimed_by_bench_sweep_decode(tmp_path, capsys, calib,
     assert main(["bench", "sweep-decode", "--report", str(report), "--rounds", "2",
                  "--tokens", "6", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert "magrip    0.30" in out and "goal (every package >= 0.9)" in out
+    assert "magrip    0.30" in out and "speed check (every package >= 0.9)" in out
     after = json.loads((report / "sweep.json").read_text())
     assert after["decode"] == {**after["decode"], "rounds": 2, "tokens": 6, "remeasured": True}
     assert after["rows"][0]["perplexity"] == before["rows"][0]["perplexity"]

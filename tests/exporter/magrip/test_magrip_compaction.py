@@ -9,14 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.hf_checkpoint import load_torch_model, read_weights
-from exporter.llm_export import LLMExportOptions, export_llm
+from exporter.llm.checkpoint import load_torch_model, read_weights
+from exporter.llm.export import LLMExportOptions, export_llm
 from exporter.magrip.compaction import compact
 from exporter.magrip.ffn import NeuronMasks, find_ffns
-from exporter.magrip.finetune import FinetuneOptions
-from exporter.magrip.mask import MaskOptions
-from exporter.magrip.pipeline import PruneOptions, compact_in_saliency_order, prune_checkpoint
-from exporter.magrip.saliency import SaliencyOptions
+from exporter.magrip.options import FinetuneOptions, MaskOptions, PruneOptions, SaliencyOptions
+from exporter.magrip.pipeline import compact_in_saliency_order, prune_checkpoint
 from runtime.llm.engine import LLMEngine
 
 IDS = torch.tensor([[5, 17, 42, 101, 7, 250, 33, 64, 9, 120, 77, 3]])

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from exporter.evaluation import (
+from exporter.llm.evaluation import (
     EvaluationError,
     PackageScorer,
     TorchScorer,
@@ -18,7 +18,7 @@ from exporter.evaluation import (
     read_choice_tasks,
     text_perplexity,
 )
-from exporter.magrip.calibration import TokenStream
+from exporter.text import TokenStream
 
 TEXT = ("First Citizen: Before we proceed any further, hear me speak. "
         "To be, or not to be, that is the question. The quick brown fox jumps over the lazy dog.")

@@ -29,12 +29,12 @@ import math
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from exporter.hf_checkpoint import DecoderSpec
-from exporter.weight_quant import WeightQuantConfig, dequantize_blockwise, quantize_blockwise
+from exporter.llm.checkpoint import DecoderSpec
+from exporter.llm.weight_quant import WeightQuantConfig, dequantize_blockwise, quantize_blockwise
+from exporter.onnx_builder import GraphBuilder
 
-OPSET = 17
 MASK_VALUE = -3.0e38  # finite, so a fully masked (padding) row gives no NaN after softmax
 
 
@@ -64,35 +64,12 @@ def _llama3_inv_freq(inv_freq: np.ndarray, s: dict) -> np.ndarray:
     return np.where(mid, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
 
 
-class _Graph:
-    """Accumulates nodes and initializers with unique names."""
-
-    def __init__(self) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self._count = 0
-        self._names: set[str] = set()
-
-    def name(self, hint: str) -> str:
-        self._count += 1
-        return f"{hint}_{self._count}"
-
-    def const(self, name: str, array: np.ndarray) -> str:
-        """Add an initializer once; a second call with the same name reuses the first."""
-        if name in self._names:
-            return name
-        self._names.add(name)
-        array = np.asarray(array)
-        if not array.flags.c_contiguous:  # (np.ascontiguousarray would turn 0-d into 1-d)
-            array = array.copy(order="C")
-        self.initializers.append(numpy_helper.from_array(array, name))
-        return name
+class _DecoderGraph(GraphBuilder):
+    """The decoder's nodes: outputs named after what they hold, nodes after their op."""
 
     def op(self, op_type: str, inputs: list[str], hint: str = "", n_out: int = 1, **attrs):
-        outputs = [self.name(hint or op_type.lower()) for _ in range(n_out)]
-        self.nodes.append(
-            helper.make_node(op_type, inputs, outputs, name=self.name(op_type), **attrs)
-        )
+        outputs = [self.unique(hint or op_type.lower()) for _ in range(n_out)]
+        self.node(op_type, inputs, outputs, self.unique(op_type), **attrs)
         return outputs[0] if n_out == 1 else outputs
 
 
@@ -112,7 +89,7 @@ class DecoderGraphBuilder:
         self.w = weights
         self.quant = quant
         self.weight_dtype = weight_dtype  # storage of the float weight matrices
-        self.g = _Graph()
+        self.g = _DecoderGraph()
         # HF name -> the float32 weight the graph really computes with, where it differs
         # from the checkpoint's (quantised or fp16-rounded ones)
         self.effective: dict[str, np.ndarray] = {}
@@ -221,7 +198,7 @@ class DecoderGraphBuilder:
             x = self._layer(i, x, cos, sin, mask_bias)
         x = self.rms_norm(x, "model.norm.weight")
         logits = self._lm_head(x)
-        g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits_out"))
+        g.node("Identity", [logits], ["logits"], "logits_out")
         return self._model()
 
     def _embed(self) -> str:
@@ -299,13 +276,9 @@ class DecoderGraphBuilder:
         t_1d = g.op("Unsqueeze", [total, "zero_i_axes"], "T_1d")
         g.const("group_prefix", np.array([0, s.num_kv_heads, rep], dtype=np.int64))
         g.const("flat_prefix", np.array([0, s.num_kv_heads, -1], dtype=np.int64))
-        g.nodes.append(helper.make_node(
-            "Concat", ["group_prefix", s_1d, t_1d], ["scores_shape"], name="scores_shape", axis=0
-        ))
-        g.nodes.append(helper.make_node(
-            "Concat", ["flat_prefix", t_1d], ["group_scores_shape"], name="group_shape_concat",
-            axis=0,
-        ))
+        g.node("Concat", ["group_prefix", s_1d, t_1d], ["scores_shape"], "scores_shape", axis=0)
+        g.node("Concat", ["flat_prefix", t_1d], ["group_scores_shape"], "group_shape_concat",
+               axis=0)
 
     def _heads(self, x: str, shape: str) -> str:
         """(B, S, heads*hd) -> (B, heads, S, hd)."""
@@ -323,12 +296,8 @@ class DecoderGraphBuilder:
         # the KV cache: (B, n_kv, P, hd) ++ (B, n_kv, S, hd) -> (B, n_kv, T, hd)
         present_k = f"present.{i}.key"
         present_v = f"present.{i}.value"
-        g.nodes.append(helper.make_node(
-            "Concat", [f"past_key_values.{i}.key", k], [present_k], name=f"cache_k_{i}", axis=2
-        ))
-        g.nodes.append(helper.make_node(
-            "Concat", [f"past_key_values.{i}.value", v], [present_v], name=f"cache_v_{i}", axis=2
-        ))
+        g.node("Concat", [f"past_key_values.{i}.key", k], [present_k], f"cache_k_{i}", axis=2)
+        g.node("Concat", [f"past_key_values.{i}.value", v], [present_v], f"cache_v_{i}", axis=2)
         # grouped-query attention without repeating K/V: (B, n_kv, rep*S, hd)
         qg = g.op("Reshape", [q, "group_shape"], "q_grouped")
         scores = g.op("MatMul", [qg, g.op("Transpose", [present_k], perm=[0, 1, 3, 2])])
@@ -402,43 +371,5 @@ class DecoderGraphBuilder:
             for part in ("key", "value"):
                 inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{part}", f32, kv))
                 outputs.append(helper.make_tensor_value_info(f"present.{i}.{part}", f32, kv_out))
-        graph = helper.make_graph(
-            g.nodes, f"{s.model_type}_decoder", inputs, outputs, initializer=g.initializers
-        )
-        opsets = [helper.make_opsetid("", OPSET)]
-        if self.quant is not None:
-            opsets.append(helper.make_opsetid("com.microsoft", 1))
-        model = helper.make_model(graph, opset_imports=opsets, producer_name="e2edge")
-        model.ir_version = 8  # readable by onnxruntime >= 1.14 and TensorRT 10's parser
-        return model
+        return g.model(f"{s.model_type}_decoder", inputs, outputs, contrib=self.quant is not None)
 
-
-ATTENTION_KINDS = ("gqa", "standard")
-
-
-def build_decoder_onnx(
-    spec: DecoderSpec,
-    weights: dict[str, np.ndarray],
-    quant: WeightQuantConfig | None = None,
-    attention: str = "standard",
-    weight_dtype: type = np.float32,
-) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """The ONNX decoder with KV cache for `spec`, and the weights it computes with.
-
-    attention: "standard" is plain opset-17 ONNX (onnxruntime and TensorRT); "gqa" uses
-    onnxruntime's fused contrib ops and a shared KV buffer (llm_onnx_gqa.py).
-    weight_dtype: float16 stores the float weight matrices in half precision, each
-    widened to float32 by a Cast in the graph.
-    The second value maps HF weight names to the float32 weights the graph computes with
-    where they differ from the checkpoint's (dequantised, or rounded to fp16; empty for
-    fp32), so a PyTorch reference with the same weights can check the export.
-    """
-    if attention == "gqa":
-        from exporter.llm_onnx_gqa import GqaDecoderGraphBuilder
-
-        builder: DecoderGraphBuilder = GqaDecoderGraphBuilder(spec, weights, quant, weight_dtype)
-    elif attention == "standard":
-        builder = DecoderGraphBuilder(spec, weights, quant, weight_dtype)
-    else:
-        raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
-    return builder.build(), builder.effective

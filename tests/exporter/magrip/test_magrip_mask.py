@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.hf_checkpoint import load_torch_model
+from exporter.llm.checkpoint import load_torch_model
 from exporter.magrip.allocation import select_keep, uniform_quotas
-from exporter.magrip.mask import MaskOptions, harden, initial_logits, ste_mask, train_logits
-from exporter.magrip.pipeline import PruneOptions, mean_loss, select_neurons, stage_targets
-from exporter.magrip.saliency import SaliencyOptions, neuron_saliency
+from exporter.magrip.mask import harden, initial_logits, ste_mask, train_logits
+from exporter.magrip.options import MaskOptions, PruneOptions, SaliencyOptions
+from exporter.magrip.pipeline import mean_loss, select_neurons, stage_targets
+from exporter.magrip.saliency import neuron_saliency
 
 
 def test_global_allocation_keeps_the_best_and_the_minimum_width():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.magrip.calibration import TokenStream, text_stream
+from exporter.text import TokenStream, text_stream
 from runtime.errors import E2edgeError
 from runtime.llm.tokenizer import Tokenizer
 
@@ -64,8 +64,7 @@ class TorchScorer(Scorer):
 
     @classmethod
     def from_checkpoint(cls, model_dir: Path) -> TorchScorer:
-        from exporter.hf_checkpoint import load_torch_model
-        from exporter.magrip.calibration import checkpoint_tokenizer
+        from exporter.llm.checkpoint import checkpoint_tokenizer, load_torch_model
 
         return cls(load_torch_model(model_dir), checkpoint_tokenizer(model_dir), str(model_dir))
 

@@ -12,14 +12,10 @@ import torch
 from onnx import numpy_helper
 from vit_fixtures import make_tiny_vit_checkpoint, write_synthetic_npz
 
+from exporter.errors import ExportVerificationError
 from exporter.vit.checkpoint import load_checkpoint
 from exporter.vit.medmnist import batches, load_medmnist
-from exporter.vit.onnx_export import (
-    ExportOptions,
-    ExportVerificationError,
-    export_vit,
-    verify_against_torch,
-)
+from exporter.vit.onnx_export import ExportOptions, export_vit, verify_against_torch
 from exporter.vit.onnx_graph import block_size_for, build_vit_onnx
 from runtime.package import load_package
 from runtime.vision.ternary_exec import unpack_ternary

@@ -1,4 +1,4 @@
-"""Calibration text: read it (a path, a data-file name, or a slice of one), cut it into windows.
+"""Text for the language models: name it (a spec), read it, turn it into tokens and windows.
 
 A text spec is `PATH_OR_NAME` or `PATH_OR_NAME@A:B`, where A and B are fractions of
 the file's characters: `tinyshakespeare.txt@0:0.9` is its first 90 %, `...@0.9:1`
@@ -7,6 +7,8 @@ the held-out rest. A name that is not an existing file is resolved by
 joined by `+` name one text made of their parts, joined by a blank line
 (`tinyshakespeare.txt@0:0.9+wikitext2_valid.txt@0:0.45`), unless the whole spec is
 itself an existing file.
+
+Training, pruning (calibration and fine-tune text) and evaluation all read text here.
 """
 
 from __future__ import annotations
@@ -17,15 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.hf_checkpoint import CheckpointError
 from runtime.llm.tokenizer import Tokenizer
 
 PART_SEPARATOR = "\n\n"  # between the parts of a text made of several
 _SLICE = re.compile(r"^(?P<path>.+)@(?P<a>\d*\.?\d*):(?P<b>\d*\.?\d*)$")
 
 
-class CalibrationError(ValueError):
-    """The calibration or evaluation text cannot give what was asked of it."""
+class TextError(ValueError):
+    """A text (training, calibration or evaluation) cannot give what was asked of it."""
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,18 @@ class TextSpec:
         start = float(match["a"]) if match["a"] else 0.0
         end = float(match["b"]) if match["b"] else 1.0
         if not 0.0 <= start < end <= 1.0:
-            raise CalibrationError(f"{spec}: slice @A:B needs 0 <= A < B <= 1")
+            raise TextError(f"{spec}: slice @A:B needs 0 <= A < B <= 1")
         return cls(match["path"], start, end)
 
     def cut(self, text: str) -> str:
         """This spec's slice of the whole file's text."""
         return text[round(self.start * len(text)) : round(self.end * len(text))]
+
+    def __str__(self) -> str:
+        """The spec as a user writes it: the path, with @A:B for a slice."""
+        if (self.start, self.end) == (0.0, 1.0):
+            return self.path
+        return f"{self.path}@{self.start}:{self.end}"
 
 
 def resolve_text_path(name: str) -> Path:
@@ -61,42 +68,24 @@ def resolve_text_path(name: str) -> Path:
     return Path(resolve_data_file(name))
 
 
+def read_part(part: TextSpec) -> str:
+    """The characters of one text part: its file (found by name if need be), cut to its slice."""
+    path = resolve_text_path(part.path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TextError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    text = part.cut(text)
+    if not text.strip():
+        raise TextError(f"{part}: the text is empty")
+    return text
+
+
 def read_text(spec: str) -> str:
     """The text a spec names (see the module docstring)."""
     if "+" in spec and not Path(TextSpec.parse(spec).path).expanduser().is_file():
         return PART_SEPARATOR.join(read_text(part) for part in spec.split("+"))
-    parsed = TextSpec.parse(spec)
-    path = resolve_text_path(parsed.path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise CalibrationError(f"{path}: not UTF-8 text ({e})") from e
-    text = parsed.cut(text)
-    if not text.strip():
-        raise CalibrationError(f"{spec}: the text is empty")
-    return text
-
-
-def checkpoint_tokenizer(model_dir: str | Path) -> Tokenizer:
-    """The checkpoint's tokenizer as the runtime will use it after export.
-
-    The BOS rule is the exporter's: prepend BOS exactly when the checkpoint's Hugging
-    Face tokenizer does, so a checkpoint and its package see the same token ids.
-    """
-    from transformers import AutoTokenizer
-
-    from exporter.hf_checkpoint import read_config
-
-    model_dir = Path(model_dir)
-    path = model_dir / "tokenizer.json"
-    if not path.is_file():
-        raise CheckpointError(f"{model_dir}: no tokenizer.json")
-    bos = read_config(model_dir).get("bos_token_id")
-    bare = Tokenizer(path, bos_token_id=bos, add_bos=False)
-    hf = AutoTokenizer.from_pretrained(model_dir)
-    probe = "Hello world"
-    add_bos = bos is not None and hf(probe)["input_ids"] == [bos, *bare.encode(probe)]
-    return Tokenizer(path, bos_token_id=bos, add_bos=add_bos)
+    return read_part(TextSpec.parse(spec))
 
 
 @dataclass(frozen=True)
@@ -125,14 +114,14 @@ def token_windows(stream: TokenStream, seq_len: int, samples: int) -> np.ndarray
     windows gives all it has; one too short for a single window is an error.
     """
     if seq_len < 2:
-        raise CalibrationError(f"sequence length must be >= 2, got {seq_len}")
+        raise TextError(f"sequence length must be >= 2, got {seq_len}")
     if samples < 1:
-        raise CalibrationError(f"sample count must be >= 1, got {samples}")
+        raise TextError(f"sample count must be >= 1, got {samples}")
     bos = stream.bos
     span = seq_len - (bos is not None)
     available = len(stream.ids) // span
     if available == 0:
-        raise CalibrationError(
+        raise TextError(
             f"the text has {len(stream.ids)} tokens, too short for one window of {seq_len} tokens: "
             "give a longer text or a smaller --seq-len"
         )

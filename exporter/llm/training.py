@@ -5,7 +5,7 @@ The recipe, top to bottom:
    10 % is held out. Splitting text rather than tokens keeps the held-out part the same for
    every tokenizer. A corpus of several parts (files or slices FILE@A:B) splits each part
    so, and joins the train parts and the held-out parts with a blank line.
-2. Build the tokenizer (`exporter/lm_tokenizer.py`) and encode both parts to token streams.
+2. Build the tokenizer (`exporter/llm/tokenizer.py`) and encode both parts to token streams.
 3. Train with AdamW, linear warm-up then cosine decay, on windows drawn from the train stream
    by a seeded generator. Every window starts with <s>, as prompts do at generation time.
 4. Report the held-out perplexity (every held-out token predicted once, in consecutive
@@ -25,9 +25,9 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,17 +42,18 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from exporter.lm_presets import LMPreset
-from exporter.lm_tokenizer import TokenizerChoice, build_tokenizer, save_tokenizer
-from exporter.magrip.calibration import PART_SEPARATOR, TextSpec
+from exporter.atomic_dir import AtomicDirectory
+from exporter.llm.presets import ARCHS, LMPreset
+from exporter.llm.tokenizer import TokenizerChoice, build_tokenizer, save_tokenizer
+from exporter.schedule import warmup_cosine
+from exporter.text import PART_SEPARATOR, TextSpec, read_part
 
-ARCHS = ("llama", "gemma")
 TRAIN_FRACTION = 0.9
 EVAL_BATCH = 16  # windows per forward pass when measuring held-out loss
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class LMTrainConfig:
     """Everything one training run depends on; validated by the CLI before it gets here."""
 
     corpus: tuple[TextSpec, ...]  # parts with resolved paths, split 90/10 each
@@ -80,28 +81,89 @@ class TrainConfig:
             raise ValueError(f"--time-budget-s must be positive, got {self.time_budget_s}")
 
 
-def train_lm(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
+def train_lm(config: LMTrainConfig, log: Callable[[str], None] = print) -> dict:
     """Run the whole recipe; return the train report (also written to train_report.json)."""
     _check_out_dir(config.out)
-    parts = [_read_corpus(part) for part in config.corpus]
-    splits = [int(len(text) * TRAIN_FRACTION) for text in parts]
-    train_text = PART_SEPARATOR.join(text[:split] for text, split in zip(parts, splits))
-    heldout_text = PART_SEPARATOR.join(text[split:] for text, split in zip(parts, splits))
-    name = corpus_name(config.corpus)
-
-    tokenizer, specials = build_tokenizer(config.tokenizer, train_text)
+    corpus = _split_corpus(config.corpus)
+    tokenizer, specials = build_tokenizer(config.tokenizer, corpus.train_text)
     ids = specials.ids(tokenizer)
-    train_ids = torch.tensor(tokenizer.encode(train_text, add_special_tokens=False).ids)  # (N,)
-    heldout_ids = torch.tensor(tokenizer.encode(heldout_text, add_special_tokens=False).ids)
+    train_ids, heldout_ids = _encode(tokenizer, corpus, config.preset)  # (N,), (M,)
     vocab_size = tokenizer.get_vocab_size()
     context = config.preset.context_length
+    with _reproducible(config):
+        model = _build_model(config.arch, config.preset, vocab_size, ids).to(config.device)
+        run = _run(model, train_ids.to(config.device), heldout_ids.to(config.device),
+                   ids["bos"], config, log)
+    model.cpu()
+    unigram = unigram_perplexity(train_ids, heldout_ids, vocab_size)
+    report = _report(config, corpus, run, unigram, len(train_ids), vocab_size)
+    log(
+        f"held-out perplexity {run.heldout_ppl:.2f} (unigram baseline {unigram:.2f}), "
+        f"{report['heldout_bits_per_char']} bits/char, {run.steps} steps in {run.seconds:.0f} s"
+    )
+    if report["stopped_early"]:
+        log(f"warning: stopped by --time-budget-s after {run.steps} of {config.steps} steps; "
+            "this checkpoint is not reproducible")
+    _save(config.out, model, tokenizer, specials, context, report)
+    return report
+
+
+@dataclass(frozen=True)
+class _Corpus:
+    """The corpus read and split by characters, part by part."""
+
+    name: str  # as the user named it (corpus_name)
+    parts: list[str]  # each part's text
+    train_text: str  # the first 90 % of every part, joined
+    heldout_text: str  # the last 10 % of every part, joined
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What the training run measured."""
+
+    params: int
+    steps: int  # done, fewer than planned when the time budget stopped it
+    first_loss: float
+    last_loss: float
+    seconds: float
+    heldout_nll: float  # summed over every held-out token, nats
+    heldout_tokens: int
+
+    @property
+    def heldout_ppl(self) -> float:
+        return math.exp(self.heldout_nll / self.heldout_tokens)
+
+
+def _split_corpus(specs: tuple[TextSpec, ...]) -> _Corpus:
+    parts = [read_part(part) for part in specs]
+    splits = [int(len(text) * TRAIN_FRACTION) for text in parts]
+    return _Corpus(
+        name=corpus_name(specs),
+        parts=parts,
+        train_text=PART_SEPARATOR.join(text[:split] for text, split in zip(parts, splits)),
+        heldout_text=PART_SEPARATOR.join(text[split:] for text, split in zip(parts, splits)),
+    )
+
+
+def _encode(tokenizer, corpus: _Corpus, preset: LMPreset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The train and held-out token ids, (N,) and (M,); refused when too short to train."""
+    train_ids = torch.tensor(tokenizer.encode(corpus.train_text, add_special_tokens=False).ids)
+    heldout_ids = torch.tensor(
+        tokenizer.encode(corpus.heldout_text, add_special_tokens=False).ids)
+    context = preset.context_length
     if len(train_ids) < context or len(heldout_ids) == 0:
         raise ValueError(
-            f"{name}: corpus too short: {len(train_ids)} train and {len(heldout_ids)} "
-            f"held-out tokens, preset {config.preset.name!r} needs at least {context} train "
+            f"{corpus.name}: corpus too short: {len(train_ids)} train and {len(heldout_ids)} "
+            f"held-out tokens, preset {preset.name!r} needs at least {context} train "
             "tokens (its context length) and one held-out token"
         )
+    return train_ids, heldout_ids
 
+
+@contextmanager
+def _reproducible(config: LMTrainConfig) -> Iterator[None]:
+    """Seeded, deterministic, on a fixed number of threads; torch's settings come back after."""
     if config.device.startswith("cuda"):
         # cuBLAS is deterministic only with a fixed workspace; it reads this when it starts.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -113,38 +175,46 @@ def train_lm(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
     torch.use_deterministic_algorithms(True)
     try:
         torch.manual_seed(config.seed)
-        model = _build_model(config.arch, config.preset, vocab_size, ids).to(config.device)
-        train_ids, heldout_ids = train_ids.to(config.device), heldout_ids.to(config.device)
-        params = sum(p.numel() for p in model.parameters())
-        log(
-            f"train lm: {config.arch} preset {config.preset.name}, {params / 1e6:.2f} M params, "
-            f"vocab {vocab_size}, {len(train_ids)} train / {len(heldout_ids)} held-out tokens"
-        )
-        started = time.monotonic()
-        steps_done, first_loss, last_loss = _train(model, train_ids, ids["bos"], config, log)
-        train_seconds = time.monotonic() - started
-        heldout_nll = _heldout_nll(model, heldout_ids, ids["bos"], context)  # summed, nats
+        yield
     finally:
         torch.set_num_threads(previous_threads)
         torch.use_deterministic_algorithms(previous_deterministic)
 
-    model.cpu()
-    heldout_ppl = math.exp(heldout_nll / len(heldout_ids))
-    unigram = unigram_perplexity(train_ids.cpu(), heldout_ids.cpu(), vocab_size)
-    report = {
+
+def _run(model, train_ids: torch.Tensor, heldout_ids: torch.Tensor, bos: int,
+         config: LMTrainConfig, log: Callable[[str], None]) -> _Run:
+    """Train, then score every held-out token."""
+    params = sum(p.numel() for p in model.parameters())
+    log(
+        f"train lm: {config.arch} preset {config.preset.name}, {params / 1e6:.2f} M params, "
+        f"vocab {model.config.vocab_size}, {len(train_ids)} train / {len(heldout_ids)} "
+        "held-out tokens"
+    )
+    started = time.monotonic()
+    steps, first_loss, last_loss = _train(model, train_ids, bos, config, log)
+    seconds = time.monotonic() - started
+    heldout_nll = _heldout_nll(model, heldout_ids, bos, config.preset.context_length)
+    return _Run(params, steps, first_loss, last_loss, seconds, heldout_nll, len(heldout_ids))
+
+
+def _report(config: LMTrainConfig, corpus: _Corpus, run: _Run, unigram_ppl: float,
+            train_tokens: int, vocab_size: int) -> dict:
+    """train_report.json: the result beside a unigram baseline, and what it was made from."""
+    return {
         "preset": config.preset.name,
         "arch": config.arch,
-        "params": params,
-        "steps": steps_done,
+        "params": run.params,
+        "steps": run.steps,
         "planned_steps": config.steps,
-        "stopped_early": steps_done < config.steps,
-        "seconds": round(train_seconds, 1),
-        "seconds_per_step": round(train_seconds / steps_done, 3),
-        "heldout_ppl": round(heldout_ppl, 3),
-        "unigram_ppl": round(unigram, 3),
-        "heldout_bits_per_char": round(heldout_nll / math.log(2) / len(heldout_text), 4),
-        "first_train_loss": round(first_loss, 4),
-        "final_train_loss": round(last_loss, 4),
+        "stopped_early": run.steps < config.steps,
+        "seconds": round(run.seconds, 1),
+        "seconds_per_step": round(run.seconds / run.steps, 3),
+        "heldout_ppl": round(run.heldout_ppl, 3),
+        "unigram_ppl": round(unigram_ppl, 3),
+        "heldout_bits_per_char": round(
+            run.heldout_nll / math.log(2) / len(corpus.heldout_text), 4),
+        "first_train_loss": round(run.first_loss, 4),
+        "final_train_loss": round(run.last_loss, 4),
         "seed": config.seed,
         "threads": config.threads,
         "device": config.device,
@@ -154,50 +224,26 @@ def train_lm(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
             "spm_model": str(config.tokenizer.spm_model) if config.tokenizer.spm_model else None,
         },
         "corpus": {
-            "path": name,
+            "path": corpus.name,
             "parts": [
                 {"path": part.path, "slice": [part.start, part.end], "chars": len(text),
                  "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
-                for part, text in zip(config.corpus, parts)
+                for part, text in zip(config.corpus, corpus.parts)
             ],
-            "sha256": hashlib.sha256("".join(parts).encode("utf-8")).hexdigest(),
-            "chars": sum(len(text) for text in parts),
+            "sha256": hashlib.sha256("".join(corpus.parts).encode("utf-8")).hexdigest(),
+            "chars": sum(len(text) for text in corpus.parts),
             "split": "by characters: first 90 % of each part train, last 10 % held out",
-            "train_tokens": len(train_ids),
-            "heldout_tokens": len(heldout_ids),
+            "train_tokens": train_tokens,
+            "heldout_tokens": run.heldout_tokens,
         },
         "preset_config": asdict(config.preset),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
-    log(
-        f"held-out perplexity {heldout_ppl:.2f} (unigram baseline {unigram:.2f}), "
-        f"{report['heldout_bits_per_char']} bits/char, {steps_done} steps in {train_seconds:.0f} s"
-    )
-    if report["stopped_early"]:
-        log(f"warning: stopped by --time-budget-s after {steps_done} of {config.steps} steps; "
-            "this checkpoint is not reproducible")
-    _save(config.out, model, tokenizer, specials, context, report)
-    return report
 
 
 def corpus_name(parts: tuple[TextSpec, ...]) -> str:
-    """The corpus as the user named it: its parts' paths, with @A:B for a slice, joined by +."""
-    whole = (0.0, 1.0)
-    return " + ".join(part.path if (part.start, part.end) == whole
-                      else f"{part.path}@{part.start}:{part.end}" for part in parts)
-
-
-def _read_corpus(part: TextSpec) -> str:
-    """The characters of one corpus part (the whole file, or its slice)."""
-    path = Path(part.path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: corpus is not UTF-8 text ({e.reason} at byte {e.start})") from e
-    text = part.cut(text)
-    if not text.strip():
-        raise ValueError(f"{corpus_name((part,))}: corpus is empty")
-    return text
+    """The corpus as the user named it: its parts' specs (path, @A:B for a slice) joined by +."""
+    return " + ".join(str(part) for part in parts)
 
 
 def _build_model(arch: str, preset: LMPreset, vocab_size: int, ids: dict[str, int]):
@@ -228,15 +274,7 @@ def _build_model(arch: str, preset: LMPreset, vocab_size: int, ids: dict[str, in
     return model
 
 
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up over `warmup` steps, then cosine decay from 1 to `min_ratio`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _train(model, train_ids: torch.Tensor, bos: int, config: TrainConfig, log):
+def _train(model, train_ids: torch.Tensor, bos: int, config: LMTrainConfig, log):
     """Run the optimisation; return (steps done, first loss, last loss)."""
     preset = config.preset
     context, batch = preset.context_length, preset.batch_size
@@ -254,7 +292,8 @@ def _train(model, train_ids: torch.Tensor, bos: int, config: TrainConfig, log):
         foreach=False,
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, warmup, config.steps, preset.min_lr_ratio)
+        optimizer,
+        lambda step: warmup_cosine(step, warmup, config.steps, floor=preset.min_lr_ratio),
     )
     generator = torch.Generator().manual_seed(config.seed)  # on the CPU: same order anywhere
     device = train_ids.device
@@ -324,25 +363,10 @@ def _replaceable(out: Path) -> bool:
 
 
 def _save(out: Path, model, tokenizer, specials, context: int, report: dict) -> None:
-    """Write the checkpoint to a temporary sibling directory and rename it into place."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    try:
-        model.save_pretrained(tmp)  # config.json, model.safetensors, generation_config.json
-        save_tokenizer(tokenizer, specials, tmp, context)
-        (tmp / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    """Write the checkpoint beside `out` and swap it into place (exporter/atomic_dir.py)."""
+    with AtomicDirectory(out) as target:
+        model.save_pretrained(target.dir)  # config.json, model.safetensors, generation_config
+        save_tokenizer(tokenizer, specials, target.dir, context)
+        (target.dir / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
         _check_out_dir(out)  # again: something may have appeared there while we trained
-        if out.exists():
-            out.rename(old)
-        try:
-            tmp.rename(out)
-        except OSError:
-            if old.exists():
-                old.rename(out)  # put the previous checkpoint back
-            raise
-    finally:
-        for leftover in (tmp, old):
-            if leftover.exists():
-                shutil.rmtree(leftover)
+        target.commit()
