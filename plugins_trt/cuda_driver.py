@@ -275,3 +275,12 @@ def stream_synchronize(stream: int) -> None:
 def stream_destroy(stream: int) -> None:
     driver, _ = bindings()
     check(driver.cuStreamDestroy(driver.CUstream(stream)), "cuStreamDestroy")
+
+
+def memcpy_dtod(destination: int, source: int, nbytes: int) -> None:
+    """Copy within device memory, synchronously (ordered after work the caller waited for)."""
+    driver, _ = bindings()
+    ensure_context()  # this thread's: decode steps run on the model's worker threads
+    if nbytes:
+        check(driver.cuMemcpyDtoD(driver.CUdeviceptr(destination), driver.CUdeviceptr(source),
+                                  int(nbytes)), "cuMemcpyDtoD")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends.base import DeviceTensor
+from runtime.backends.device_buffer import BufferView, DeviceBuffer, host_copy
 from runtime.errors import BackendUnavailable, PackageError
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,10 @@ class OnnxRuntimeBackend:
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
             raise PackageError(f"{onnx_path}: onnxruntime cannot load it ({e})") from e
         self.providers = self.session.get_providers()
+        # Where a shared KV buffer lives: on the GPU when the CUDA provider runs the graph
+        # (its GroupQueryAttention then reads and writes it in place), else a host array.
+        self.kv_device = "cuda" if self.providers[0] in GPU_PROVIDERS else "cpu"
+        self.kv_on_device = self.kv_device != "cpu"
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._ort = ort
@@ -96,6 +101,8 @@ class OnnxRuntimeBackend:
         for name, value in feeds.items():
             if isinstance(value, self._ort.OrtValue):
                 binding.bind_ortvalue_input(name, value)
+            elif isinstance(value, BufferView):
+                _bind_view(binding.bind_input, name, value)
             else:
                 binding.bind_cpu_input(name, np.ascontiguousarray(value))
         for name in returned:
@@ -110,9 +117,28 @@ class OnnxRuntimeBackend:
     def _new_binding(self, into: Mapping[str, object]):
         binding = self.session.io_binding()
         for name in self.output_names:
-            if name in into:
+            if name not in into:
+                continue
+            if isinstance(into[name], BufferView):
+                _bind_view(binding.bind_output, name, into[name])
+            else:
                 binding.bind_ortvalue_output(name, into[name])
         return binding
+
+    def allocate(self, shape: tuple[int, ...], dtype=np.float32,
+                 device: str | None = None) -> DeviceBuffer:
+        """A zeroed buffer onnxruntime owns on `device` (default: where the KV buffer lives),
+        bound by address (runtime/backends/device_buffer.py)."""
+        device = device or self.kv_device
+        zeros = np.zeros(shape, dtype=dtype)
+        value = self._ort.OrtValue.ortvalue_from_numpy(zeros, device, 0)
+        if device == "cpu":
+            copy = host_copy
+        else:
+            from plugins_trt import cuda_driver  # cuda-python: copies within device memory
+
+            copy = cuda_driver.memcpy_dtod
+        return DeviceBuffer(value, value.data_ptr(), shape, zeros.dtype, device, 0, copy)
 
     def wrap(self, array: np.ndarray):
         """An OrtValue over the array's memory (CPU): onnxruntime writes land in the array."""
@@ -122,6 +148,11 @@ class OnnxRuntimeBackend:
 
     def to_numpy(self, tensor) -> np.ndarray:
         return tensor.numpy()
+
+
+def _bind_view(bind, name: str, view: BufferView) -> None:
+    """IO binding by address: `bind` is a binding's bind_input or bind_output."""
+    bind(name, view.device, view.device_id, view.dtype, list(view.shape), view.address)
 
 
 class _StepBinding:
@@ -149,9 +180,12 @@ class _StepBinding:
         ort = self.backend._ort
         for name, value in feeds.items():
             held = self.inputs.get(name)
-            if isinstance(value, ort.OrtValue):
+            if isinstance(value, ort.OrtValue | BufferView):
                 if held is not value:
-                    self.binding.bind_ortvalue_input(name, value)
+                    if isinstance(value, BufferView):
+                        _bind_view(self.binding.bind_input, name, value)
+                    else:
+                        self.binding.bind_ortvalue_input(name, value)
                     self.inputs[name] = value
                     self.outputs_bound = False
                 continue

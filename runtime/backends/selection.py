@@ -13,8 +13,11 @@ no hardware, it only reads the package's engine sidecars. By the config's `backe
   auto         the TensorRT engine when one matches this GPU and TensorRT version; else
                onnxruntime's CUDA provider when onnxruntime-gpu is installed and the CUDA
                driver sees a GPU; else onnxruntime's CPU provider
-An LLM package exported with --attention gqa shares one KV buffer in host memory and
-runs on onnxruntime's CPU provider only, whatever was asked (host_buffer_providers).
+An LLM package exported with --attention gqa shares one KV buffer between past and
+present (GroupQueryAttention): it runs on onnxruntime, with the buffer in host memory on
+the CPU provider or in device memory on the CUDA provider (kv_buffer_providers); auto
+takes CUDA when onnxruntime-gpu sees a GPU and cuda-python can copy within device
+memory, else the CPU. No TensorRT engine is built for it.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class BackendHost:
     # (GPU slug, compute capability as 87, TensorRT version): the engine file that fits
     engine_target: tuple[str, int, str] | None = None
     tensorrt_missing: str | None = None  # why no engine can run here at all
+    # why cuda-python cannot copy within device memory (a gqa KV buffer on the GPU needs it)
+    cuda_python_missing: str | None = None
 
     @classmethod
     def from_facts(cls, facts: dict[str, Any]) -> BackendHost:
@@ -63,6 +68,7 @@ class BackendHost:
                 (gpu["slug"], gpu["sm"], trt["version"]) if tensorrt_missing is None else None
             ),
             tensorrt_missing=tensorrt_missing,
+            cuda_python_missing=_cuda_python_missing(facts.get("cuda_python")),
         )
 
     @classmethod
@@ -71,7 +77,14 @@ class BackendHost:
 
         return cls.from_facts({"gpu": host_facts.gpu_facts(),
                                "tensorrt": host_facts.tensorrt_facts(),
-                               "onnxruntime": host_facts.onnxruntime_facts()})
+                               "onnxruntime": host_facts.onnxruntime_facts(),
+                               "cuda_python": host_facts.cuda_python_facts()})
+
+
+def _cuda_python_missing(facts: dict[str, Any] | None) -> str | None:
+    if facts is None:
+        return "cuda-python was not probed"
+    return None if facts["available"] else facts["reason"]
 
 
 @dataclass(frozen=True)
@@ -84,12 +97,8 @@ class BackendChoice:
 def choose_backend(model: Any, package: ModelPackage, host: BackendHost) -> BackendChoice:
     """The backend `model` (a runtime.config.ModelConfig) runs on here, with the reason;
     BackendUnavailable (or PackageError) when what the config asks cannot run here."""
-    if shares_host_kv_buffer(package):
-        providers = host_buffer_providers(package.root, model.backend, model.providers)
-        _need_onnxruntime(host, providers)
-        return BackendChoice("onnxruntime", tuple(providers),
-                             f"{model.backend}: a --attention gqa package keeps its KV buffer in "
-                             "host memory, so it runs on onnxruntime's CPU provider")
+    if shares_kv_buffer(package):
+        return _shared_kv_buffer(model, package, host)
     if model.backend == "tensorrt":
         plan, problem = _engine(package, host)
         if plan is None:
@@ -166,29 +175,56 @@ def _engine_fits(plan: Path, host: BackendHost) -> str:
 
 
 # ---- LLM packages whose KV buffer lives in host memory ------------------------------------
-def shares_host_kv_buffer(package: ModelPackage) -> bool:
+def shares_kv_buffer(package: ModelPackage) -> bool:
     """An LLM package exported with --attention gqa (manifest llm.kv_cache.mode)."""
     llm = package.manifest.get("llm") or {}
     return package.kind == "llm" and (llm.get("kv_cache") or {}).get("mode") == "shared_buffer"
 
 
-def host_buffer_providers(root: Path, backend: str, providers: Sequence[str] | None):
-    """The providers for a shared-KV-buffer package: onnxruntime's CPU provider only.
+KV_BUFFER_PROVIDERS = (CUDA, CPU)  # where GroupQueryAttention updates the buffer in place
 
-    Its KV buffer lives in host memory and is updated in place; a GPU provider would
-    copy it to the device and back each step, and its GroupQueryAttention would no
-    longer see one shared buffer. So "auto" means CPU here, and a GPU request is refused.
+
+def kv_buffer_providers(root: Path, backend: str, providers: Sequence[str] | None) -> list[str]:
+    """The providers for a shared-KV-buffer package: onnxruntime's CUDA or CPU provider.
+
+    The buffer is updated in place by GroupQueryAttention: in host memory on the CPU
+    provider, in device memory on the CUDA provider (runtime/llm/kv_buffer.py). TensorRT
+    has no such layer: a TensorRT engine needs an --attention standard export.
     """
-    advice = ("for a GPU, export with `e2edge export llm --weights fp32|fp16 --attention "
-              "standard` and build a TensorRT engine")
     if backend == "tensorrt":
-        raise PackageError(f"{root}: a --attention gqa package runs on onnxruntime only; "
-                           f"{advice}")
+        raise PackageError(f"{root}: a --attention gqa package runs on onnxruntime (CPU or "
+                           "CUDA provider); for a TensorRT engine, export with `e2edge export "
+                           "llm --attention standard`")
     if not providers or list(providers) == ["auto"]:
         return [CPU]
-    others = [p for p in providers if p != CPU]
+    others = [p for p in providers if p not in KV_BUFFER_PROVIDERS]
     if others:
-        raise PackageError(f"{root}: a --attention gqa package runs on onnxruntime's CPU "
-                           f"provider only (its KV buffer is in host memory), not {others}; "
-                           f"{advice}")
+        raise PackageError(f"{root}: a --attention gqa package runs on onnxruntime's "
+                           f"CUDA or CPU provider, not {others}")
     return list(providers)
+
+
+def _shared_kv_buffer(model: Any, package: ModelPackage, host: BackendHost) -> BackendChoice:
+    """A gqa package: the configured providers, else CUDA when it can run there, else CPU."""
+    providers = kv_buffer_providers(package.root, model.backend, model.providers)
+    if model.providers:
+        _need_onnxruntime(host, providers)
+        where = "device" if providers[0] == CUDA else "host"
+        return BackendChoice("onnxruntime", tuple(providers),
+                             f"{model.backend}: the configured providers; the shared KV "
+                             f"buffer lives in {where} memory")
+    _need_onnxruntime(host, ())
+    if CUDA in host.onnxruntime_providers and host.gpu_name is not None:
+        if host.cuda_python_missing is None:
+            return BackendChoice("onnxruntime", (CUDA, CPU),
+                                 f"{model.backend}: onnxruntime-gpu sees {host.gpu_name}; the "
+                                 "shared KV buffer lives in device memory")
+        gpu = (f"onnxruntime-gpu sees {host.gpu_name}, but {host.cuda_python_missing} "
+               "(it copies within the device KV buffer)")
+    elif CUDA not in host.onnxruntime_providers:
+        gpu = "onnxruntime has no CUDA provider (onnxruntime-gpu is not installed)"
+    else:
+        gpu = f"onnxruntime-gpu is installed but sees no GPU ({host.gpu_missing})"
+    return BackendChoice("onnxruntime", (CPU,), f"{model.backend}: {gpu}; a --attention gqa "
+                         "package runs on onnxruntime's CPU provider, its KV buffer in host "
+                         "memory")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends.base import Backend, create_backend
-from runtime.backends.selection import host_buffer_providers
+from runtime.backends.selection import kv_buffer_providers
 from runtime.errors import InvalidRequest, PackageError
 from runtime.llm.kv_buffer import SharedKVBuffer
 from runtime.llm.sampling import SamplingParams
@@ -118,7 +118,7 @@ class LLMEngine:
             add_bos=bool(llm.get("add_bos_token", False)),
         )
         if DecoderLayout.from_manifest(package.manifest).cache_mode == "shared_buffer":
-            providers = host_buffer_providers(package.root, backend, providers)
+            providers = kv_buffer_providers(package.root, backend, providers)
         runner = create_backend(
             backend, package.onnx_path, threads=threads, providers=providers, package=package
         )

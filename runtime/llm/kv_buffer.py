@@ -1,10 +1,15 @@
 """A preallocated KV cache that past and present share (GroupQueryAttention packages).
 
-One float32 array per layer and part, (slots, kv_heads, capacity, head_dim): slot b
+One float32 buffer per layer and part, (slots, kv_heads, capacity, head_dim): slot b
 holds sequence b's keys/values at positions 0 .. its length - 1. The graph reads the
 past and writes the new positions in place, so a decode step copies no cache at all
-(the concat graph copies the whole cache every step). Slots are rows of one array, so
+(the concat graph copies the whole cache every step). Slots are rows of one buffer, so
 rows 0..B-1 are one contiguous view that a batched decode step runs on.
+
+Where the buffer lives follows the backend: a numpy array on the CPU provider, device
+memory bound by address when onnxruntime's CUDA provider runs the graph
+(`backend.kv_on_device`; runtime/backends/device_buffer.py), so a GPU decode step
+moves no cache between host and device either.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.backends.base import Backend, DeviceTensor, ReusedOutputs
+
+FLOAT32_BYTES = 4
 
 
 class SharedKVBuffer:
@@ -23,14 +30,20 @@ class SharedKVBuffer:
         self.capacity = capacity
         self._backend = backend
         self._names = layout.cache_names()  # (past input, present output)
-        shape = (slots, layout.num_kv_heads, capacity, layout.head_dim)
-        # np.zeros maps untouched pages lazily: memory is used as sequences grow
-        self.arrays = {past: np.zeros(shape, dtype=np.float32) for past, _ in self._names}
+        self._shape = (slots, layout.num_kv_heads, capacity, layout.head_dim)
+        self.on_device = bool(getattr(backend, "kv_on_device", False))
+        if self.on_device:  # (slots, kv_heads, capacity, head_dim) float32 in device memory
+            self.buffers = {past: backend.allocate(self._shape, np.float32)
+                            for past, _ in self._names}
+        else:
+            # np.zeros maps untouched pages lazily: memory is used as sequences grow
+            self.arrays = {past: np.zeros(self._shape, dtype=np.float32)
+                           for past, _ in self._names}
         self._views: dict[tuple[int, int], tuple[dict, dict]] = {}
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays.values())
+        return len(self._names) * int(np.prod(self._shape)) * FLOAT32_BYTES
 
     def bindings(self, first: int, count: int) -> tuple[dict[str, DeviceTensor], dict]:
         """(past feeds, present outputs) over slots first .. first + count - 1."""
@@ -38,13 +51,25 @@ class SharedKVBuffer:
         if key not in self._views:
             if not 0 <= first and first + count <= self.slots:
                 raise ValueError(f"slots {first}..{first + count - 1} outside 0..{self.slots - 1}")
-            tensors = {past: self._backend.wrap(self.arrays[past][first:first + count])
-                       for past, _ in self._names}
+            if self.on_device:
+                tensors = {past: self.buffers[past].rows(first, count) for past, _ in self._names}
+            else:
+                tensors = {past: self._backend.wrap(self.arrays[past][first:first + count])
+                           for past, _ in self._names}
             presents = ReusedOutputs({present: tensors[past] for past, present in self._names})
             self._views[key] = (tensors, presents)
         return self._views[key]
 
     def move(self, source: int, target: int, length: int) -> None:
         """Copy slot `source`'s first `length` positions into slot `target`."""
-        for array in self.arrays.values():
-            array[target, :, :length] = array[source, :, :length]
+        if not self.on_device:
+            for array in self.arrays.values():
+                array[target, :, :length] = array[source, :, :length]
+            return
+        _, heads, capacity, head_dim = self._shape
+        position_bytes = head_dim * FLOAT32_BYTES
+        for buffer in self.buffers.values():
+            for head in range(heads):  # each head's positions are contiguous in its slot
+                offset = (head * capacity) * position_bytes
+                buffer.copy_bytes(source * buffer.row_bytes + offset,
+                                  target * buffer.row_bytes + offset, length * position_bytes)

@@ -121,21 +121,43 @@ def test_onnxruntime_refuses_a_provider_this_box_lacks(package):
         choose_backend(_model("onnxruntime", ("CUDAExecutionProvider",)), package, CPU_BOX)
 
 
-# ---- --attention gqa packages: host memory KV buffer ----------------------------------------
+# ---- --attention gqa packages: one KV buffer, in host or device memory -------------------
 @pytest.mark.parametrize("backend", ["auto", "onnxruntime"])
-def test_a_gqa_package_runs_on_the_cpu_provider_even_with_a_gpu_and_an_engine(tmp_path, backend):
+def test_a_gqa_package_takes_onnxruntime_cuda_with_the_buffer_in_device_memory(tmp_path,
+                                                                               backend):
     package = _with_orin_engine(_package(tmp_path / "gqa", "llm", "shared_buffer"))
-    choice = choose_backend(_model(backend), package, ORIN)
-    assert (choice.name, choice.providers) == ("onnxruntime", ("CPUExecutionProvider",))
-    assert "KV buffer in host memory" in choice.reason
+    choice = choose_backend(_model(backend), package, ORIN)  # an engine is never used for it
+    assert (choice.name, choice.providers) == ("onnxruntime", ("CUDAExecutionProvider",
+                                                               "CPUExecutionProvider"))
+    assert "onnxruntime-gpu sees Orin" in choice.reason and "device memory" in choice.reason
 
 
-def test_a_gqa_package_refuses_tensorrt_and_gpu_providers_with_the_fix(tmp_path):
+def test_a_gqa_package_stays_on_the_cpu_where_the_gpu_path_lacks_a_part(tmp_path):
+    package = _package(tmp_path / "gqa", "llm", "shared_buffer")
+    here = choose_backend(_model("auto"), package, CPU_BOX)
+    assert here.providers == ("CPUExecutionProvider",)
+    assert "onnxruntime-gpu is not installed" in here.reason and "host memory" in here.reason
+    no_copy = BackendHost(onnxruntime_providers=ORIN.onnxruntime_providers, gpu_name="Orin",
+                          cuda_python_missing="cuda-python is not installed")
+    fallback = choose_backend(_model("auto"), package, no_copy)
+    assert fallback.providers == ("CPUExecutionProvider",)
+    assert "cuda-python is not installed" in fallback.reason
+
+
+def test_a_gqa_package_with_configured_providers(tmp_path):
+    package = _package(tmp_path / "gqa", "llm", "shared_buffer")
+    cuda = choose_backend(_model("onnxruntime", ("CUDAExecutionProvider",)), package, ORIN)
+    assert cuda.providers == ("CUDAExecutionProvider",) and "device memory" in cuda.reason
+    with pytest.raises(BackendUnavailable, match="CUDAExecutionProvider"):
+        choose_backend(_model("onnxruntime", ("CUDAExecutionProvider",)), package, CPU_BOX)
+
+
+def test_a_gqa_package_refuses_tensorrt_with_the_fix(tmp_path):
     package = _package(tmp_path / "gqa", "llm", "shared_buffer")
     with pytest.raises(PackageError, match="--attention standard"):
         choose_backend(_model("tensorrt"), package, ORIN)
-    with pytest.raises(PackageError, match="CUDAExecutionProvider"):
-        choose_backend(_model("onnxruntime", ("CUDAExecutionProvider",)), package, ORIN)
+    with pytest.raises(PackageError, match="CUDA or CPU provider, not"):
+        choose_backend(_model("onnxruntime", ("TensorrtExecutionProvider",)), package, ORIN)
 
 
 # ---- the host, from host facts -------------------------------------------------------------

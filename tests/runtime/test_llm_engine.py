@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from runtime.errors import InvalidRequest, PackageError
+from runtime.errors import BackendUnavailable, InvalidRequest, PackageError
 from runtime.llm.engine import LLMEngine
 from runtime.llm.sampling import SamplingParams
 
@@ -95,12 +95,54 @@ def test_decode_steps_reuse_one_io_binding_and_match_fresh_bindings(engine):
     np.testing.assert_array_equal(reused.arrays["past_key_values.0.key"],
                                   fresh.arrays["past_key_values.0.key"])
 
-def test_a_gqa_package_runs_on_the_cpu_provider_and_refuses_a_gpu_one(tiny_llama_package):
+def test_a_gqa_package_takes_the_cuda_provider_and_refuses_tensorrt(tiny_llama_package):
     assert LLMEngine.load(tiny_llama_package).providers == ["CPUExecutionProvider"]
-    with pytest.raises(PackageError, match="CPU provider only.*--attention standard"):
+    # Accepted: without onnxruntime-gpu, the one line says that is what is missing.
+    with pytest.raises(BackendUnavailable, match="onnxruntime-gpu is not installed"):
         LLMEngine.load(tiny_llama_package, providers=["CUDAExecutionProvider"])
-    with pytest.raises(PackageError, match="onnxruntime only"):
+    with pytest.raises(PackageError, match="CUDA or CPU provider, not"):
+        LLMEngine.load(tiny_llama_package, providers=["TensorrtExecutionProvider"])
+    with pytest.raises(PackageError, match="--attention standard"):
         LLMEngine.load(tiny_llama_package, backend="tensorrt")
+
+
+def _kv_bound_by_address(engine: LLMEngine) -> LLMEngine:
+    """The engine with its KV buffers held by onnxruntime and bound by address, as on the
+    CUDA provider; here the address is host memory (device "cpu"), the code path the same."""
+    device = copy.copy(engine)
+    device.backend = copy.copy(engine.backend)
+    device.backend.kv_on_device = True
+    return device
+
+
+def test_a_kv_buffer_bound_by_address_gives_the_same_tokens(engine):
+    device = _kv_bound_by_address(engine)
+    cache = device.empty_cache(capacity=8)
+    assert cache.on_device and not hasattr(cache, "arrays")
+    params = dict(max_new_tokens=24, ignore_eos=True)
+    assert _run(device, "To be, or not", **params)[1] == _run(engine, "To be, or not", **params)[1]
+
+
+def test_continuous_batching_moves_slots_inside_an_address_bound_buffer(engine):
+    """Streams of different lengths leave in turn: the last slot moves into the freed one
+    (copies within the buffer), and every stream still gets its tokens."""
+    from runtime.llm.continuous_batching import ContinuousBatcher
+
+    prompts = ["To be", "The quick brown fox", "Hello", "Once upon a time"]
+    params = [SamplingParams(max_new_tokens=13 + 9 * i, ignore_eos=True) for i in range(4)]
+    alone = [_run(engine, p, **dataclasses.asdict(s))[1] for p, s in zip(prompts, params)]
+    batcher = ContinuousBatcher(_kv_bound_by_address(engine), slots=4, capacity=64)
+    try:
+        assert batcher.buffer.on_device
+        moves = []
+        move = batcher.buffer.move
+        batcher.buffer.move = lambda *args: (moves.append(args), move(*args))
+        streams = [batcher.generate(p, s) for p, s in zip(prompts, params)]
+        together = [[t for e in stream for t in e.token_ids] for stream in streams]
+    finally:
+        batcher.close()
+    assert together == alone
+    assert moves  # the first, shortest stream left slot 0 while the others ran
 
 
 def test_both_graphs_give_the_same_logits(engine, tiny_llama_package_standard):
