@@ -57,13 +57,20 @@ class Backend(Protocol):
         """Copy a kept output to host memory (tests, debugging)."""
         ...
 
+    def input_dtype(self, name: str) -> np.dtype:
+        """The element type the graph takes for input `name`."""
+        ...
 
-def create_backend(name: str, onnx_path, *, threads: int = 0, providers=None, package=None):
-    """Build a backend by name; imports its library only when asked for."""
+
+def create_backend(name: str, onnx_path, *, threads: int = 0, providers=None, package=None,
+                   rewrite=None):
+    """Build a backend by name; imports its library only when asked for. `rewrite`
+    (onnxruntime only) adapts the graph in memory once the providers are known."""
     if name == "onnxruntime":
         from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(onnx_path, threads=threads, providers=providers)
+        return OnnxRuntimeBackend(onnx_path, threads=threads, providers=providers,
+                                  rewrite=rewrite)
     if name == "tensorrt":
         from runtime.backends.tensorrt_backend import TensorRTBackend
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +18,8 @@ log = logging.getLogger(__name__)
 # preferred order when the caller asks for "auto"
 AUTO_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+             "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
 def choose_providers(requested: Sequence[str] | None) -> list[str]:
@@ -60,7 +63,10 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: Path, threads: int = 0, providers: Sequence[str] | None = None):
+    def __init__(self, onnx_path: Path, threads: int = 0, providers: Sequence[str] | None = None,
+                 rewrite: Callable[[Any, list[str]], Any] | None = None):
+        """`rewrite(model, providers)` may return an adapted onnx.ModelProto (external data
+        not loaded: it stays in the package's files), or None to run the file as it is."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -69,8 +75,19 @@ class OnnxRuntimeBackend:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # no warnings about initializers the optimiser folded
         chosen = choose_providers(providers)
+        source: str | bytes = str(onnx_path)
+        if rewrite is not None:
+            import onnx
+
+            adapted = rewrite(onnx.load(str(onnx_path), load_external_data=False), chosen)
+            if adapted is not None:
+                source = adapted.SerializeToString()
+                # From bytes, onnxruntime finds the external weights in the package folder.
+                options.add_session_config_entry(
+                    "session.model_external_initializers_file_folder_path",
+                    str(Path(onnx_path).parent))
         try:
-            self.session = ort.InferenceSession(str(onnx_path), options, providers=chosen)
+            self.session = ort.InferenceSession(source, options, providers=chosen)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
             raise PackageError(f"{onnx_path}: onnxruntime cannot load it ({e})") from e
         self.providers = self.session.get_providers()
@@ -148,6 +165,10 @@ class OnnxRuntimeBackend:
 
     def to_numpy(self, tensor) -> np.ndarray:
         return tensor.numpy()
+
+    def input_dtype(self, name: str) -> np.dtype:
+        (kind,) = [i.type for i in self.session.get_inputs() if i.name == name]
+        return np.dtype(ORT_TYPES[kind])
 
 
 def _bind_view(bind, name: str, view: BufferView) -> None:

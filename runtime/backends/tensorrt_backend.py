@@ -228,6 +228,9 @@ class TensorRTBackend:
         del staged
         return outputs
 
+    def input_dtype(self, name: str) -> np.dtype:
+        return self._dtypes[name]
+
     def max_batch(self, name: str) -> int:
         """The largest first dimension of input `name` that some optimisation profile takes."""
         profiles = range(max(1, self._engine.num_optimization_profiles))

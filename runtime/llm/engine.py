@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ import numpy as np
 from runtime.backends.base import Backend, create_backend
 from runtime.backends.selection import kv_buffer_providers
 from runtime.errors import InvalidRequest, PackageError
+from runtime.llm.gqa_fp16 import fp16_attention
 from runtime.llm.kv_buffer import SharedKVBuffer
 from runtime.llm.sampling import SamplingParams
 from runtime.llm.sequence import GenerationEvent, GenerationStats, SequenceState
@@ -80,6 +82,13 @@ class DecoderLayout:
         return layout
 
 
+def _attention_precision(model, providers: list[str], fp16: bool | None):
+    """The gqa graph as the providers run it: fp16 attention on CUDA (gqa_fp16.py)."""
+    if fp16 is None:
+        fp16 = bool(providers) and providers[0] == "CUDAExecutionProvider"
+    return fp16_attention(model) if fp16 else None
+
+
 class LLMEngine:
     """Generates text from an llm package. generate() may run concurrently from threads."""
 
@@ -107,7 +116,11 @@ class LLMEngine:
         backend: str = "onnxruntime",
         threads: int = 0,
         providers: Sequence[str] | None = None,
+        fp16_attention: bool | None = None,
     ) -> LLMEngine:
+        """`fp16_attention` (gqa packages): GroupQueryAttention and the KV buffer in fp16
+        (runtime/llm/gqa_fp16.py); None = when onnxruntime's CUDA provider runs the graph,
+        whose attention kernel has no fp32 version."""
         package = load_package(package_path)
         if package.kind != "llm":
             raise PackageError(f"{package.root}: kind is {package.kind!r}, not 'llm'")
@@ -117,11 +130,12 @@ class LLMEngine:
             bos_token_id=llm.get("bos_token_id"),
             add_bos=bool(llm.get("add_bos_token", False)),
         )
+        rewrite = None
         if DecoderLayout.from_manifest(package.manifest).cache_mode == "shared_buffer":
             providers = kv_buffer_providers(package.root, backend, providers)
-        runner = create_backend(
-            backend, package.onnx_path, threads=threads, providers=providers, package=package
-        )
+            rewrite = partial(_attention_precision, fp16=fp16_attention)
+        runner = create_backend(backend, package.onnx_path, threads=threads,
+                                providers=providers, package=package, rewrite=rewrite)
         return cls(package, runner, tokenizer)
 
     def close(self) -> None:

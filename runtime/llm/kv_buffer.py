@@ -1,8 +1,9 @@
 """A preallocated KV cache that past and present share (GroupQueryAttention packages).
 
-One float32 buffer per layer and part, (slots, kv_heads, capacity, head_dim): slot b
-holds sequence b's keys/values at positions 0 .. its length - 1. The graph reads the
-past and writes the new positions in place, so a decode step copies no cache at all
+One buffer per layer and part, (slots, kv_heads, capacity, head_dim), float32 (float16
+where the graph's attention runs in fp16, as on the CUDA provider): slot b holds
+sequence b's keys/values at positions 0 .. its length - 1. The graph reads the past
+and writes the new positions in place, so a decode step copies no cache at all
 (the concat graph copies the whole cache every step). Slots are rows of one buffer, so
 rows 0..B-1 are one contiguous view that a batched decode step runs on.
 
@@ -18,8 +19,6 @@ import numpy as np
 
 from runtime.backends.base import Backend, DeviceTensor, ReusedOutputs
 
-FLOAT32_BYTES = 4
-
 
 class SharedKVBuffer:
     def __init__(self, layout, backend: Backend, slots: int, capacity: int):
@@ -31,19 +30,21 @@ class SharedKVBuffer:
         self._backend = backend
         self._names = layout.cache_names()  # (past input, present output)
         self._shape = (slots, layout.num_kv_heads, capacity, layout.head_dim)
+        input_dtype = getattr(backend, "input_dtype", None)
+        self.dtype = np.dtype(input_dtype(self._names[0][0]) if input_dtype else np.float32)
         self.on_device = bool(getattr(backend, "kv_on_device", False))
-        if self.on_device:  # (slots, kv_heads, capacity, head_dim) float32 in device memory
-            self.buffers = {past: backend.allocate(self._shape, np.float32)
+        if self.on_device:  # (slots, kv_heads, capacity, head_dim) in device memory
+            self.buffers = {past: backend.allocate(self._shape, self.dtype)
                             for past, _ in self._names}
         else:
             # np.zeros maps untouched pages lazily: memory is used as sequences grow
-            self.arrays = {past: np.zeros(self._shape, dtype=np.float32)
+            self.arrays = {past: np.zeros(self._shape, dtype=self.dtype)
                            for past, _ in self._names}
         self._views: dict[tuple[int, int], tuple[dict, dict]] = {}
 
     @property
     def nbytes(self) -> int:
-        return len(self._names) * int(np.prod(self._shape)) * FLOAT32_BYTES
+        return len(self._names) * int(np.prod(self._shape)) * self.dtype.itemsize
 
     def bindings(self, first: int, count: int) -> tuple[dict[str, DeviceTensor], dict]:
         """(past feeds, present outputs) over slots first .. first + count - 1."""
@@ -67,7 +68,7 @@ class SharedKVBuffer:
                 array[target, :, :length] = array[source, :, :length]
             return
         _, heads, capacity, head_dim = self._shape
-        position_bytes = head_dim * FLOAT32_BYTES
+        position_bytes = head_dim * self.dtype.itemsize
         for buffer in self.buffers.values():
             for head in range(heads):  # each head's positions are contiguous in its slot
                 offset = (head * capacity) * position_bytes

@@ -274,3 +274,19 @@ def test_runtime_generates_without_importing_torch(tiny_llama_package):
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert "ok ['CPUExecutionProvider']" in result.stdout
+
+
+def test_fp16_attention_as_on_cuda_matches_the_fp32_graph(engine, tiny_llama_package):
+    """The load-time rewrite the CUDA provider gets (its GroupQueryAttention kernel is fp16
+    only), run here on the CPU provider: fp16 KV buffer, logits close to the fp32 graph."""
+    half = LLMEngine.load(tiny_llama_package, fp16_attention=True)
+    cache = half.empty_cache(capacity=32)
+    assert cache.dtype == np.float16 and engine.empty_cache(capacity=32).dtype == np.float32
+    ids = np.asarray([engine.encode("To be, or not to be")])
+    full, _ = engine.forward(ids, 0, engine.empty_cache())
+    rounded, _ = half.forward(ids, 0, cache)
+    assert np.abs(full - rounded).max() <= 2e-3 * np.abs(full).max()
+    params = dict(max_new_tokens=16, ignore_eos=True)
+    tokens = _run(engine, "To be", **params)[1]
+    assert _run(half, "To be", **params)[1] == tokens
+    assert _run(_kv_bound_by_address(half), "To be", **params)[1] == tokens  # as on the GPU
