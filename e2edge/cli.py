@@ -63,7 +63,18 @@ def _import_command(module_name: str):
         raise
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_named(argv: Sequence[str]) -> str | None:
+    """The command path that `argv` starts with ("bench kernels"), if it names one."""
+    words = [word for word in argv if not word.startswith("-")][:2]
+    for count in (2, 1):
+        if " ".join(words[:count]) in COMMANDS:
+            return " ".join(words[:count])
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of the command `only` (its module alone is
+    imported: `e2edge bench kernels` on a GPU box's bare Python needs no grpc or yaml)."""
     parser = argparse.ArgumentParser(
         prog="e2edge", description="Energy-efficient edge AI for NVIDIA Jetson."
     )
@@ -73,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
     for path, module_name in COMMANDS.items():
+        if only is not None and path != only:
+            continue
         module = _import_command(module_name)
         if module is None:
             continue
@@ -98,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(only=command_named(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING,

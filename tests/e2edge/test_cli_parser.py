@@ -31,3 +31,18 @@ def test_the_client_default_target_is_the_daemon_default_listen_address():
     from runtime.config import DEFAULT_LISTEN
 
     assert DEFAULT_TARGET == CLIENT_DEFAULT == DEFAULT_LISTEN
+
+
+def test_one_command_builds_only_its_own_parser():
+    """`e2edge bench kernels` runs on a GPU box's own Python (torch, cuda-python, numpy):
+    naming a command imports its module alone, not grpc or yaml for the others."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "e2edge.cli", "bench",
+                             "kernels", "--help"], capture_output=True, text=True, check=True)
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "usage: e2edge bench kernels" in result.stdout
+    assert not {"grpc", "yaml", "torch"} & imported
+    assert "e2edge.bench.kernel_cases" in imported  # its own module and what it needs
