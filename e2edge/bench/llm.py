@@ -1,29 +1,35 @@
 """Benchmark LLM prefill/decode tokens/s against onnxruntime-genai, transformers and the roofline.
 
     e2edge bench llm --package PKG [--compare-ortgenai CKPT] [--compare-hf CKPT]
+                     [--threads N] [--rounds 3] [--runs 5] [--same-process-check]
                      [--streams 1,4,8] [--json] [--out FILE]
 
-Everything below is measured in one run and written into one JSON result:
+Everything below is measured in one run and written into one JSON result. Every side
+runs at the same explicit thread count (--threads, default this machine's cores; the
+JSON records it), each in a process of its own, rounds alternating between sides
+(llm_sides.py has why); a side's figure is the median over every timed run of every
+round, with its spread.
 
-- e2edge: this runtime in-process, batch 1, the same --prompt-tokens prompt ids for
-  every side, greedy decoding of exactly --new-tokens tokens (EOS ignored), one
-  warm-up run, then the median of --runs. prefill tokens/s = prompt tokens / prompt
-  forward pass; decode tokens/s = (new tokens - 1) / (first token -> last token).
+- e2edge: this runtime, batch 1, the same --prompt-tokens prompt ids for every side,
+  greedy decoding of exactly --new-tokens tokens (EOS ignored), one warm-up run, then
+  --runs timed runs per round. prefill tokens/s = prompt tokens / prompt forward pass;
+  decode tokens/s = (new tokens - 1) / (first token -> last token).
 - --compare-ortgenai CKPT: onnxruntime-genai on a model its own builder makes from
   the Hugging Face checkpoint CKPT at the package's precision (fp32, int4 or int8,
   with the package's block size and accuracy level), cached in
-  ~/.cache/e2edge/ortgenai so later runs skip the build; timed the same way. Its
-  first 16 greedy tokens are compared with the runtime's (greedy_tokens_match:
-  they must agree for fp32; quantised builds may drift apart).
+  ~/.cache/e2edge/ortgenai so later runs skip the build; timed the same way, its
+  intra_op_num_threads set to the bench's threads. Its first 16 greedy tokens are
+  compared with the runtime's (greedy_tokens_match: they must agree for fp32).
+  --same-process-check also alternates both run by run in this process
+  (same_process.py) and reports how its speed-up agrees with the bench's.
 - --compare-hf CKPT: transformers' eager generate on the checkpoint.
 - memory bandwidth: a --threads-thread copy of a 1 GiB buffer (read + write bytes
   counted, STREAM copy); roofline tokens/s = bandwidth / bytes read per decoded
   token (every weight once: the package's weight bytes less the tables it only
-  gathers one row from, such as an untied fp32 embedding); fraction_of_roofline of
-  each side. Decoding only reads, so the read ceiling is measured too: the rate a
-  BLAS matrix-vector product streams a matrix as large as the copy's buffer;
-  read_ceiling_tokens_per_s = that rate / bytes per token, and
-  fraction_of_read_ceiling of each side.
+  gathers one row from, such as an untied fp32 embedding). Decoding only reads, so
+  the read ceiling is the best of three readers (read_ceiling.py: a reduction, the
+  BLAS GEMV, onnxruntime's MatMul GEMV); a side above it gets no fraction and the
+  JSON says the ceiling was under-measured.
 - --streams 1,4,8: aggregate decode tokens/s of N concurrent Generate streams
   through a real `e2edge serve` child process, and each N's speed-up over 1.
 """
@@ -31,11 +37,12 @@ Everything below is measured in one run and written into one JSON result:
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
 import sys
 import time
 from pathlib import Path
 
+from e2edge.bench.llm_runs import summarise_runs, timed_runs
 from e2edge.bench.result_file import save_result
 
 PROMPT_TEXT = (
@@ -55,9 +62,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default); '' or 0 skips it")
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens per run (>= 2)")
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per side (median)")
+    parser.add_argument("--runs", type=int, default=5,
+                        help="timed runs per side and round (after one warm-up run)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds; each runs every side once, in a process of its own, "
+                             "sides alternating (default 3)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="threads of every side and of the bandwidth copy; 0 = all cores")
+                        help="intra-op threads of every side and of the bandwidth readers; "
+                             "0 = this machine's cores (the JSON records the number)")
+    parser.add_argument("--same-process-check", action="store_true",
+                        help="also alternate e2edge and onnxruntime-genai run by run in one "
+                             "process (spinning off, a pause between sides) and report how "
+                             "its speed-up agrees with the bench's")
     parser.add_argument("--bandwidth-mib", type=int, default=1024,
                         help="buffer of the memory-bandwidth copy (default 1024); 0 skips it")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -69,19 +85,28 @@ def prompt_ids(encode, vocab_size: int, length: int) -> list[int]:
     return [t % vocab_size for t in ids]
 
 
-def bench_runtime(package: str, ids: list[int], new_tokens: int, runs: int, threads: int):
-    from runtime.llm.engine import LLMEngine
-    from runtime.llm.sampling import SamplingParams
+class RuntimeSide:
+    """This runtime on a package, one greedy run at a time."""
 
-    engine = LLMEngine.load(package, threads=threads)
-    params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
-    results = []
-    for _ in range(runs + 1):  # the first run is the warm-up
-        events = list(engine.generate(ids, params))
+    def __init__(self, package: str, ids: list[int], new_tokens: int, threads: int):
+        from runtime.llm.engine import LLMEngine
+        from runtime.llm.sampling import SamplingParams
+
+        self.engine = LLMEngine.load(package, threads=threads)
+        self.params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
+        self.ids = ids
+        self.executor = self.engine.providers
+
+    def run_once(self) -> tuple[float, float, list[int]]:
+        """(prefill tokens/s, decode tokens/s, the generated ids) of one greedy run."""
+        events = list(self.engine.generate(self.ids, self.params))
         stats = events[-1].stats
-        results.append((len(ids) / stats.prefill_s, stats.decode_tokens_per_s))
         tokens = [t for event in events for t in event.token_ids]
-    return {**summarise_runs(results[1:], engine.providers), "token_ids": tokens}
+        return len(self.ids) / stats.prefill_s, stats.decode_tokens_per_s, tokens
+
+
+def bench_runtime(package: str, ids: list[int], new_tokens: int, runs: int, threads: int):
+    return timed_runs(RuntimeSide(package, ids, new_tokens, threads), runs)
 
 
 def bench_transformers(model_dir: str, ids: list[int], new_tokens: int, runs: int, threads: int):
@@ -126,16 +151,6 @@ class _TimingStreamer:
         pass
 
 
-def summarise_runs(results: list[tuple[float, float]], executor: list[str]) -> dict:
-    """(prefill tokens/s, decode tokens/s) of each timed run -> medians, and the runs."""
-    return {
-        "executor": executor,
-        "prefill_tokens_per_s": round(statistics.median(r[0] for r in results), 1),
-        "decode_tokens_per_s": round(statistics.median(r[1] for r in results), 1),
-        "decode_runs": [round(r[1], 1) for r in results],
-    }
-
-
 def _speedups(result: dict, side: str, suffix: str) -> None:
     """e2edge / `side` for decode and prefill, as result[...speedup_vs_<suffix>]."""
     for phase in ("decode", "prefill"):
@@ -145,19 +160,22 @@ def _speedups(result: dict, side: str, suffix: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from e2edge.bench.llm_sides import SideJob, run_alternating
     from e2edge.bench.llm_streams import bench_streams, parse_streams
     from e2edge.bench.memory_bandwidth import (
         bytes_read_per_token,
         measure_copy_bandwidth,
-        measure_read_bandwidth,
         roofline_tokens_per_s,
     )
+    from e2edge.bench.read_ceiling import fraction_of_ceiling, measure_read_ceiling
     from runtime.host_facts import machine_facts
     from runtime.llm.tokenizer import Tokenizer
     from runtime.package import load_package
 
-    if args.new_tokens < 2 or args.runs < 1 or args.bandwidth_mib < 0:
-        raise ValueError("--new-tokens must be >= 2, --runs >= 1 and --bandwidth-mib >= 0")
+    if args.new_tokens < 2 or args.runs < 1 or args.rounds < 1 or args.bandwidth_mib < 0:
+        raise ValueError("--new-tokens must be >= 2, --runs and --rounds >= 1 and "
+                         "--bandwidth-mib >= 0")
+    threads = args.threads or os.cpu_count() or 1  # every side gets the same, written down
     streams = parse_streams(args.streams)
     if args.compare_ortgenai:  # fail before the long measurements, not after them
         from e2edge.bench.ortgenai import checkpoint_files, import_ortgenai
@@ -180,60 +198,56 @@ def run(args: argparse.Namespace) -> int:
         "prompt_tokens": len(ids),
         "new_tokens": args.new_tokens,
         "runs": args.runs,
-        "threads": args.threads,
+        "rounds": args.rounds,
+        "threads": threads,
+        "method": "each side in its own process per round, sides alternating, the same "
+                  "explicit thread count; medians over every timed run of every round",
     }
-    # The copy first, while no onnxruntime thread pool of this process is spinning.
-    bandwidth = None
+    # Bandwidth first, while no onnxruntime thread pool of this process exists.
+    bandwidth = read = None
     if args.bandwidth_mib:
-        bandwidth = measure_copy_bandwidth(args.threads, args.bandwidth_mib << 20)
+        bandwidth = measure_copy_bandwidth(threads, args.bandwidth_mib << 20)
         result["memory_bandwidth"] = bandwidth.to_json()
-        read = measure_read_bandwidth(args.threads, args.bandwidth_mib << 20)
-        result["read_bandwidth"] = read.to_json()
-    result["e2edge"] = bench_runtime(args.package, ids, args.new_tokens, args.runs, args.threads)
+        read, readers = measure_read_ceiling(threads, args.bandwidth_mib << 20)
+        result["read_bandwidth"] = {**read.to_json(), "readers": readers}
+    jobs = [SideJob("e2edge", str(package.root), tuple(ids), args.new_tokens, args.runs,
+                    threads)]
+    if args.compare_ortgenai:
+        jobs.append(SideJob("ortgenai", args.compare_ortgenai, tuple(ids), args.new_tokens,
+                            args.runs, threads, quantization))
+    if args.compare_hf:
+        jobs.append(SideJob("transformers_eager", args.compare_hf, tuple(ids), args.new_tokens,
+                            args.runs, threads))
+    result.update(run_alternating(jobs, args.rounds))
     ours = result["e2edge"].pop("token_ids")
     result["e2edge"]["first_token_ids"] = ours[:GREEDY_COMPARED]
-    if args.compare_ortgenai:
-        from e2edge.bench.ortgenai import bench_ortgenai, compare_greedy
+    if "ortgenai" in result and "skipped" not in result["ortgenai"]:
+        from e2edge.bench.ortgenai import compare_greedy
 
-        peer = bench_ortgenai(args.compare_ortgenai, quantization, ids, args.new_tokens,
-                              args.runs, args.threads)
-        result["ortgenai"] = peer
-        if "skipped" not in peer:
-            theirs = peer.pop("token_ids")
-            peer["first_token_ids"] = theirs[:GREEDY_COMPARED]
-            peer.update(compare_greedy(ours, theirs, GREEDY_COMPARED))
-            _speedups(result, "ortgenai", "ortgenai")
-    if args.compare_hf:
-        result["transformers_eager"] = bench_transformers(
-            args.compare_hf, ids, args.new_tokens, args.runs, args.threads)
+        peer = result["ortgenai"]
+        theirs = peer.pop("token_ids")
+        peer["first_token_ids"] = theirs[:GREEDY_COMPARED]
+        peer.update(compare_greedy(ours, theirs, GREEDY_COMPARED))
+        _speedups(result, "ortgenai", "ortgenai")
+        if args.same_process_check:
+            from e2edge.bench.same_process import alternate_in_one_process
+
+            check = alternate_in_one_process(
+                str(package.root), args.compare_ortgenai, quantization, ids, args.new_tokens,
+                args.runs * args.rounds, threads)
+            check["bench_decode_speedup"] = result["decode_speedup_vs_ortgenai"]
+            check["agreement"] = round(check["decode_speedup"]
+                                       / result["decode_speedup_vs_ortgenai"], 3)
+            result["same_process_check"] = check
+    if "transformers_eager" in result:
+        result["transformers_eager"].pop("token_ids", None)
         _speedups(result, "transformers_eager", "transformers")
     if bandwidth is not None:
-        weight_bytes = package.manifest["weight_bytes"]
-        per_token, tables = bytes_read_per_token(package.onnx_path, weight_bytes)
-        roofline = roofline_tokens_per_s(bandwidth, per_token)
-        result["roofline"] = {
-            "bytes_per_token": per_token,
-            "bytes_per_token_source": "the package's weight_bytes less the gather-only tables, "
-                                      "of which a decode step reads one row each",
-            "gather_only_tables": tables,
-            "weight_bytes": weight_bytes,
-            "bandwidth_gb_s": bandwidth.to_json()["best_gb_s"],
-            "weight_bytes_roofline_tokens_per_s": round(
-                roofline_tokens_per_s(bandwidth, weight_bytes), 1),
-        }
-        result["roofline_tokens_per_s"] = round(roofline, 1)
-        # What a decode that only streamed its weights could reach at the GEMV's read rate.
-        read_ceiling = roofline_tokens_per_s(read, per_token)
-        result["roofline"]["read_gb_s"] = read.to_json()["best_gb_s"]
-        result["read_ceiling_tokens_per_s"] = round(read_ceiling, 1)
-        for side in ("e2edge", "ortgenai", "transformers_eager"):
-            if side in result and "decode_tokens_per_s" in result[side]:
-                decode = result[side]["decode_tokens_per_s"]
-                result[side]["fraction_of_roofline"] = round(decode / roofline, 3)
-                result[side]["fraction_of_read_ceiling"] = round(decode / read_ceiling, 3)
+        _ceilings(result, package, bandwidth, read, bytes_read_per_token, roofline_tokens_per_s,
+                  fraction_of_ceiling)
     if streams:
         result["streams"] = bench_streams(package.root, ids, args.new_tokens, args.runs,
-                                          args.threads, streams)
+                                          threads, streams)
     text = save_result(result, args.out)
     if args.json:
         print(text)
@@ -242,21 +256,56 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ceilings(result, package, bandwidth, read, bytes_read_per_token, roofline_tokens_per_s,
+              fraction_of_ceiling) -> None:
+    """The roofline (copy bandwidth) and the read ceiling, and each side's share of them."""
+    weight_bytes = package.manifest["weight_bytes"]
+    per_token, tables = bytes_read_per_token(package.onnx_path, weight_bytes)
+    roofline = roofline_tokens_per_s(bandwidth, per_token)
+    read_ceiling = roofline_tokens_per_s(read, per_token)
+    result["roofline"] = {
+        "bytes_per_token": per_token,
+        "bytes_per_token_source": "the package's weight_bytes less the gather-only tables, "
+                                  "of which a decode step reads one row each",
+        "gather_only_tables": tables,
+        "weight_bytes": weight_bytes,
+        "bandwidth_gb_s": bandwidth.to_json()["best_gb_s"],
+        "weight_bytes_roofline_tokens_per_s": round(
+            roofline_tokens_per_s(bandwidth, weight_bytes), 1),
+        "read_gb_s": read.to_json()["best_gb_s"],
+    }
+    result["roofline_tokens_per_s"] = round(roofline, 1)
+    # What a decode that only streamed its weights could reach at the best reader's rate.
+    result["read_ceiling_tokens_per_s"] = round(read_ceiling, 1)
+    for side in ("e2edge", "ortgenai", "transformers_eager"):
+        if side in result and "decode_tokens_per_s" in result[side]:
+            decode = result[side]["decode_tokens_per_s"]
+            result[side]["fraction_of_roofline"] = round(decode / roofline, 3)
+            result[side].update(fraction_of_ceiling(decode, read_ceiling))
+
+
 def print_table(result: dict, out) -> None:
     rows = [(name, result[key]) for key, name in (
         ("e2edge", "e2edge"), ("ortgenai", "onnxruntime-genai"),
         ("transformers_eager", "transformers eager"),
     ) if key in result and "decode_tokens_per_s" in result[key]]
-    print(f"{'':20s} {'prefill tok/s':>14s} {'decode tok/s':>13s} {'of roofline':>12s} "
-          f"{'of read ceiling':>16s}", file=out)
+    print(f"{result['threads']} threads on every side; {result['rounds']} rounds, each side in "
+          f"its own process, alternating; medians of every timed run", file=out)
+    print(f"{'':20s} {'prefill tok/s':>14s} {'decode tok/s':>13s} {'spread':>8s} "
+          f"{'of roofline':>12s} {'of read ceiling':>16s}", file=out)
 
     def share(fraction: float | None, width: int) -> str:
         return f"{100 * fraction:{width - 1}.1f}%" if fraction is not None else "-".rjust(width)
 
     for name, r in rows:
+        spread = r.get("decode_spread", {}).get("relative")
         print(f"{name:20s} {r['prefill_tokens_per_s']:14.1f} {r['decode_tokens_per_s']:13.1f} "
-              f"{share(r.get('fraction_of_roofline'), 12)} "
+              f"{share(spread, 8)} {share(r.get('fraction_of_roofline'), 12)} "
               f"{share(r.get('fraction_of_read_ceiling'), 16)}", file=out)
+        if r.get("read_ceiling_under_measured"):
+            print(f"  {name} decodes at {r['above_read_ceiling_by']}x the measured read "
+                  f"ceiling: the ceiling was under-measured on this host, no fraction given",
+                  file=out)
     if "skipped" in result.get("ortgenai", {}):
         print(f"onnxruntime-genai skipped: {result['ortgenai']['skipped']}", file=out)
     if "greedy_tokens_match" in result.get("ortgenai", {}):
@@ -265,6 +314,10 @@ def print_table(result: dict, out) -> None:
                    else f"differ from token {peer['greedy_first_mismatch']}")
         print(f"greedy tokens vs onnxruntime-genai ({peer['greedy_tokens_compared']}): {verdict}",
               file=out)
+    check = result.get("same_process_check")
+    if check and "skipped" not in check:
+        print(f"same-process alternating check: decode speed-up {check['decode_speedup']}x "
+              f"(the bench's / the check's: {check['agreement']})", file=out)
     for suffix, name in (("ortgenai", "onnxruntime-genai"), ("transformers", "transformers")):
         if f"decode_speedup_vs_{suffix}" in result:
             print(f"decode speed-up vs {name}: {result[f'decode_speedup_vs_{suffix}']}x, prefill "

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from e2edge.bench.llm import summarise_runs
+from e2edge.bench.llm_runs import timed_runs
 from e2edge.data import cache_dir
 
 # The package's manifest `quantization.weights` -> the builder's `-p`. The builder's
@@ -129,37 +129,33 @@ def build_model(checkpoint: str | Path, arguments: list[str], version: str) -> t
     return target, {**facts, "cached": False, "build_s": round(build_s, 1)}
 
 
-def bench_ortgenai(checkpoint: str | Path, quantization: dict | None, ids: list[int],
-                   new_tokens: int, runs: int, threads: int) -> dict:
-    """Prefill/decode tokens/s of onnxruntime-genai on `checkpoint`, plus its greedy tokens.
+class OrtGenaiSide:
+    """onnxruntime-genai on the model its builder made from `checkpoint`, one run at a time."""
 
-    Raises RuntimeError when onnxruntime-genai is missing or its build fails; returns
-    {"skipped": why} when the package's precision has no onnxruntime-genai CPU peer.
-    """
-    import numpy as np
-    import onnxruntime
+    def __init__(self, model_dir: Path, ids: list[int], new_tokens: int, threads: int):
+        import numpy as np
+        import onnxruntime
 
-    og = import_ortgenai()
-    arguments, why_not = builder_arguments(quantization)
-    if arguments is None:
-        return {"skipped": why_not}
-    model_dir, facts = build_model(checkpoint, arguments, og.__version__)
-    config = og.Config(str(model_dir))
-    if threads:
-        config.overlay(json.dumps(
+        og = import_ortgenai()
+        config = og.Config(str(model_dir))
+        config.overlay(json.dumps(  # the bench's thread count, not onnxruntime's default
             {"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}
         ))
-    model = og.Model(config)
-    params = og.GeneratorParams(model)
-    total = len(ids) + new_tokens
-    # min_length = max_length: EOS cannot end a run early, as the runtime's ignore_eos.
-    params.set_search_options(max_length=total, min_length=total, do_sample=False)
-    prompt = np.asarray(ids, dtype=np.int32)  # (P,) int32
-    results = []
-    for _ in range(runs + 1):  # the first run is the warm-up
-        generator = og.Generator(model, params)
+        self.og = og
+        self.model = og.Model(config)
+        self.params = og.GeneratorParams(self.model)
+        total = len(ids) + new_tokens
+        # min_length = max_length: EOS cannot end a run early, as the runtime's ignore_eos.
+        self.params.set_search_options(max_length=total, min_length=total, do_sample=False)
+        self.prompt = np.asarray(ids, dtype=np.int32)  # (P,) int32
+        self.new_tokens = new_tokens
+        self.executor = [f"onnxruntime-genai {og.__version__} "
+                         f"(onnxruntime {onnxruntime.__version__})"]
+
+    def run_once(self) -> tuple[float, float, list[int]]:
+        generator = self.og.Generator(self.model, self.params)
         start = time.perf_counter()
-        generator.append_tokens(prompt)
+        generator.append_tokens(self.prompt)
         generator.generate_next_token()
         first = time.perf_counter()
         produced = 1
@@ -167,17 +163,32 @@ def bench_ortgenai(checkpoint: str | Path, quantization: dict | None, ids: list[
             generator.generate_next_token()
             produced += 1
         decode_s = time.perf_counter() - first
-        if produced != new_tokens:
-            raise RuntimeError(f"onnxruntime-genai produced {produced} tokens, not {new_tokens}")
-        results.append((len(ids) / (first - start), (produced - 1) / decode_s))
-        tokens = [int(t) for t in generator.get_sequence(0)[len(ids):]]
-    executor = [f"onnxruntime-genai {og.__version__} (onnxruntime {onnxruntime.__version__})"]
+        if produced != self.new_tokens:
+            raise RuntimeError(f"onnxruntime-genai produced {produced} tokens, "
+                               f"not {self.new_tokens}")
+        tokens = [int(t) for t in generator.get_sequence(0)[len(self.prompt):]]
+        return len(self.prompt) / (first - start), (produced - 1) / decode_s, tokens
+
+
+def bench_ortgenai(checkpoint: str | Path, quantization: dict | None, ids: list[int],
+                   new_tokens: int, runs: int, threads: int) -> dict:
+    """Prefill/decode tokens/s of onnxruntime-genai on `checkpoint`, plus its greedy tokens.
+
+    Raises RuntimeError when onnxruntime-genai is missing or its build fails; returns
+    {"skipped": why} when the package's precision has no onnxruntime-genai CPU peer.
+    """
+    og = import_ortgenai()
+    arguments, why_not = builder_arguments(quantization)
+    if arguments is None:
+        return {"skipped": why_not}
+    model_dir, facts = build_model(checkpoint, arguments, og.__version__)
+    result = timed_runs(OrtGenaiSide(model_dir, ids, new_tokens, threads), runs)
     facts = {
         "precision": arguments[1],
         **facts,
         "weight_bytes": sum(f.stat().st_size for f in model_dir.glob("*.onnx*")),
     }
-    return {**summarise_runs(results[1:], executor), **facts, "token_ids": tokens}
+    return {**result, **facts}
 
 
 def compare_greedy(ours: list[int], theirs: list[int], count: int = 16) -> dict:

@@ -38,7 +38,8 @@ def _bench(package: Path, cache: Path, *extra: str) -> tuple[dict, str]:
     out = cache.parent / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "e2edge.cli", "bench", "llm", "--package", str(package),
-         "--runs", "1", "--new-tokens", "16", "--prompt-tokens", "12", "--out", str(out),
+         "--runs", "1", "--rounds", "2", "--new-tokens", "16", "--prompt-tokens", "12",
+         "--threads", "2", "--out", str(out),
          *extra],
         capture_output=True, text=True, timeout=200,
         env={**os.environ, "E2EDGE_CACHE_DIR": str(cache)},
@@ -51,10 +52,20 @@ def test_bench_llm_against_ortgenai_roofline_and_streams(tiny_llama_package,
                                                          tiny_llama_checkpoint, tmp_path):
     cache = tmp_path / "cache"
     report, table = _bench(tiny_llama_package, cache, "--compare-ortgenai",
-                           str(tiny_llama_checkpoint), "--streams", "1,2")
+                           str(tiny_llama_checkpoint), "--streams", "1,2",
+                           "--same-process-check")
     ours, peer = report["e2edge"], report["ortgenai"]
-    for side in (ours, peer):
+    assert report["threads"] == 2 and report["rounds"] == 2
+    for side in (ours, peer):  # each side: the same threads, two rounds of one timed run
         assert side["prefill_tokens_per_s"] > 0 and side["decode_tokens_per_s"] > 0
+        assert side["threads"] == 2 and side["rounds"] == 2 and len(side["decode_runs"]) == 2
+        spread = side["decode_spread"]
+        assert spread["min"] <= side["decode_tokens_per_s"] <= spread["max"]
+        assert len(spread["round_medians"]) == 2
+    check = report["same_process_check"]
+    assert check["threads"] == 2 and check["decode_speedup"] > 0
+    assert check["agreement"] == pytest.approx(
+        check["decode_speedup"] / report["decode_speedup_vs_ortgenai"], abs=1e-3)
     # The same random fp32 model on both sides: greedy decoding must agree exactly.
     assert peer["precision"] == "fp32"
     assert peer["greedy_tokens_match"] is True and peer["greedy_first_mismatch"] is None
@@ -81,9 +92,12 @@ def test_bench_llm_against_ortgenai_roofline_and_streams(tiny_llama_package,
         bandwidth["best_gb_s"] * 1e9 / roofline["bytes_per_token"], rel=1e-3)
     assert ours["fraction_of_roofline"] == pytest.approx(
         ours["decode_tokens_per_s"] / report["roofline_tokens_per_s"], abs=1e-3)
-    # The read ceiling: a GEMV's weight-streaming rate over the same bytes per token.
+    # The read ceiling: the best reader's weight-streaming rate over the same bytes per token.
     read = report["read_bandwidth"]
     assert read["best_gb_s"] == roofline["read_gb_s"] and "read once" in read["counted"]
+    readers = read["readers"]
+    assert set(readers) == {"reduction", "blas_gemv", "ort_gemv"}
+    assert read["best_gb_s"] == max(r["best_gb_s"] for r in readers.values() if "best_gb_s" in r)
     assert report["read_ceiling_tokens_per_s"] == pytest.approx(
         read["best_gb_s"] * 1e9 / roofline["bytes_per_token"], rel=1e-3)
     assert ours["fraction_of_read_ceiling"] == pytest.approx(
@@ -251,3 +265,36 @@ def test_an_fp16_packages_bytes_per_token_count_its_weights_as_onnxruntime_folds
     # the CPU provider widens the fp16 matrices once at load: a decode step reads fp32
     # bytes; only the untied embedding's one gathered row stays fp16 (hidden 64: 128 B less)
     assert per_token["fp16"] == per_token["fp32"] - 64 * 2
+
+
+def test_a_side_above_the_read_ceiling_gets_no_fraction():
+    from e2edge.bench.read_ceiling import fraction_of_ceiling
+
+    assert fraction_of_ceiling(80.0, 100.0) == {"fraction_of_read_ceiling": 0.8}
+    above = fraction_of_ceiling(180.0, 100.0)
+    assert above["fraction_of_read_ceiling"] is None and above["read_ceiling_under_measured"]
+    assert above["above_read_ceiling_by"] == 1.8
+
+
+def test_rounds_merge_into_medians_over_every_run():
+    from e2edge.bench.llm_sides import merge_rounds
+
+    rounds = [{"executor": ["x"], "decode_tokens_per_s": 10.0, "prefill_tokens_per_s": 50.0,
+               "decode_runs": [9.0, 10.0, 11.0], "prefill_runs": [50.0, 50.0, 50.0]},
+              {"executor": ["x"], "decode_tokens_per_s": 20.0, "prefill_tokens_per_s": 60.0,
+               "decode_runs": [20.0, 20.0, 21.0], "prefill_runs": [60.0, 60.0, 60.0]}]
+    merged = merge_rounds(rounds, threads=4)
+    assert merged["threads"] == 4 and merged["rounds"] == 2
+    assert merged["decode_tokens_per_s"] == 15.5 and merged["prefill_tokens_per_s"] == 55.0
+    assert merged["decode_spread"] == {"min": 9.0, "max": 21.0, "relative": 0.774,
+                                       "round_medians": [10.0, 20.0]}
+    assert merge_rounds([{"skipped": "fp16"}], threads=4) == {"skipped": "fp16"}
+
+
+def test_the_read_ceiling_is_the_best_reader():
+    from e2edge.bench.read_ceiling import measure_read_ceiling
+
+    best, readers = measure_read_ceiling(threads=1, buffer_bytes=32 << 20, repeats=2)
+    rates = {name: r["best_gb_s"] for name, r in readers.items() if "best_gb_s" in r}
+    assert {"reduction", "ort_gemv"} <= set(rates)
+    assert best.to_json()["best_gb_s"] == max(rates.values()) > 0
