@@ -12,6 +12,7 @@ run in the same process and the JSON carries compare / package latency ratios
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -29,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-sizes", default="1,16", help="comma-separated (default 1,16)")
     parser.add_argument("--repeats", type=int, default=50, help="timed rounds (default 50)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs per configuration")
-    parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads, 0 = all")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="onnxruntime intra-op threads of every configuration; 0 = this "
+                             "machine's cores (the JSON records the number)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--out", help="also write the JSON to this file")
 
@@ -55,6 +58,7 @@ def bench(args: argparse.Namespace) -> dict:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     if min(batch_sizes) < 1 or args.repeats < 1:
         raise ValueError("batch sizes and --repeats must be >= 1")
+    threads = args.threads or os.cpu_count() or 1  # every configuration the same, recorded
     paths = [args.package] + ([args.compare] if args.compare else [])
     configs = []  # (package path, mode, batch, engine, pixels)
     packages: dict[str, dict] = {}
@@ -62,7 +66,7 @@ def bench(args: argparse.Namespace) -> dict:
     for path in paths:
         key = str(Path(path))
         for mode in _modes(path, args.execution):
-            engine = VisionEngine(path, execution=mode, threads=args.threads)
+            engine = VisionEngine(path, execution=mode, threads=threads)
             m = engine.package.manifest
             packages.setdefault(key, {
                 "name": m["name"],
@@ -91,7 +95,7 @@ def bench(args: argparse.Namespace) -> dict:
     result = {
         "benchmark": "vit",
         "machine": machine_facts(),
-        "onnxruntime_threads": args.threads or "all",
+        "onnxruntime_threads": threads,
         "repeats": args.repeats,
         "warmup": args.warmup,
         "packages": packages,
