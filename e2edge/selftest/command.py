@@ -8,11 +8,11 @@ takes packages built elsewhere with --packages (a Jetson that has only the runti
 Backends: onnxruntime CPU (the reference), onnxruntime CUDA, and a TensorRT engine
 built here with the e2edge plugins. LLMs: logits over a prompt and 16 decode steps
 within a tolerance, 16 greedy tokens equal (up to a near tie); ViT: class
-probabilities within a tolerance, top-1 equal; each timed. Where a GPU is present, the kernel cases of `e2edge bench kernels` run too.
-A backend this box lacks, or one that does not take a package, is "absent" with the
-reason. --out DIR writes DIR/selftest.json and keeps the packages in DIR/packages.
-Exit status 1 when a backend ran and disagreed (or broke), or --require names what is
-missing here; 0 otherwise.
+probabilities within a tolerance, top-1 equal; each timed. Where a GPU is present,
+the kernel cases of `e2edge bench kernels` run too. A backend this box lacks, or one
+that does not take a package, is "absent" with the reason. --out DIR writes
+DIR/selftest.json and keeps the packages in DIR/packages. Exit status 1 when a backend
+ran and disagreed (or broke), or --require names what is missing here; 0 otherwise.
 """
 
 from __future__ import annotations

@@ -85,6 +85,9 @@ def _attempt(model: str, package, backend: str, host, work: Path, check, referen
         placement = place(backend, package, host, work)
     except Absent as e:
         return row(model, package.kind, backend, "absent", str(e)), None
+    except Exception as e:  # noqa: BLE001 - an engine build that breaks is this row's
+        log.debug("%s on %s", model, backend, exc_info=True)
+        return row(model, package.kind, backend, "failed", one_line(e)), None
     facts: dict[str, Any] = {"choice": placement.reason}
     if placement.engine_build_s is not None:
         facts["engine_build_s"] = round(placement.engine_build_s, 1)

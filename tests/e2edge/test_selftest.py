@@ -16,8 +16,12 @@ import pytest
 
 from e2edge.cli import main
 from e2edge.selftest import llm_check
-from e2edge.selftest.backends import Placement
+from e2edge.selftest.backends import Absent, Placement, place
+from e2edge.selftest.command import require
 from e2edge.selftest.packages import LLM_VARIANTS, VISION_NAME
+from runtime.backends.selection import BackendHost
+from runtime.errors import BackendUnavailable
+from runtime.package import load_package
 
 MODELS = [f"llm-{attention}-{weights}" for attention, weights in LLM_VARIANTS] + [VISION_NAME]
 
@@ -203,3 +207,30 @@ def test_nan_logits_are_a_wrong_result():
     numbers, problems = llm_check.compare(_llm_run([0, 0], logits),
                                           _llm_run([0, 0], logits * np.nan), "tf32")
     assert len(problems) == 1 and problems[0].startswith("max |logit diff| nan exceeds ")
+
+
+# ---- which backends take which package, on boxes written by hand ---------------------------
+JETSON = BackendHost(  # onnxruntime-gpu and TensorRT 10.3 on an Orin
+    onnxruntime_providers=("CUDAExecutionProvider", "CPUExecutionProvider"),
+    gpu_name="Orin", engine_target=("orin", 87, "10.3.0"))
+GPU_NO_TRT = BackendHost(onnxruntime_providers=JETSON.onnxruntime_providers, gpu_name="H100",
+                         tensorrt_missing="tensorrt is not installed: ...")
+
+
+def test_a_gqa_package_is_absent_on_the_gpu_backends_with_the_package_s_reason(built, tmp_path):
+    package = load_package(built[2] / "packages" / "llm-gqa-int4")
+    for backend in ("onnxruntime-cuda", "tensorrt"):
+        with pytest.raises(Absent, match="--attention gqa"):
+            place(backend, package, JETSON, tmp_path)
+    standard = load_package(built[2] / "packages" / "llm-standard-fp32")
+    cuda = place("onnxruntime-cuda", standard, JETSON, tmp_path)
+    assert cuda.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert (cuda.path, cuda.backend) == (standard.root, "onnxruntime")
+
+
+def test_require_names_what_the_box_lacks():
+    require("gpu", JETSON)
+    require("tensorrt", JETSON)
+    require("gpu", GPU_NO_TRT)
+    with pytest.raises(BackendUnavailable, match=r"^--require tensorrt: tensorrt is not"):
+        require("tensorrt", GPU_NO_TRT)
