@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "classify": "runtime.cli.classify",
     "power": "runtime.cli.power",
     "doctor": "runtime.cli.doctor",
+    "selftest": "e2edge.selftest.command",
     "bench llm": "e2edge.bench.llm",
     "bench vit": "e2edge.bench.vit",
     "bench serve": "e2edge.bench.serve",
@@ -126,12 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # the CLI's one place that turns any failure into one line
         if args.debug:
             raise
-        print(f"e2edge {args.command_path}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"e2edge {args.command_path}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
     return int(result or 0)
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+    """An error as the CLI prints it: one line, the type named unless it is a user error."""
     from runtime.errors import E2edgeError
 
     text = " ".join(str(error).split()) or type(error).__name__

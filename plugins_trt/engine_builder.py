@@ -42,6 +42,11 @@ DIM_ROLES = {
 Profile = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]  # min, opt, max
 
 
+class EngineUnsupported(PackageError):
+    """The package holds what an engine cannot run (fused attention, nodes the lowering
+    and TensorRT's parser do not take): the package's limit, not a fault of this box."""
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     precision: str = "fp16"
@@ -183,7 +188,7 @@ def build_engine(package_path: str | Path, options: BuildOptions = BuildOptions(
 
 def _refuse_fused_attention(package: ModelPackage) -> None:
     if package.kind == "llm" and (package.manifest.get("llm") or {}).get("attention") == "gqa":
-        raise PackageError(
+        raise EngineUnsupported(
             f"{package.root}: exported with --attention gqa (onnxruntime's fused "
             "GroupQueryAttention, which TensorRT's parser cannot read); export it again with "
             "`e2edge export llm --attention standard` to build an engine"
@@ -202,7 +207,7 @@ def _lower(package: ModelPackage, options: BuildOptions):
         lowering.LoweringOptions(sparse_ffn=options.sparse_ffn),
     )
     if report.unsupported:
-        raise PackageError(
+        raise EngineUnsupported(
             f"{package.root}: TensorRT cannot import {len(report.unsupported)} node(s): "
             f"{'; '.join(report.unsupported[:5])}; run this package on onnxruntime"
         )

@@ -1,9 +1,5 @@
-"""Tiny ViT fixtures: a synthetic MedMNIST-style npz and a briefly trained checkpoint.
-
-The synthetic classes are learnable in a few steps: class c brightens the image by
-c steps over noise and adds a bright square in a class-dependent corner, so a
-trained model must read the pixels.
-"""
+"""Tiny ViT fixtures: a synthetic MedMNIST-style npz and a briefly trained checkpoint
+(exporter/vit/tiny.py makes both; here the tiny ViT is trained for a few epochs)."""
 
 from __future__ import annotations
 
@@ -12,30 +8,9 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
+from exporter.vit.tiny import TINY, tiny_vit, write_synthetic_npz
 
-TINY = dict(image_size=8, patch_size=2, width=32, depth=1, n_heads=4, ffn_width=64)
-
-
-def write_synthetic_npz(
-    path: Path, n_classes: int = 3, channels: int = 1, size: int = 12,
-    counts: tuple[int, int, int] = (96, 24, 32), seed: int = 0, flat_labels: bool = False,
-) -> Path:
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for split, n in zip(("train", "val", "test"), counts):
-        labels = rng.integers(0, n_classes, size=n)
-        brightness = 50 * labels[:, None, None, None]
-        images = rng.normal(60, 25, size=(n, size, size, channels)) + brightness
-        half = size // 2
-        for i, c in enumerate(labels):
-            y, x = divmod(int(c) % 4, 2)
-            images[i, y * half:(y + 1) * half, x * half:(x + 1) * half] += 60
-        images = np.clip(images, 0, 255).astype(np.uint8)
-        arrays[f"{split}_images"] = images[..., 0] if channels == 1 else images
-        arrays[f"{split}_labels"] = labels if flat_labels else labels[:, None]
-    np.savez(path, **arrays)
-    return path
+__all__ = ["TINY", "make_tiny_vit_checkpoint", "one_torch_thread", "write_synthetic_npz"]
 
 
 @contextlib.contextmanager
@@ -56,21 +31,11 @@ def make_tiny_vit_checkpoint(
     seed: int = 0,
 ) -> Path:
     """Train a tiny ViT for a few epochs on `npz` and save it as a checkpoint."""
-    import torch
-
     from exporter.vit.checkpoint import Checkpoint, save_checkpoint
-    from exporter.vit.config import ViTConfig, ViTRecipe
-    from exporter.vit.medmnist import load_medmnist
-    from exporter.vit.model import ViT
+    from exporter.vit.config import ViTRecipe
     from exporter.vit.training import train
-    from runtime.vision.preprocess import Preprocessing
 
-    data = load_medmnist(npz)
-    config = ViTConfig(**TINY).for_data(data.n_classes, data.channels).for_role(role, ternary)
-    mean, std = data.normalisation(config.channels)
-    spec = Preprocessing(size=config.image_size, channels=config.channels, mean=mean, std=std)
-    torch.manual_seed(seed)
-    model = ViT(config)
+    model, spec, data = tiny_vit(npz, role, ternary, seed)
     recipe = ViTRecipe(epochs=epochs, batch_size=32, lr=3e-3, warmup_epochs=0, max_shift=0)
     with one_torch_thread():
         result = train(model, data, spec, recipe, seed=seed)

@@ -1,4 +1,5 @@
-"""Random-weight checkpoints of real model shapes, for speed benchmarks.
+"""Random-weight checkpoints of named shapes: real models' for speed benchmarks, and a
+tiny one for `e2edge selftest`.
 
 Speed does not depend on what the weights learned, so a SmolLM2-135M-shaped model
 with random weights measures what a trained one would, without a model hub.
@@ -32,10 +33,15 @@ class Shape:
     max_position_embeddings: int
     rope_theta: float
     tie_word_embeddings: bool
+    # std of the random weights; HF's 0.02 gives a tiny model near-uniform logits, where
+    # greedy decoding is a tie-break lottery between backends
+    initializer_range: float = 0.02
 
 
 SHAPES = {
     "smollm2-135m": Shape("llama", 49152, 576, 30, 9, 3, 1536, 2048, 100000.0, True),
+    # built and exported in about a second: the LLM that `e2edge selftest` runs everywhere
+    "tiny": Shape("llama", 300, 64, 2, 4, 2, 96, 256, 10000.0, False, initializer_range=0.2),
 }
 
 

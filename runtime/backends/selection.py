@@ -71,6 +71,16 @@ class BackendHost:
             cuda_python_missing=_cuda_python_missing(facts.get("cuda_python")),
         )
 
+    def onnxruntime_cuda_missing(self) -> str | None:
+        """Why onnxruntime's CUDA provider cannot run here; None when it can."""
+        if self.onnxruntime_missing is not None:
+            return self.onnxruntime_missing
+        if CUDA not in self.onnxruntime_providers:
+            return "onnxruntime has no CUDA provider (onnxruntime-gpu is not installed)"
+        if self.gpu_name is None:
+            return f"onnxruntime-gpu is installed but sees no GPU ({self.gpu_missing})"
+        return None
+
     @classmethod
     def probe(cls) -> BackendHost:
         from runtime import host_facts
@@ -119,14 +129,12 @@ def _auto(model: Any, package: ModelPackage, host: BackendHost) -> BackendChoice
     no_engine = f"auto: no TensorRT engine ({problem})"
     if model.providers:
         return _onnxruntime(model, package, host, why=no_engine)
-    if CUDA in host.onnxruntime_providers and host.gpu_name is not None:
+    no_cuda = host.onnxruntime_cuda_missing()
+    if no_cuda is None:
         return BackendChoice("onnxruntime", (CUDA, CPU),
                              f"{no_engine}; onnxruntime-gpu sees {host.gpu_name}")
-    if CUDA not in host.onnxruntime_providers:
-        gpu = "onnxruntime has no CUDA provider (onnxruntime-gpu is not installed)"
-    else:
-        gpu = f"onnxruntime-gpu is installed but sees no GPU ({host.gpu_missing})"
-    return BackendChoice("onnxruntime", (CPU,), f"{no_engine}; {gpu}; onnxruntime's CPU provider")
+    return BackendChoice("onnxruntime", (CPU,),
+                         f"{no_engine}; {no_cuda}; onnxruntime's CPU provider")
 
 
 def _onnxruntime(model: Any, package: ModelPackage, host: BackendHost,

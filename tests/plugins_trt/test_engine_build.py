@@ -143,6 +143,13 @@ def test_build_engine_refuses_a_gqa_llm_package_with_the_fix(tiny_llama_package,
     assert not (tiny_llama_package / "engines").exists()
 
 
+def test_a_gqa_package_is_a_limit_of_the_package_not_a_fault(tiny_llama_package):
+    from plugins_trt.engine_builder import EngineUnsupported, build_engine
+
+    with pytest.raises(EngineUnsupported, match="--attention standard"):
+        build_engine(tiny_llama_package)
+
+
 def test_build_engine_on_a_missing_package_names_it(tmp_path, capsys):
     assert cli_main(["build-engine", str(tmp_path / "nope")]) == 1
     err = capsys.readouterr().err.strip()

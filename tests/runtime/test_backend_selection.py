@@ -85,6 +85,16 @@ def test_auto_on_a_cpu_box_takes_the_cpu_provider_and_says_why(package):
     assert "onnxruntime-gpu is installed but sees no GPU (no CUDA GPU" in no_gpu.reason
 
 
+def test_the_host_says_why_onnxruntime_cuda_cannot_run_for_every_caller():
+    assert CPU_BOX.onnxruntime_cuda_missing() == (
+        "onnxruntime has no CUDA provider (onnxruntime-gpu is not installed)")
+    assert GPU_BUILD_NO_GPU.onnxruntime_cuda_missing() == (
+        "onnxruntime-gpu is installed but sees no GPU (no CUDA GPU on this machine)")
+    assert BackendHost(onnxruntime_missing="no onnxruntime").onnxruntime_cuda_missing() == (
+        "no onnxruntime")
+    assert ORIN.onnxruntime_cuda_missing() is None
+
+
 def test_auto_keeps_configured_providers_for_its_onnxruntime_fallback(package):
     choice = choose_backend(_model("auto", ("CPUExecutionProvider",)), package, ORIN)
     assert choice.providers == ("CPUExecutionProvider",) and "configured" in choice.reason
