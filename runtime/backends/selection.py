@@ -222,17 +222,14 @@ def _shared_kv_buffer(model: Any, package: ModelPackage, host: BackendHost) -> B
                              f"{model.backend}: the configured providers; the shared KV "
                              f"buffer lives in {where} memory")
     _need_onnxruntime(host, ())
-    if CUDA in host.onnxruntime_providers and host.gpu_name is not None:
+    gpu = host.onnxruntime_cuda_missing()
+    if gpu is None:
         if host.cuda_python_missing is None:
             return BackendChoice("onnxruntime", (CUDA, CPU),
                                  f"{model.backend}: onnxruntime-gpu sees {host.gpu_name}; the "
                                  "shared KV buffer lives in device memory")
         gpu = (f"onnxruntime-gpu sees {host.gpu_name}, but {host.cuda_python_missing} "
                "(it copies within the device KV buffer)")
-    elif CUDA not in host.onnxruntime_providers:
-        gpu = "onnxruntime has no CUDA provider (onnxruntime-gpu is not installed)"
-    else:
-        gpu = f"onnxruntime-gpu is installed but sees no GPU ({host.gpu_missing})"
     return BackendChoice("onnxruntime", (CPU,), f"{model.backend}: {gpu}; a --attention gqa "
                          "package runs on onnxruntime's CPU provider, its KV buffer in host "
                          "memory")
