@@ -193,8 +193,8 @@ class ModelRegistry:
                     thread_name_prefix=f"e2edge-{entry.name}",
                 )
                 entry.state = ModelState.READY
-                log.info("model %s ready (%s, %s) in %.2fs", entry.name, model.backend_name,
-                         ",".join(model.providers), time.monotonic() - started)
+                log.info("model %s ready (%s, %s; %s) in %.2fs", entry.name, model.backend_name,
+                         ",".join(model.providers), model.execution, time.monotonic() - started)
             entry.load_s = time.monotonic() - started
             await on_change(entry)
 
