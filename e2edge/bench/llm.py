@@ -70,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="intra-op threads of every side and of the bandwidth readers; "
                              "0 = this machine's cores (the JSON records the number)")
+    parser.add_argument("--default-threads", action="store_true",
+                        help="leave every side at its own runtime's default thread setting "
+                             "(out of the box) instead of one explicit count")
     parser.add_argument("--same-process-check", action="store_true",
                         help="also alternate e2edge and onnxruntime-genai run by run in one "
                              "process (spinning off, a pause between sides) and report how "
@@ -175,7 +178,9 @@ def run(args: argparse.Namespace) -> int:
     if args.new_tokens < 2 or args.runs < 1 or args.rounds < 1 or args.bandwidth_mib < 0:
         raise ValueError("--new-tokens must be >= 2, --runs and --rounds >= 1 and "
                          "--bandwidth-mib >= 0")
-    threads = args.threads or os.cpu_count() or 1  # every side gets the same, written down
+    # Every side gets the same count, written down; or, --default-threads, each its own
+    # runtime's default (what a user gets out of the box), recorded as 0.
+    threads = 0 if args.default_threads else args.threads or os.cpu_count() or 1
     streams = parse_streams(args.streams)
     if args.compare_ortgenai:  # fail before the long measurements, not after them
         from e2edge.bench.ortgenai import checkpoint_files, import_ortgenai
@@ -200,15 +205,18 @@ def run(args: argparse.Namespace) -> int:
         "runs": args.runs,
         "rounds": args.rounds,
         "threads": threads,
-        "method": "each side in its own process per round, sides alternating, the same "
-                  "explicit thread count; medians over every timed run of every round",
+        "thread_setting": ("each runtime's own default" if args.default_threads
+                           else "one explicit count for every side"),
+        "method": "each side in its own process per round, sides alternating; medians over "
+                  "every timed run of every round",
     }
     # Bandwidth first, while no onnxruntime thread pool of this process exists.
     bandwidth = read = None
     if args.bandwidth_mib:
-        bandwidth = measure_copy_bandwidth(threads, args.bandwidth_mib << 20)
+        readers_threads = threads or os.cpu_count() or 1
+        bandwidth = measure_copy_bandwidth(readers_threads, args.bandwidth_mib << 20)
         result["memory_bandwidth"] = bandwidth.to_json()
-        read, readers = measure_read_ceiling(threads, args.bandwidth_mib << 20)
+        read, readers = measure_read_ceiling(readers_threads, args.bandwidth_mib << 20)
         result["read_bandwidth"] = {**read.to_json(), "readers": readers}
     jobs = [SideJob("e2edge", str(package.root), tuple(ids), args.new_tokens, args.runs,
                     threads)]
@@ -289,8 +297,9 @@ def print_table(result: dict, out) -> None:
         ("e2edge", "e2edge"), ("ortgenai", "onnxruntime-genai"),
         ("transformers_eager", "transformers eager"),
     ) if key in result and "decode_tokens_per_s" in result[key]]
-    print(f"{result['threads']} threads on every side; {result['rounds']} rounds, each side in "
-          f"its own process, alternating; medians of every timed run", file=out)
+    threads = result["threads"] or "each runtime's default"
+    print(f"threads: {threads} on every side; {result['rounds']} rounds, each side in its own "
+          f"process, alternating; medians of every timed run", file=out)
     print(f"{'':20s} {'prefill tok/s':>14s} {'decode tok/s':>13s} {'spread':>8s} "
           f"{'of roofline':>12s} {'of read ceiling':>16s}", file=out)
 

@@ -138,9 +138,10 @@ class OrtGenaiSide:
 
         og = import_ortgenai()
         config = og.Config(str(model_dir))
-        config.overlay(json.dumps(  # the bench's thread count, not onnxruntime's default
-            {"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}
-        ))
+        if threads:  # the bench's thread count; 0: onnxruntime-genai's own default
+            config.overlay(json.dumps(
+                {"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}
+            ))
         self.og = og
         self.model = og.Model(config)
         self.params = og.GeneratorParams(self.model)

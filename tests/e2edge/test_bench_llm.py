@@ -121,6 +121,16 @@ def test_bench_llm_against_ortgenai_roofline_and_streams(tiny_llama_package,
     assert "fraction_of_roofline" not in again["e2edge"] and "read_bandwidth" not in again
 
 
+def test_out_of_the_box_leaves_every_side_at_its_own_default(tiny_llama_package,
+                                                               tiny_llama_checkpoint, tmp_path):
+    report, table = _bench(tiny_llama_package, tmp_path / "cache", "--compare-ortgenai",
+                           str(tiny_llama_checkpoint), "--streams", "", "--bandwidth-mib", "0",
+                           "--default-threads")
+    assert report["threads"] == 0 and report["thread_setting"] == "each runtime's own default"
+    assert report["e2edge"]["threads"] == report["ortgenai"]["threads"] == 0
+    assert "each runtime's default" in table
+
+
 def test_int4_build_uses_the_packages_block_size_and_accuracy_level(
         tiny_llama_checkpoint, tmp_path, monkeypatch):
     import onnx
