@@ -1,0 +1,147 @@
+"""Chat templates in each family's own syntax, and tiny tokenizers that carry them.
+
+The templates are data/chat_templates/<family>.jinja. Each is written the way its
+family's published tokenizer_config.json writes it (the same jinja idioms: Llama 3's
+header blocks and strftime_now date, Mistral's [INST] with raise_exception on roles
+out of order, Qwen's ChatML with a default system prompt, Qwen3's namespace and
+<think> handling, SmolLM3's metadata header and {% generation %} blocks, Gemma's
+<start_of_turn> with "model" as the assistant's role, Phi's <|role|> tags), shortened
+where the original spells out tool calling.
+
+`make_chat_tokenizer(out, family)` writes a small byte-level BPE tokenizer with the
+family's special tokens into a checkpoint-like directory, with the template in
+tokenizer_config.json or, as newer checkpoints ship it, in chat_template.jinja, so
+`transformers.AutoTokenizer` loads it as it loads a published checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+TEMPLATES = Path(__file__).resolve().parent / "data" / "chat_templates"
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # its template: data/chat_templates/<name>.jinja
+    special: tuple[str, ...]  # special added tokens, ids 0.. in this order
+    roles: dict[str, str | None]  # bos_token, eos_token, ... as the family's config names them
+    end_of_turn: tuple[str, ...]  # what closes an assistant's turn
+    accepts_system: bool = True
+    plain: tuple[str, ...] = ()  # added tokens that are not special (Qwen3's <think>)
+    jinja_file: bool = False  # the template in chat_template.jinja (newer checkpoints)
+
+    @property
+    def template(self) -> str:
+        return (TEMPLATES / f"{self.name}.jinja").read_text()
+
+
+FAMILIES = {
+    "llama3": Family(
+        "llama3",
+        ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+         "<|eot_id|>"),
+        {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"},
+        ("<|eot_id|>",)),
+    "mistral": Family(
+        "mistral", ("<unk>", "<s>", "</s>", "[INST]", "[/INST]"),
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, ("</s>",)),
+    "qwen2.5": Family(
+        "qwen2.5", ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        ("<|im_end|>",)),
+    "qwen3": Family(
+        "qwen3", ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        ("<|im_end|>",), plain=("<think>", "</think>")),
+    "smollm2": Family(
+        "smollm2", ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "unk_token": "<|endoftext|>",
+         "pad_token": "<|im_end|>"},
+        ("<|im_end|>",)),
+    "smollm3": Family(
+        "smollm3", ("<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>"),
+        {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|im_end|>"},
+        ("<|im_end|>",), plain=("<think>", "</think>"), jinja_file=True),
+    "gemma2": Family(
+        "gemma2", ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"),
+        {"bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>", "pad_token": "<pad>"},
+        ("<end_of_turn>",), accepts_system=False),
+    "gemma3": Family(
+        "gemma3", ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"),
+        {"bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>", "pad_token": "<pad>"},
+        ("<end_of_turn>",), jinja_file=True),
+    "phi3": Family(
+        "phi3", ("<unk>", "<s>", "</s>", "<|endoftext|>", "<|assistant|>", "<|end|>",
+                 "<|system|>", "<|user|>"),
+        {"bos_token": "<s>", "eos_token": "<|endoftext|>", "unk_token": "<unk>",
+         "pad_token": "<|endoftext|>"},
+        ("<|end|>",)),
+    "phi4-mini": Family(
+        "phi4-mini", ("<|endoftext|>", "<|assistant|>", "<|end|>", "<|system|>", "<|user|>",
+                      "<|tool|>", "<|/tool|>"),
+        {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+         "pad_token": "<|endoftext|>"},
+        ("<|end|>",)),
+}
+
+TEXT = [
+    "The quick brown fox jumps over the lazy dog.",
+    "What is the capital of France? Paris. And of Italy? Rome.",
+    "You are a helpful assistant: be brief, be kind, think step by step.",
+] * 10
+
+
+def make_chat_tokenizer(out: Path, family: str, vocab_size: int = 300) -> Path:
+    """A checkpoint-like tokenizer directory of `family` at `out`; returns `out`."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    spec = FAMILIES[family]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = Tokenizer(models.BPE(unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(spec.special),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(TEXT, trainer)
+    if spec.plain:
+        tokenizer.add_tokens([AddedToken(t, special=False, normalized=False)
+                              for t in spec.plain])
+    tokenizer.save(str(out / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 4096,
+              **{role: token for role, token in spec.roles.items() if token is not None}}
+    if spec.jinja_file:
+        (out / "chat_template.jinja").write_text(spec.template)
+    else:
+        config["chat_template"] = spec.template
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+CONVERSATIONS = {
+    "one user turn": [{"role": "user", "content": "Hello!"}],
+    "system and turns": [
+        {"role": "system", "content": "You are brief."},
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "  And of Italy?  "},
+    ],
+    "unicode and newlines": [
+        {"role": "user", "content": "Grüße, 世界!\nLine two."},
+        {"role": "assistant", "content": "\nHallo ✓"},
+        {"role": "user", "content": "{{ not a template }} {% neither %}"},
+    ],
+    "reasoning reply": [
+        {"role": "user", "content": "2 + 2?"},
+        {"role": "assistant", "content": "<think>\nadd them\n</think>\n\n4"},
+        {"role": "user", "content": "times 3?"},
+    ],
+    "out of order": [
+        {"role": "user", "content": "one"},
+        {"role": "user", "content": "two"},
+    ],
+}
