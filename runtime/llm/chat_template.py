@@ -54,6 +54,15 @@ class Conversation:
     messages: tuple[ChatMessage, ...]
 
 
+def require_template(template: ChatTemplate | None, package_name: str) -> ChatTemplate:
+    """The package's template; PackageError (FAILED_PRECONDITION) naming it when it has none."""
+    if template is None:
+        raise PackageError(
+            f"package {package_name!r} has no chat template (its checkpoint's "
+            "tokenizer_config.json had none): send the prompt as text or token_ids")
+    return template
+
+
 class _GenerationBlock(jinja2.ext.Extension):
     """`{% generation %}...{% endgeneration %}`: marks an assistant's reply for training
     masks in transformers; here it renders its body, in its own scope as there."""
