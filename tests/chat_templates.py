@@ -94,11 +94,21 @@ TEXT = [
 ] * 10
 
 
-def make_chat_tokenizer(out: Path, family: str, vocab_size: int = 300) -> Path:
+# The tiny LLaMA of llm_fixtures speaking Gemma 3's chat format: its four special
+# tokens keep their ids (<unk> 0, <s> 1 = BOS, </s> 2 = EOS, <pad> 3), the turn markers
+# take 4 and 5, all within its 300-token vocabulary. The template is in
+# chat_template.jinja, as newer checkpoints ship it; it refuses roles out of order.
+TINY_CHAT = Family(
+    "gemma3", ("<unk>", "<s>", "</s>", "<pad>", "<start_of_turn>", "<end_of_turn>"),
+    {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"},
+    ("<end_of_turn>",), jinja_file=True)
+
+
+def make_chat_tokenizer(out: Path, family: str | Family, vocab_size: int = 300) -> Path:
     """A checkpoint-like tokenizer directory of `family` at `out`; returns `out`."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    spec = FAMILIES[family]
+    spec = FAMILIES[family] if isinstance(family, str) else family
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer(models.BPE(unk_token=None))
@@ -120,6 +130,47 @@ def make_chat_tokenizer(out: Path, family: str, vocab_size: int = 300) -> Path:
         config["chat_template"] = spec.template
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     return out
+
+
+def make_chat_checkpoint(out: Path, messages: list[dict[str, str]]) -> Path:
+    """The tiny random LLaMA checkpoint with TINY_CHAT's tokenizer and template, whose
+    greedy reply to `messages` ends its turn with <end_of_turn> after a few tokens.
+
+    Random weights never emit that token by themselves, so its lm_head row becomes
+    1.05 x the row of a token greedy decoding writes a few steps in: at that step its
+    logit beats the one that won (when positive; the next candidate is tried if not).
+    """
+    import torch
+    from llm_fixtures import make_tiny_checkpoint
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = make_tiny_checkpoint(Path(out), "llama")
+    make_chat_tokenizer(out, TINY_CHAT)
+    end_of_turn = TINY_CHAT.special.index("<end_of_turn>")
+    prompt = AutoTokenizer.from_pretrained(out).apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=True)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    before = _greedy(model, prompt, 8)
+    rows = model.lm_head.weight
+    for step in range(2, len(before)):
+        if before[step] in before[:step]:
+            continue
+        with torch.no_grad():
+            rows[end_of_turn] = 1.05 * rows[before[step]]
+        if end_of_turn in _greedy(model, prompt, 8):
+            model.save_pretrained(out)
+            return out
+    raise AssertionError(f"no step of {before} lets <end_of_turn> win")
+
+
+def _greedy(model, prompt: list[int], n: int) -> list[int]:
+    import torch
+
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt):]
 
 
 CONVERSATIONS = {
