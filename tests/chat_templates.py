@@ -173,26 +173,20 @@ def _greedy(model, prompt: list[int], n: int) -> list[int]:
     return ids[len(prompt):]
 
 
+# (role, content) turns; as_dicts() gives them the way transformers takes them
 CONVERSATIONS = {
-    "one user turn": [{"role": "user", "content": "Hello!"}],
-    "system and turns": [
-        {"role": "system", "content": "You are brief."},
-        {"role": "user", "content": "What is the capital of France?"},
-        {"role": "assistant", "content": "Paris."},
-        {"role": "user", "content": "  And of Italy?  "},
-    ],
-    "unicode and newlines": [
-        {"role": "user", "content": "Grüße, 世界!\nLine two."},
-        {"role": "assistant", "content": "\nHallo ✓"},
-        {"role": "user", "content": "{{ not a template }} {% neither %}"},
-    ],
-    "reasoning reply": [
-        {"role": "user", "content": "2 + 2?"},
-        {"role": "assistant", "content": "<think>\nadd them\n</think>\n\n4"},
-        {"role": "user", "content": "times 3?"},
-    ],
-    "out of order": [
-        {"role": "user", "content": "one"},
-        {"role": "user", "content": "two"},
-    ],
+    "one user turn": [("user", "Hello!")],
+    "system and turns": [("system", "You are brief."),
+                         ("user", "What is the capital of France?"),
+                         ("assistant", "Paris."), ("user", "  And of Italy?  ")],
+    "unicode and newlines": [("user", "Grüße, 世界!\nLine two."), ("assistant", "\nHallo ✓"),
+                             ("user", "{{ not a template }} {% neither %}")],
+    "reasoning reply": [("user", "2 + 2?"),
+                        ("assistant", "<think>\nadd them\n</think>\n\n4"),
+                        ("user", "times 3?")],
+    "out of order": [("user", "one"), ("user", "two")],
 }
+
+
+def as_dicts(turns: list[tuple[str, str]]) -> list[dict[str, str]]:
+    return [{"role": role, "content": content} for role, content in turns]

@@ -26,6 +26,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -139,10 +140,11 @@ def _environment() -> ImmutableSandboxedEnvironment:
 class ChatTemplate:
     """One package's chat template, compiled once; render() is safe from many threads."""
 
-    def __init__(self, source: str, special_tokens: Mapping[str, str],
+    def __init__(self, source: str, special_tokens: Mapping[str, str | list[str]],
                  end_of_turn: Sequence[str] = (), name: str = "chat template"):
         self.source = source
-        self.special_tokens = dict(special_tokens)  # bos_token, eos_token, ... as variables
+        # bos_token, eos_token, ... (transformers 4 adds additional_special_tokens, a list)
+        self.special_tokens = dict(special_tokens)
         self.end_of_turn = tuple(end_of_turn)
         self.name = name
         try:
@@ -163,14 +165,15 @@ class ChatTemplate:
                 from None
 
     @classmethod
-    def from_manifest(cls, root, manifest: dict[str, Any]) -> ChatTemplate | None:
+    def from_manifest(cls, root: Path, manifest: dict[str, Any]) -> ChatTemplate | None:
         """The template of the package at `root`; None when its manifest has none."""
         chat = manifest.get("chat")
         if chat is None:
             return None
         try:
             file = str(chat["template"])
-            special_tokens = {str(k): str(v) for k, v in dict(chat["special_tokens"]).items()}
+            special_tokens = {str(name): value if isinstance(value, list) else str(value)
+                              for name, value in dict(chat["special_tokens"]).items()}
             end_of_turn = [str(token) for token in chat["end_of_turn"]]
         except (KeyError, TypeError, ValueError) as e:
             raise PackageError(f"manifest.json: chat section is incomplete ({e})") from e

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import jinja2
 import pytest
-from chat_templates import CONVERSATIONS, FAMILIES, make_chat_tokenizer
+from chat_templates import CONVERSATIONS, FAMILIES, as_dicts, make_chat_tokenizer
 
 from exporter.llm.chat_package import checkpoint_template, write_chat_template
 from runtime.errors import InvalidRequest, PackageError
@@ -35,24 +35,25 @@ def family(request, tmp_path_factory):
     return request.param, AutoTokenizer.from_pretrained(directory), directory
 
 
-def _messages(conversation) -> tuple[ChatMessage, ...]:
-    return tuple(ChatMessage(m["role"], m["content"]) for m in conversation)
+def _messages(turns: list[tuple[str, str]]) -> tuple[ChatMessage, ...]:
+    return tuple(ChatMessage(role, content) for role, content in turns)
 
 
 @pytest.mark.parametrize("name", sorted(CONVERSATIONS))
 def test_rendered_prompt_and_ids_equal_transformers(family, name):
     family_name, hf, directory = family
-    conversation = CONVERSATIONS[name]
+    turns = CONVERSATIONS[name]
+    conversation = as_dicts(turns)
     template = ChatTemplate(checkpoint_template(hf), hf.special_tokens_map)
     try:
         expected = hf.apply_chat_template(conversation, tokenize=False,
                                           add_generation_prompt=True)
     except jinja2.TemplateError as refused:
         with pytest.raises(InvalidRequest) as ours:
-            template.render(_messages(conversation))
+            template.render(_messages(turns))
         assert ours.value.field == "messages" and str(refused) in str(ours.value)
         return
-    assert template.render(_messages(conversation)) == expected
+    assert template.render(_messages(turns)) == expected
     tokenizer = Tokenizer(directory / "tokenizer.json", bos_token_id=hf.bos_token_id,
                           add_bos=True)
     ids = hf.apply_chat_template(conversation, tokenize=True, add_generation_prompt=True)
@@ -85,9 +86,9 @@ def test_export_writes_the_template_its_tokens_and_where_a_turn_ends(family, tmp
     assert (tmp_path / TEMPLATE_FILE).read_text() == FAMILIES[family_name].template
     manifest = {"chat": chat, "files": {TEMPLATE_FILE: {}}}
     loaded = ChatTemplate.from_manifest(tmp_path, manifest)
-    conversation = CONVERSATIONS["one user turn"]
-    assert loaded.render(_messages(conversation)) == hf.apply_chat_template(
-        conversation, tokenize=False, add_generation_prompt=True)
+    turns = CONVERSATIONS["one user turn"]
+    assert loaded.render(_messages(turns)) == hf.apply_chat_template(
+        as_dicts(turns), tokenize=False, add_generation_prompt=True)
     assert loaded.end_of_turn == FAMILIES[family_name].end_of_turn
 
 
@@ -138,3 +139,16 @@ def test_end_of_turn_is_empty_when_turns_end_in_plain_text(tmp_path):
     assert end_of_turn_tokens(plain, tokenizer.leading_special_token) == []
     closed = ChatTemplate("{% for m in messages %}{{ m.content }}\n<|eot_id|>{% endfor %}", {})
     assert end_of_turn_tokens(closed, tokenizer.leading_special_token) == ["<|eot_id|>"]
+
+
+def test_the_manifest_section_is_checked_and_keeps_token_lists(tmp_path):
+    (tmp_path / TEMPLATE_FILE).write_text("{{ bos_token }}{{ additional_special_tokens[0] }}")
+    chat = {"template": TEMPLATE_FILE, "end_of_turn": [],
+            "special_tokens": {"bos_token": "<s>", "additional_special_tokens": ["<x>"]}}
+    loaded = ChatTemplate.from_manifest(tmp_path, {"chat": chat, "files": {TEMPLATE_FILE: {}}})
+    assert loaded.render((ChatMessage("user", "hi"),)) == "<s><x>"
+    with pytest.raises(PackageError, match="not a listed file"):
+        ChatTemplate.from_manifest(tmp_path, {"chat": chat, "files": {}})
+    with pytest.raises(PackageError, match="chat section is incomplete"):
+        ChatTemplate.from_manifest(tmp_path, {"chat": {"template": TEMPLATE_FILE},
+                                              "files": {TEMPLATE_FILE: {}}})
