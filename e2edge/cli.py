@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "build-engine": "plugins_trt.cli.build_engine",
     "serve": "runtime.cli.serve",
     "generate": "runtime.cli.generate",
+    "chat": "runtime.cli.chat",
     "models": "runtime.cli.models",
     "classify": "runtime.cli.classify",
     "power": "runtime.cli.power",

@@ -5,6 +5,10 @@
             print(message.text, end="", flush=True)
         final = message            # the last message carries finish_reason and stats
 
+        # chat messages, rendered by the package's chat template on the daemon
+        for message in client.chat("demo", [("system", "Be brief."), ("user", "Hi")]):
+            ...
+
 A failed call raises RemoteError: its message starts with the gRPC status code name
 (`NOT_FOUND: model 'x' is not served here (models: demo)`), and `field` names the
 request field an INVALID_ARGUMENT is about.
@@ -13,7 +17,7 @@ request field an INVALID_ARGUMENT is about.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -29,6 +33,8 @@ DEFAULT_TARGET = DEFAULT_LISTEN  # where a daemon listens unless told otherwise
 SAMPLING_FIELDS = (
     "max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed", "ignore_eos",
 )
+# A chat message: (role, content), or a mapping with "role" and "content" (OpenAI style).
+Message = tuple[str, str] | Mapping[str, str]
 
 
 class RemoteError(E2edgeError):
@@ -51,25 +57,39 @@ class RemoteError(E2edgeError):
 
 def build_request(
     model: str,
-    prompt: str | Sequence[int],
+    prompt: str | Sequence[int] | None = None,
     *,
+    messages: Sequence[Message] | None = None,
     stop: Sequence[str] = (),
     request_id: str = "",
     **sampling,
 ) -> pb.GenerateRequest:
-    """A GenerateRequest; sampling values left at None keep the daemon's defaults."""
+    """A GenerateRequest of a prompt (text or token ids) or of chat `messages`, exactly
+    one of them; sampling values left at None keep the daemon's defaults."""
     unknown = set(sampling) - set(SAMPLING_FIELDS)
     if unknown:
         raise TypeError(f"unknown sampling parameters: {', '.join(sorted(unknown))}")
+    if (prompt is None) == (messages is None):
+        raise TypeError("give either a prompt or messages")
     params = pb.SamplingParams(
         stop=list(stop), **{k: v for k, v in sampling.items() if v is not None}
     )
     request = pb.GenerateRequest(model=model, sampling=params, request_id=request_id)
-    if isinstance(prompt, str):
+    if messages is not None:
+        request.messages.messages.extend(pb.ChatMessage(role=role, content=content)
+                                         for role, content in map(_pair, messages))
+    elif isinstance(prompt, str):
         request.text = prompt
     else:
         request.token_ids.ids.extend(int(t) for t in prompt)
     return request
+
+
+def _pair(message: Message) -> tuple[str, str]:
+    if isinstance(message, Mapping):
+        return message["role"], message["content"]
+    role, content = message
+    return role, content
 
 
 class GenerateStream:
@@ -114,6 +134,18 @@ class EdgeClient:
     ) -> GenerateStream:
         """Stream a generation; `options` are build_request's (sampling, stop, request_id)."""
         request = build_request(model, prompt, **options)
+        return GenerateStream(self.stub.Generate(request, timeout=timeout_s))
+
+    def chat(
+        self,
+        model: str,
+        messages: Sequence[Message],
+        *,
+        timeout_s: float | None = None,
+        **options,
+    ) -> GenerateStream:
+        """Stream the assistant's reply to a conversation; `options` as generate()'s."""
+        request = build_request(model, messages=messages, **options)
         return GenerateStream(self.stub.Generate(request, timeout=timeout_s))
 
     def watch_power(self, interval_ms: int = 0, max_samples: int = 0,

@@ -4,6 +4,7 @@ A package is a directory:
     manifest.json      format, kind, name, source, files with sha256, IO, facts
     model.onnx         (+ model.onnx.data, external weights)
     tokenizer.json     (llm) or labels.json (vision)
+    chat_template.jinja  (llm, optional) the checkpoint's chat template
     engines/           optional TensorRT plans built on the target
 
 The reader checks the format version and every file's size and sha256, and names

@@ -101,7 +101,7 @@ def export_llm(
     weights = read_weights(model_dir)
     spec = decoder_spec(config, weights)
     with PackageWriter(out) as writer:
-        add_bos = _write_tokenizer(model_dir, writer.dir, spec)
+        add_bos, chat = _write_tokenizer(model_dir, writer.dir, spec)
         weight_dtype = np.float16 if options.weights == "fp16" else np.float32
         model, effective = build_decoder_onnx(spec, weights, quant, options.attention,
                                               weight_dtype)
@@ -113,6 +113,7 @@ def export_llm(
         onnx.checker.check_model(str(onnx_path))
         parameters = sum(int(np.prod(a.shape)) for a in weights.values())
         manifest = _manifest(model_dir, options, spec, config, add_bos, parameters, writer.dir)
+        manifest["chat"] = chat
         writer.seal(manifest)
         verification = None
         if options.verify:
@@ -178,15 +179,19 @@ def _weight_quant(options: LLMExportOptions):
     return None
 
 
-def _write_tokenizer(model_dir: Path, out_dir: Path, spec: DecoderSpec) -> bool:
-    """Write tokenizer.json; return whether the runtime must prepend BOS itself.
+def _write_tokenizer(model_dir: Path, out_dir: Path,
+                     spec: DecoderSpec) -> tuple[bool, dict[str, Any] | None]:
+    """Write tokenizer.json and the chat template; return whether the runtime must
+    prepend BOS itself, and the manifest's `chat` section (None: no template).
 
     A checkpoint with only a SentencePiece tokenizer.model is converted through
     transformers' fast tokenizer. BOS: the HF tokenizer's own encoding is the truth;
     if it has BOS where the bare `tokenizers` encoding (no special tokens) has not,
-    the runtime adds it.
+    the runtime adds it. The chat template: exporter/llm/chat_package.py.
     """
     from transformers import AutoTokenizer
+
+    from exporter.llm.chat_package import write_chat_template
 
     try:
         hf_tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -203,10 +208,11 @@ def _write_tokenizer(model_dir: Path, out_dir: Path, spec: DecoderSpec) -> bool:
     probe = "Hello world"
     hf_ids = hf_tokenizer(probe)["input_ids"]
     bare_ids = bare.encode(probe, add_special_tokens=False).ids
+    chat = write_chat_template(hf_tokenizer, model_dir, out_dir)
     if hf_ids == bare_ids:
-        return False
+        return False, chat
     if spec.bos_token_id is not None and hf_ids == [spec.bos_token_id, *bare_ids]:
-        return True
+        return True, chat
     raise CheckpointError(
         f"{model_dir}: tokenizer.json does not encode like the checkpoint's tokenizer "
         f"({hf_ids[:8]} vs {bare_ids[:8]})"

@@ -28,7 +28,7 @@ from exporter.atomic_dir import AtomicDirectory
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-    "generation_config.json", "added_tokens.json",
+    "generation_config.json", "added_tokens.json", "chat_template.jinja",
 )
 NEURON_ORDER_FORMAT = "e2edge-neuron-order"
 NEURON_ORDER_VERSION = 1

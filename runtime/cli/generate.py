@@ -1,10 +1,14 @@
 """Stream a generation from a running daemon: text to stdout, stats to stderr.
 
     e2edge generate --target 127.0.0.1:50051 --model demo --max-new-tokens 64 "To be, or not"
+    e2edge generate --model chat --message system="Be brief." --message user="Hi"
 
 The text is printed as it arrives; the finish reason, token counts, time to first
 token and decode speed (and energy, when the daemon has a power source) follow on
-stderr. A gRPC error is one line with its status code name and exit status 1.
+stderr. With --message (repeatable, ROLE=CONTENT, in conversation order) instead of a
+prompt, the daemon renders the conversation with the package's chat template and the
+reply ends at the template's end-of-turn token (FAILED_PRECONDITION: the package has
+no chat template). A gRPC error is one line with its status code name and exit status 1.
 """
 
 from __future__ import annotations
@@ -13,9 +17,17 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", nargs="?", help="the prompt text (or give --message)")
+    parser.add_argument("--message", action="append", default=[], metavar="ROLE=CONTENT",
+                        type=chat_message,
+                        help="a chat message instead of a prompt, e.g. user=Hello (repeatable)")
+    add_model_arguments(parser)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The daemon, the model and the sampling options (`generate` and `chat`)."""
     from runtime.cli import connection
 
-    parser.add_argument("prompt", help="the prompt text")
     connection.add_arguments(parser)  # --target, --tls-ca, --tls-cert, --tls-key, --token
     parser.add_argument("--model", required=True, help="model name (see `e2edge models`)")
     parser.add_argument("--max-new-tokens", type=int, help="default 128")
@@ -32,33 +44,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--request-id", default="", help="id for the daemon's request log")
 
 
+def chat_message(text: str) -> tuple[str, str]:
+    """ROLE=CONTENT -> (role, content); the content may hold "=" itself."""
+    role, sep, content = text.partition("=")
+    if not sep or not role:
+        raise argparse.ArgumentTypeError(f"expected ROLE=CONTENT (e.g. user=Hello), got {text!r}")
+    return role, content
+
+
+def request_options(args: argparse.Namespace) -> dict:
+    """The options of EdgeClient.generate / chat that the command line sets."""
+    return dict(
+        timeout_s=args.timeout,
+        stop=args.stop,
+        request_id=args.request_id,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        ignore_eos=args.ignore_eos or None,
+    )
+
+
+def stream_text(stream) -> tuple[str, object]:
+    """Write each message's text to stdout as it arrives; return (the text, the last message)."""
+    import sys
+
+    pieces, last = [], None
+    for message in stream:
+        sys.stdout.write(message.text)
+        sys.stdout.flush()
+        pieces.append(message.text)
+        last = message
+    return "".join(pieces), last
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
     from runtime import client_security
     from runtime.client import EdgeClient
 
+    if (args.prompt is None) == (not args.message):
+        raise ValueError("give either a prompt or --message ROLE=CONTENT (repeatable)")
     security = client_security.from_args(args)
     with EdgeClient(args.target, security=security) as client:
-        stream = client.generate(
-            args.model,
-            args.prompt,
-            timeout_s=args.timeout,
-            stop=args.stop,
-            request_id=args.request_id,
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            repetition_penalty=args.repetition_penalty,
-            seed=args.seed,
-            ignore_eos=args.ignore_eos or None,
-        )
-        last = None
-        for message in stream:
-            sys.stdout.write(message.text)
-            sys.stdout.flush()
-            last = message
+        if args.message:
+            stream = client.chat(args.model, args.message, **request_options(args))
+        else:
+            stream = client.generate(args.model, args.prompt, **request_options(args))
+        _, last = stream_text(stream)
     if sys.stdout.isatty():
         sys.stdout.write("\n")
     if last is not None and last.HasField("stats"):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.llm.engine import GenerationEvent, LLMEngine
+from runtime.llm.engine import GenerationEvent, LLMEngine, Prompt
 from runtime.llm.kv_buffer import SharedKVBuffer
 from runtime.llm.sampling import SamplingParams
 from runtime.llm.sequence import SequenceState
@@ -66,6 +66,7 @@ class ContinuousBatcher:
         # what the daemon reads from an engine
         self.package = engine.package
         self.tokenizer = engine.tokenizer
+        self.chat_template = engine.chat_template
         self.backend_name = engine.backend_name
         self.providers = engine.providers
         self.backend_reason = engine.backend_reason
@@ -90,7 +91,7 @@ class ContinuousBatcher:
     # ---- the client side ------------------------------------------------------------
     def generate(
         self,
-        prompt: str | Sequence[int],
+        prompt: Prompt,
         params: SamplingParams,
         cancelled: Callable[[], bool] | None = None,
     ) -> Iterator[GenerationEvent]:
@@ -153,7 +154,7 @@ class ContinuousBatcher:
             request.events.put(failure)
 
     def _prefill(self, request: _Request) -> None:
-        state = SequenceState(self.tokenizer, self.layout.eos_token_ids, request.ids,
+        state = SequenceState(self.tokenizer, self.engine.stop_token_ids, request.ids,
                               request.params, request.submitted)
         request.state = state
         if request.cancelled():

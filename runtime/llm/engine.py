@@ -7,6 +7,10 @@ Two cache layouts, named by the package manifest (llm.kv_cache.mode):
 - shared_buffer: the GroupQueryAttention graph writes new keys/values in place into a
   preallocated buffer (runtime/llm/kv_buffer.py) bound as both past and present; rows
   of one buffer can be decoded together (runtime/llm/continuous_batching.py).
+
+A prompt is text, token ids, or a Conversation of chat messages, which the package's
+chat template renders (runtime/llm/chat_template.py); generation stops at EOS and at
+the template's end-of-turn tokens.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 from runtime.backends.base import Backend, create_backend
 from runtime.backends.selection import kv_buffer_providers
 from runtime.errors import InvalidRequest, PackageError
+from runtime.llm.chat_template import ChatTemplate, Conversation, require_template
 from runtime.llm.gqa_fp16 import fp16_attention
 from runtime.llm.kv_buffer import SharedKVBuffer
 from runtime.llm.sampling import SamplingParams
@@ -29,8 +34,9 @@ from runtime.llm.sequence import GenerationEvent, GenerationStats, SequenceState
 from runtime.llm.tokenizer import Tokenizer
 from runtime.package import ModelPackage, load_package
 
-__all__ = ["DecoderLayout", "GenerationEvent", "GenerationStats", "LLMEngine"]
+__all__ = ["DecoderLayout", "GenerationEvent", "GenerationStats", "LLMEngine", "Prompt"]
 CACHE_MODES = ("concat", "shared_buffer")
+Prompt = str | Sequence[int] | Conversation
 
 
 @dataclass(frozen=True)
@@ -94,11 +100,14 @@ class LLMEngine:
 
     kind = "llm"
 
-    def __init__(self, package: ModelPackage, backend: Backend, tokenizer: Tokenizer):
+    def __init__(self, package: ModelPackage, backend: Backend, tokenizer: Tokenizer,
+                 chat_template: ChatTemplate | None = None):
         self.package = package
         self.backend = backend
         self.tokenizer = tokenizer
+        self.chat_template = chat_template  # None: the package takes no chat messages
         self.layout = DecoderLayout.from_manifest(package.manifest)
+        self.end_of_turn_ids = self._end_of_turn_ids()
         self.context_length = self.layout.context_length
         self.backend_name = backend.name
         self.providers = list(backend.providers)
@@ -136,7 +145,26 @@ class LLMEngine:
             rewrite = partial(_attention_precision, fp16=fp16_attention)
         runner = create_backend(backend, package.onnx_path, threads=threads,
                                 providers=providers, package=package, rewrite=rewrite)
-        return cls(package, runner, tokenizer)
+        return cls(package, runner, tokenizer,
+                   ChatTemplate.from_manifest(package.root, package.manifest))
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """What ends a generation (unless ignore_eos): EOS, and the chat template's
+        end-of-turn token, whether the prompt was chat messages or not."""
+        return self.layout.eos_token_ids + self.end_of_turn_ids
+
+    def _end_of_turn_ids(self) -> tuple[int, ...]:
+        """The chat template's end-of-turn tokens that are not EOS already."""
+        ids = []
+        for token in self.chat_template.end_of_turn if self.chat_template else ():
+            token_id = self.tokenizer.token_id(token)
+            if token_id is None:
+                raise PackageError(f"{self.package.root}: the chat template's end-of-turn "
+                                   f"token {token!r} is not in tokenizer.json")
+            if token_id not in self.layout.eos_token_ids and token_id not in ids:
+                ids.append(token_id)
+        return tuple(ids)
 
     def close(self) -> None:
         """Nothing of its own to stop: the backend's session goes with the last reference."""
@@ -207,7 +235,9 @@ class LLMEngine:
         return self.backend.run(feeds, into=present)["logits"]
 
     # ---- generation -----------------------------------------------------------------
-    def prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, Conversation):
+            return self.chat_ids(prompt)
         if isinstance(prompt, str):
             if not prompt:
                 raise InvalidRequest("prompt", "must not be empty")
@@ -223,9 +253,19 @@ class LLMEngine:
             )
         return ids
 
+    def chat_ids(self, conversation: Conversation) -> list[int]:
+        """The conversation rendered by the package's template, then tokenized."""
+        template = require_template(self.chat_template, self.package.name)
+        if not conversation.messages:
+            raise InvalidRequest("messages", "must hold at least one message")
+        ids = self.tokenizer.encode(template.render(conversation.messages), add_bos=False)
+        if not ids:
+            raise InvalidRequest("messages", "the chat template rendered them as empty text")
+        return ids
+
     def generate(
         self,
-        prompt: str | Sequence[int],
+        prompt: Prompt,
         params: SamplingParams,
         cancelled: Callable[[], bool] | None = None,
     ) -> Iterator[GenerationEvent]:
@@ -233,7 +273,7 @@ class LLMEngine:
         ids = self.request_ids(prompt, params)
         return self._generate(ids, params, cancelled or (lambda: False))
 
-    def request_ids(self, prompt: str | Sequence[int], params: SamplingParams,
+    def request_ids(self, prompt: Prompt, params: SamplingParams,
                     limit: int | None = None, limit_text: str = "") -> list[int]:
         """Check a request (raising InvalidRequest) and return its prompt's token ids.
 
@@ -255,7 +295,7 @@ class LLMEngine:
         self, ids: list[int], params: SamplingParams, cancelled: Callable[[], bool]
     ) -> Iterator[GenerationEvent]:
         started = time.monotonic()
-        sequence = SequenceState(self.tokenizer, self.layout.eos_token_ids, ids, params, started)
+        sequence = SequenceState(self.tokenizer, self.stop_token_ids, ids, params, started)
         cache = self.empty_cache(capacity=len(ids) + params.max_new_tokens)
         logits, cache = self.forward(np.asarray([ids], dtype=np.int64), 0, cache)
         sequence.prefilled(time.monotonic() - started)

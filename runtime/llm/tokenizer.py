@@ -23,10 +23,21 @@ class Tokenizer:
         self.bos_token_id = bos_token_id
         self.add_bos = add_bos and bos_token_id is not None
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self.special_ids = frozenset(
+            i for i, token in self._tok.get_added_tokens_decoder().items() if token.special)
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        """`add_bos=False` for text that already holds its BOS (a rendered chat template)."""
         ids = self._tok.encode(text, add_special_tokens=False).ids
-        return [self.bos_token_id, *ids] if self.add_bos else ids
+        return [self.bos_token_id, *ids] if add_bos and self.add_bos else ids
+
+    def token_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    def leading_special_token(self, text: str) -> str | None:
+        """The special token `text` starts with; None when it starts otherwise."""
+        ids = self._tok.encode(text, add_special_tokens=False).ids
+        return self._tok.id_to_token(ids[0]) if ids and ids[0] in self.special_ids else None
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)

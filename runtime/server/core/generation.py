@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from runtime.llm.engine import GenerationEvent
+from runtime.llm.engine import GenerationEvent, Prompt
 from runtime.llm.sampling import SamplingParams
 from runtime.power.energy import Span
 from runtime.server.core.registry import ModelEntry
@@ -99,7 +99,7 @@ class Generation:
     step, frees the slot, and `worker` resolves to the final event it made.
     """
 
-    def __init__(self, entry: ModelEntry, prompt: str | list[int], params: SamplingParams,
+    def __init__(self, entry: ModelEntry, prompt: Prompt, params: SamplingParams,
                  should_stop: StopCondition, energy: EnergyAccounting | None = None,
                  request_id: str = ""):
         self.entry = entry

@@ -11,14 +11,15 @@ classes implement them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from runtime.llm.engine import GenerationEvent
+    from runtime.llm.chat_template import ChatTemplate
+    from runtime.llm.engine import GenerationEvent, Prompt
     from runtime.llm.sampling import SamplingParams
     from runtime.package import ModelPackage
     from runtime.server.core.batcher import Batcher, RunWindow
@@ -44,8 +45,9 @@ class TextGenerator(ServedModel, Protocol):
     """An LLM: token streams, at most `context_length` tokens per sequence."""
 
     context_length: int
+    chat_template: ChatTemplate | None  # None: the package takes no chat messages
 
-    def generate(self, prompt: str | Sequence[int], params: SamplingParams,
+    def generate(self, prompt: Prompt, params: SamplingParams,
                  cancelled: Callable[[], bool] | None = None) -> Iterator[GenerationEvent]:
         """Validate now (raising InvalidRequest), then return the event stream."""
         ...

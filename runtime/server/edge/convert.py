@@ -15,7 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from runtime.errors import InvalidRequest
-from runtime.llm.engine import GenerationEvent
+from runtime.llm.chat_template import ChatMessage, Conversation
+from runtime.llm.engine import GenerationEvent, Prompt
 from runtime.llm.sampling import SamplingParams
 from runtime.proto.e2edge.v1 import runtime_pb2 as pb
 from runtime.server.core.decode_pool import total_pixels
@@ -49,13 +50,29 @@ def sampling_from_proto(message: pb.SamplingParams) -> SamplingParams:
     return params
 
 
-def prompt_from_proto(request: pb.GenerateRequest) -> str | list[int]:
+def prompt_from_proto(request: pb.GenerateRequest) -> Prompt:
     which = request.WhichOneof("prompt")
     if which == "text" and request.text:
         return request.text
     if which == "token_ids" and request.token_ids.ids:
         return list(request.token_ids.ids)
-    raise InvalidRequest("prompt", "must not be empty: set text or token_ids")
+    if which == "messages":
+        return conversation_from_proto(request.messages.messages)
+    raise InvalidRequest("prompt", "must not be empty: set text, token_ids or messages")
+
+
+def conversation_from_proto(messages: Sequence[pb.ChatMessage]) -> Conversation:
+    """Roles and contents must be there (an assistant's reply may be empty: a model can
+    end its turn at once); which roles are known is the template's call."""
+    if not messages:
+        raise InvalidRequest("messages", "must hold at least one message")
+    for i, message in enumerate(messages):
+        if not message.role or not message.role.isprintable():
+            raise InvalidRequest(f"messages[{i}].role",
+                                 "must be a printable name such as user, assistant or system")
+        if not message.content and message.role != "assistant":
+            raise InvalidRequest(f"messages[{i}].content", "must not be empty")
+    return Conversation(tuple(ChatMessage(m.role, m.content) for m in messages))
 
 
 MAX_REQUEST_ID_CHARS = 128

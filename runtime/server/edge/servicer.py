@@ -1,7 +1,9 @@
 """The EdgeRuntime servicer: thin async handlers over the registry and the models.
 
 Generate streams one request's tokens as the model's worker makes them
-(core/generation.py has how, and when a generation stops).
+(core/generation.py has how, and when a generation stops). A prompt given as chat
+messages is rendered by the package's chat template (runtime/llm/chat_template.py);
+a package without one refuses them (FAILED_PRECONDITION) before they wait for a slot.
 
 Classify, one request:
 1. Checked before it costs anything: model (READY, vision), top_k, the image count
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from runtime.llm.chat_template import Conversation, require_template
 from runtime.llm.engine import GenerationEvent
 from runtime.power.energy import EnergyReport
 from runtime.proto.e2edge.v1 import runtime_pb2 as pb
@@ -96,8 +99,10 @@ class EdgeRuntimeServicer(pb_grpc.EdgeRuntimeServicer):
                 record.request_id = convert.request_id_from_proto(request.request_id)
             self.state.admit()
             entry = self.registry.ready(convert.model_name_from_proto(request.model))
-            entry.text_generator(f"{entry.name!r} is a vision model; use Classify")
+            generator = entry.text_generator(f"{entry.name!r} is a vision model; use Classify")
             prompt = convert.prompt_from_proto(request)
+            if isinstance(prompt, Conversation):  # refused before it waits for a slot
+                require_template(generator.chat_template, generator.package.name)
             params = convert.sampling_from_proto(request.sampling)
             generation = Generation(entry, prompt, params, stop, self.energy, record.request_id)
             async for event in generation.events():

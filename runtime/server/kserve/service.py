@@ -9,7 +9,9 @@ speaks, so `tritonclient.grpc`, perf_analyzer and KServe tooling work unchanged:
   carries `finish_reason`, token counts and timings as parameters (empty of outputs
   when the request set `triton_enable_empty_final_response`, as tritonclient's
   `enable_empty_final_response=True` does). ModelInfer, or `stream: false`, answers
-  with the whole text at once. Inputs and parameters: kserve/convert.py.
+  with the whole text at once. Inputs and parameters: kserve/convert.py. The prompt
+  is text only, as Triton's LLM models take it: chat messages, rendered by the
+  package's chat template, go through EdgeRuntime's Generate.
 - Vision packages take one input (`image`): BYTES encoded images ([n]), or UINT8 /
   FP32 pixels ([H, W], [H, W, C] or [N, H, W, C], FP32 in [0, 1]); they answer FP32
   `probabilities` [n, classes]. A requested output with the parameter

@@ -72,12 +72,14 @@ class EdgeRuntimeServicer:
     """
 
     def Generate(self, request, context):
-        """Streams the generated text of one prompt: one message per decoded token (its
-        text piece and id), the last one also carries the finish reason and the stats.
+        """Streams the generated text of one prompt (text, token ids, or chat messages):
+        one message per decoded token (its text piece and id), the last one also
+        carries the finish reason and the stats.
         Errors: NOT_FOUND (unknown model), INVALID_ARGUMENT (bad field, named in the
         message and in the `e2edge-field` trailing metadata), RESOURCE_EXHAUSTED (the
         model's queue is full), UNAVAILABLE (model not loaded, or the daemon is
-        draining), DEADLINE_EXCEEDED, CANCELLED.
+        draining), FAILED_PRECONDITION (chat messages to a package without a chat
+        template), DEADLINE_EXCEEDED, CANCELLED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -13,6 +13,7 @@ from runtime.errors import (
     ModelNotFound,
     PackageError,
 )
+from runtime.llm.chat_template import ChatMessage, Conversation
 from runtime.llm.engine import GenerationEvent, GenerationStats
 from runtime.llm.sampling import SamplingParams
 from runtime.proto.e2edge.v1 import runtime_pb2 as pb
@@ -75,6 +76,18 @@ def test_prompt_is_text_or_token_ids_and_never_empty():
     with pytest.raises(InvalidRequest) as caught:
         convert.model_name_from_proto("")
     assert caught.value.field == "model"
+
+
+def test_messages_become_a_conversation_as_pairs_or_role_content_mappings():
+    request = build_request("m", messages=[("system", "Be brief."),
+                                           {"role": "user", "content": "a=b"}])
+    assert request.WhichOneof("prompt") == "messages"
+    assert convert.prompt_from_proto(request) == Conversation(
+        (ChatMessage("system", "Be brief."), ChatMessage("user", "a=b")))
+    with pytest.raises(TypeError, match="either a prompt or messages"):
+        build_request("m", "hi", messages=[("user", "hi")])
+    with pytest.raises(TypeError, match="either a prompt or messages"):
+        build_request("m")
 
 
 def test_final_event_carries_reason_and_stats():
