@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "classify": "runtime.cli.classify",
     "power": "runtime.cli.power",
     "doctor": "runtime.cli.doctor",
+    "proto": "runtime.cli.proto",
     "selftest": "e2edge.selftest.command",
     "bench llm": "e2edge.bench.llm",
     "bench vit": "e2edge.bench.vit",

@@ -73,6 +73,10 @@ def generate(out: Path = DEFAULT_OUT) -> list[Path]:
             path = out / f"{stem}{suffix}"
             path.write_text(_rewrite_imports(path.read_text(), top_packages))
             written.append(path)
+        # The source itself, so the wheel ships it (C++ / ROS 2 clients generate from it).
+        source = out / proto
+        source.write_bytes((PROTO_ROOT / proto).read_bytes())
+        written.append(source)
     return sorted(set(written))
 
 

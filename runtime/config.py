@@ -50,6 +50,9 @@ from runtime.security_config import AuthConfig, TLSConfig
 from runtime.vision.serving_config import MAX_DELAY_MS_LIMIT, BatchingConfig, ImageLimits
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+# Where the systemd service listens (systemd/e2edge.yaml): under /run/e2edge, the one
+# folder the hardened unit may write (RuntimeDirectory=e2edge).
+SYSTEMD_SOCKET = "/run/e2edge/e2edge.sock"
 DEFAULT_GRACE_PERIOD_S = 10.0
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9400"

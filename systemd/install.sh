@@ -7,6 +7,7 @@
 #   systemd/install.sh --dry-run                  # print what it would do, change nothing
 #   systemd/install.sh --root /tmp/img            # into an image or a test root, offline
 #   sudo systemd/install.sh --uninstall [--purge] # --purge: also config, state, logs, user
+#   sudo systemd/install.sh --no-enable           # install, but do not enable or start it
 #
 # The config is installed once and never overwritten: edit it, then
 # `systemctl start e2edge` (or `systemctl reload e2edge` after later edits).
@@ -22,7 +23,7 @@ UNINSTALL=0
 PURGE=0
 ENABLE=1
 
-usage() { sed -n '2,13s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,14s/^# \{0,1\}//p' "$0"; }
 
 while [ $# -gt 0 ]; do
     case $1 in
