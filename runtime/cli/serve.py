@@ -1,6 +1,6 @@
 """Run the gRPC daemon: serve the models of a config file until SIGTERM/SIGINT.
 
-    e2edge serve --config daemon.yaml [--listen 127.0.0.1:50051 | --listen unix:/run/e2edge/e2edge.sock]
+    e2edge serve --config daemon.yaml [--listen 127.0.0.1:50051 | unix:/run/e2edge/e2edge.sock]
 
 The config is validated first (an error names the file, line and key). Models load
 in the background while the server already answers health checks; a model that
