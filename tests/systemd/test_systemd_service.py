@@ -78,6 +78,10 @@ def test_example_config_is_valid_and_uses_the_units_directories():
     assert config.listen == "unix:/run/e2edge/e2edge.sock"  # RuntimeDirectory
     assert config.power is not None and config.power.log.startswith("/var/log/e2edge/")
     assert all(str(m.path).startswith("/var/lib/e2edge/") for m in config.models)
+    # One LLM and one vision model, each on the best backend the box has.
+    assert [m.name for m in config.models] == ["demo", "scans"]
+    assert {m.backend for m in config.models} == {"auto"}
+    assert config.models[1].batching.max_batch == 16
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None,
