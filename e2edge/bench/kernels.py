@@ -1,6 +1,6 @@
 """The e2edge CUDA kernels on the GPU that is here: correctness and speed, as JSON.
 
-    e2edge bench kernels --out FILE.json [--skip-bench] [--vit]
+    e2edge bench kernels --out FILE.json [--skip-bench] [--vit] [--only PART,...]
 
 In one go: compiles the kernels with NVRTC, checks every kernel path against the NumPy
 references of plugins_trt/reference.py (the cases of e2edge/bench/kernel_cases.py; the
@@ -251,7 +251,10 @@ def correctness(report: dict[str, Any]) -> None:
     results = report.setdefault("correctness", [])
     tensor_cores = kernels.LIBRARY.device().cc >= mma_tiles.TENSOR_CORE_MIN_CC
     report["tensor_core_cases"] = "run" if tensor_cores else "skipped: the GPU is older than sm_80"
+    only = report.get("only_cases")
     for name, case in correctness_cases(tensor_cores):
+        if only and not any(part in name for part in only):
+            continue
         try:
             results.append(case())
         except Exception as e:  # one broken case must not hide the others
@@ -311,7 +314,10 @@ def _bench_vit(report: dict[str, Any]) -> None:
     vit_kernels.bench_vit(report, _write)
 
 
-def run_checks(out: Path | None, skip_bench: bool = False, vit: bool = False) -> dict[str, Any]:
+def run_checks(
+    out: Path | None, skip_bench: bool = False, vit: bool = False, only: list[str] | None = None
+) -> dict[str, Any]:
+    """only: run just the correctness cases whose names contain one of these parts."""
     global _OUT
     _OUT = out
     report: dict[str, Any] = {
@@ -319,6 +325,8 @@ def run_checks(out: Path | None, skip_bench: bool = False, vit: bool = False) ->
         "benchmarks": {},
         "errors": [],
     }
+    if only:
+        report["only_cases"] = only
     steps: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
         ("environment", environment),
         ("compile", compile_kernels),
@@ -360,6 +368,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--skip-bench", action="store_true", help="correctness checks only")
     parser.add_argument(
+        "--only",
+        type=lambda text: [part for part in text.split(",") if part],
+        help="comma-separated name parts: run only the correctness cases matching one "
+        "(e.g. under compute-sanitizer)",
+    )
+    parser.add_argument(
         "--vit",
         action="store_true",
         help="also the whole BitMed ViT forward with the kernels vs fp16 torch (class scores, "
@@ -368,7 +382,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    report = run_checks(args.out, skip_bench=args.skip_bench, vit=args.vit)
+    report = run_checks(args.out, skip_bench=args.skip_bench, vit=args.vit, only=args.only)
     summary = report.get("summary", {})
     print(json.dumps(summary, indent=2))
     for error in report["errors"]:
