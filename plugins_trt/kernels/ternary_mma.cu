@@ -238,7 +238,8 @@ __device__ __forceinline__ void w2a16_compute(float (&acc)[T::MT][T::NT][4],
             u32 pa = ternary_pair(x, 0);  // (v[2t], v[2t+8])
             u32 pb = ternary_pair(x, 1);  // (v[2t+1], v[2t+9])
             if (!UNIFORM) {  // code x scale is exact: the scale itself is rounded to fp16
-                const u32 s2 = f32_to_f16x2_splat(*reinterpret_cast<const float*>(Ss + nl * 16 + ks * 4));
+                const float s = *reinterpret_cast<const float*>(Ss + nl * 16 + ks * 4);
+                const u32 s2 = f32_to_f16x2_splat(s);
                 pa = hmul2(pa, s2);
                 pb = hmul2(pb, s2);
             }
@@ -257,7 +258,8 @@ __device__ __forceinline__ void w2a16_mainloop(float (&acc)[T::MT][T::NT][4],
                                                int k_tiles) {
 #pragma unroll
     for (int s = 0; s < T::STAGES - 1; ++s) {
-        if (s < k_tiles) w2a16_load<T, UNIFORM>(dyn_smem + s * T::STAGE_BYTES, X, x_vec, op, m0, n0, s);
+        if (s < k_tiles)
+            w2a16_load<T, UNIFORM>(dyn_smem + s * T::STAGE_BYTES, X, x_vec, op, m0, n0, s);
         cp_async_commit();  // empty groups too: the wait below counts groups
     }
     for (int kt = 0; kt < k_tiles; ++kt) {
@@ -409,15 +411,7 @@ __device__ __forceinline__ void load_group16(const f16_t* __restrict__ X, int m,
 __device__ __forceinline__ void load_group16(const float* __restrict__ X, int m, int k, int M,
                                              int K, bool x_vec, float (&v)[16]) {
     if (m < M && x_vec && k + 16 <= K) {
-        const float4* p = reinterpret_cast<const float4*>(X + (size_t)m * K + k);
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-            const float4 f = __ldg(p + q);
-            v[4 * q] = f.x;
-            v[4 * q + 1] = f.y;
-            v[4 * q + 2] = f.z;
-            v[4 * q + 3] = f.w;
-        }
+        ldg_f32x16(X + (size_t)m * K + k, v);
     } else {
 #pragma unroll
         for (int e = 0; e < 16; ++e)
@@ -670,9 +664,10 @@ __device__ __forceinline__ void ternary_mma_w2a8(const InT* __restrict__ X,
                     const int r = wm * T::WARP_M + i * 16 + g + 8 * h;
                     const int m = m0 + r;
                     if (m >= M || n >= N) continue;
-                    const float step = steps[r];
-                    const float y0 = fmaf((float)iacc[i][j][2 * h], s0, facc[i][j][2 * h]) * step;
-                    const float y1 = fmaf((float)iacc[i][j][2 * h + 1], s1, facc[i][j][2 * h + 1]) * step;
+                    const int e = 2 * h;  // accumulator pair of row m: columns n, n + 1
+                    const float y0 = fmaf((float)iacc[i][j][e], s0, facc[i][j][e]) * steps[r];
+                    const float y1 =
+                        fmaf((float)iacc[i][j][e + 1], s1, facc[i][j][e + 1]) * steps[r];
                     OutT* dst = Y + (size_t)m * N + n;  // n is even
                     if (y_pair) {
                         write_pair(dst, y0, y1);

@@ -38,11 +38,16 @@ def test_ternary_matmul_is_dequantise_then_matmul(n, k, block_size):
     scales = scales * (1 + rng.random(scales.shape).astype(np.float32))  # distinct per block
     x = rng.standard_normal((4, k)).astype(np.float32)
     want = x.astype(np.float64) @ _naive_dequantize(packed, scales, k, block_size).T
-    got = reference.ternary_matmul(x, packed, scales, k)
+    _check_against(reference.ternary_matmul, x, packed, scales, k, want, atol=1e-6)
+
+
+def _check_against(matmul, x, packed, scales, k, want, atol):
+    """matmul's float32 result is `want`, also from the int32 word view the plugin gets."""
+    got = matmul(x, packed, scales, k)
     assert got.dtype == np.float32
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-    words = reference.packed_to_words(packed)  # the int32 view the plugin receives
-    np.testing.assert_array_equal(reference.ternary_matmul(x, words, scales, k), got)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=atol)
+    words = reference.packed_to_words(packed)
+    np.testing.assert_array_equal(matmul(x, words, scales, k), got)
 
 
 def test_words_are_the_same_bytes_with_16_codes_each():
@@ -237,11 +242,7 @@ def test_int8_reference_is_the_exact_matmul_of_the_quantised_activations(per_blo
     q, step = quantize_per_token(x)
     on_grid = q.astype(np.float64) * step.astype(np.float64)[:, None]
     want = on_grid @ _naive_dequantize(packed, scales, k, block_size).T
-    got = reference.ternary_matmul_int8(x, packed, scales, k)
-    assert got.dtype == np.float32
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
-    words = reference.packed_to_words(packed)  # the int32 view the kernels receive
-    np.testing.assert_array_equal(reference.ternary_matmul_int8(x, words, scales, k), got)
+    _check_against(reference.ternary_matmul_int8, x, packed, scales, k, want, atol=1e-12)
 
 
 def test_the_two_int8_grids_agree_but_at_rounding_boundaries():
