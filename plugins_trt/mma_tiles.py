@@ -4,14 +4,15 @@ launcher (plugins_trt/kernels.py) reads it; a test keeps W2A16_TILES / W2A8_TILE
 with the W2A16_TILE / W2A8_TILE lines of the kernel source.
 
 Shape classes and what choose_tile() gives them (M tokens x K x N; an H100 has 132 SMs,
-an AGX Orin 16, an Orin Nano 8):
+an AGX Orin 16, an Orin Nano 8; tests/plugins_trt/test_mma_tiles.py holds these):
 
-    BitMed ViT, one image   1024 x 512 x 2048, 1024 x 2048 x 512
-                            H100: 64x128 (256 CTAs) and 64x64 (128 CTAs, the most there
-                            is); Orin: 128x128 (128 / 32 CTAs)
-    BitMed ViT, 16 images   16384 x ...: 128x128 everywhere (thousands of CTAs)
-    LLM prefill             128-2048 tokens at 2048-8192 widths: 128x128 once the tiles
-                            cover the SMs, else smaller tiles for more CTAs
+    BitMed ViT, one image   1024 x 512 x 2048: H100 64x128 (256 CTAs), Orin 128x128
+                            1024 x 2048 x 512: H100 32x128 (128 CTAs: no tile covers all
+                            132 SMs), Orin 128x128
+    BitMed ViT, 16 images   16384 x ...: 128x128 everywhere (512 CTAs and more)
+    LLM prefill             128-2048 tokens at 2048-8192 widths: 128x128 once its CTAs
+                            cover the SMs, else smaller tiles for more CTAs (H100, 128
+                            tokens: 32x128)
     a few tokens (16-31)    32x128: fewer idle rows
 
 A tile never has more rows than the tokens need (rounded up to 32), and the largest tile
