@@ -35,10 +35,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy --follow-imports=silent --ignore-missing-imports tests/runtime/server/core/served_model_conformance.py
 
-# Runs with the machine's own python (its CUDA torch, CuPy, cuda-python), not the CPU venv.
+# Runs with the machine's own python (its CUDA torch, cuda-python), not the CPU venv:
+# kernels vs references, benchmarks, the whole BitMed ViT, memcheck, the GPU tests.
 gpu-check:
-	PYTHONPATH=. $(PYTHON) -m e2edge.cli bench kernels --out $(ARTIFACTS)/gpu_check.json
-	PYTHONPATH=. $(PYTHON) -m pytest -q -p no:cacheprovider tests/e2edge/test_bench_kernels_gpu.py
+	PYTHON=$(PYTHON) sh scripts/gpu_check.sh $(ARTIFACTS)/gpu-check
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py

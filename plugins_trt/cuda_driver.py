@@ -121,6 +121,8 @@ class GpuInfo:
     cc_minor: int
     total_memory: int  # bytes
     clock_khz: int  # SM clock
+    multiprocessors: int = 0  # SMs (0: not asked); the tensor-core kernels size grids by it
+    shared_memory_optin: int = 0  # bytes of shared memory a block may opt into (0: not asked)
 
     @property
     def cc(self) -> int:
@@ -155,6 +157,8 @@ def gpu_info(device: int | None = None) -> GpuInfo:
         cc_minor=attribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR),
         total_memory=int(check(driver.cuDeviceTotalMem(dev), "cuDeviceTotalMem")),
         clock_khz=attribute(attr.CU_DEVICE_ATTRIBUTE_CLOCK_RATE),  # still in CUDA 13
+        multiprocessors=attribute(attr.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT),
+        shared_memory_optin=attribute(attr.CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN),
     )
 
 
@@ -171,6 +175,14 @@ def load_module(image: bytes, is_ptx: bool) -> Any:
 def get_function(module: Any, name: str) -> Any:
     driver, _ = bindings()
     return check(driver.cuModuleGetFunction(module, name.encode()), f"cuModuleGetFunction({name})")
+
+
+def set_max_dynamic_shared(function: Any, nbytes: int) -> None:
+    """Let `function` take `nbytes` of dynamic shared memory (needed above 48 KiB)."""
+    driver, _ = bindings()
+    attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    check(driver.cuFuncSetAttribute(function, attr, int(nbytes)),
+          f"cuFuncSetAttribute(max dynamic shared memory {nbytes})")
 
 
 def launch(

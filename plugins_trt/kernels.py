@@ -8,6 +8,7 @@ launcher:
     launch_ternary_matmul   Y (M, N) = X (M, K) @ dequant(words, scales).T
         words  (N, K_pad / 16) int32/uint32: the package's packed uint8 bytes, 16 codes a word
         scales (N, n_blocks) float32
+        which kernel runs is choose_ternary_path(): by compute capability and tokens M
     launch_sparse_ffn       Y (M, D) = gated FFN over the active neurons only
 
 Nothing is compiled or loaded at import; a KernelLibrary compiles each .cu with NVRTC on
@@ -24,11 +25,13 @@ from typing import Any
 import numpy as np
 
 from plugins_trt import cuda_driver
+from plugins_trt import mma_tiles as mma
 from plugins_trt.nvrtc_compiler import compile_kernel
 from plugins_trt.plugin_spec import FFN_ACTIVATIONS
 from runtime.ternary_layout import check_block_size, padded_k
 
 TERNARY_SOURCE = "packed_ternary_matmul.cu"
+MMA_SOURCE = "ternary_mma.cu"  # sm_80+ only: never compiled for an older GPU
 FFN_SOURCE = "sparse_ffn.cu"
 
 GEMV_THREADS = 128
@@ -40,6 +43,7 @@ QUANTIZE_THREADS = 256
 FFN_THREADS = 256
 ACTIVATIONS = {name: code for code, name in enumerate(FFN_ACTIVATIONS)}  # sparse_ffn.cu codes
 DTYPES = ("float16", "float32")
+STATIC_SHARED_LIMIT = 48 << 10  # more dynamic shared memory needs the function's opt-in
 _ALIGN = 256
 
 
@@ -59,27 +63,42 @@ class KernelLibrary:
         self._lock = threading.Lock()
         self._modules: dict[tuple[int, str], Any] = {}
         self._functions: dict[tuple[int, str, str], Any] = {}
+        self._shared_opt_in: dict[tuple[int, str, str], int] = {}
+        self._devices: dict[int, cuda_driver.GpuInfo] = {}
 
-    def function(self, source: str, name: str) -> Any:
+    def device(self) -> cuda_driver.GpuInfo:
+        """The current context's GPU (compute capability, SMs, shared memory), asked once."""
+        context = cuda_driver.ensure_context()
+        info = self._devices.get(context)
+        if info is None:
+            info = self._devices[context] = cuda_driver.gpu_info()
+        return info
+
+    def function(self, source: str, name: str, dynamic_shared: int = 0) -> Any:
+        """The loaded entry point; `dynamic_shared` bytes above 48 KiB are opted into once."""
         context = cuda_driver.ensure_context()
         key = (context, source, name)
         found = self._functions.get(key)
-        if found is not None:
-            return found
-        with self._lock:
-            module = self._modules.get((context, source))
-            if module is None:
-                compiled = compile_kernel(source, cuda_driver.gpu_info().cc, self.cache_dir)
-                module = cuda_driver.load_module(compiled.image, compiled.is_ptx)
-                self._modules[(context, source)] = module
-            function = cuda_driver.get_function(module, name)
-            self._functions[key] = function
-            return function
+        if found is None:
+            with self._lock:
+                module = self._modules.get((context, source))
+                if module is None:
+                    compiled = compile_kernel(source, self.device().cc, self.cache_dir)
+                    module = cuda_driver.load_module(compiled.image, compiled.is_ptx)
+                    self._modules[(context, source)] = module
+                found = self._functions[key] = cuda_driver.get_function(module, name)
+        if dynamic_shared > max(STATIC_SHARED_LIMIT, self._shared_opt_in.get(key, 0)):
+            cuda_driver.set_max_dynamic_shared(found, dynamic_shared)
+            self._shared_opt_in[key] = dynamic_shared
+        return found
 
     def preload(self) -> None:
-        """Compile and load both modules now, so the first inference pays nothing."""
+        """Compile and load the modules this GPU runs now, so the first inference pays
+        nothing (the tensor-core one on sm_80+ only)."""
         self.function(TERNARY_SOURCE, "ternary_gemv_f16_m1")
         self.function(FFN_SOURCE, "f32_to_f16")
+        if self.device().cc >= mma.TENSOR_CORE_MIN_CC:
+            self.function(MMA_SOURCE, "ternary_mma_f16_128x128")
 
 
 LIBRARY = KernelLibrary()
@@ -95,7 +114,10 @@ def kernel_names() -> dict[str, list[str]]:
     for t in ("f16", "f32"):
         ffn += [f"sparse_ffn_gate_up_{t}_t1", f"sparse_ffn_gate_up_{t}_t8"]
         ffn += [f"sparse_ffn_down_{t}_t1", f"sparse_ffn_down_{t}_t4"]
-    return {TERNARY_SOURCE: ternary, FFN_SOURCE: ffn}
+    tensor_core = [f"ternary_mma_f16_{name}" for name in mma.W2A16_TILES]
+    for t in ("f16", "f32"):
+        tensor_core += [f"ternary_mma_w2a8_{t}_{name}" for name in mma.W2A8_TILES]
+    return {TERNARY_SOURCE: ternary, MMA_SOURCE: tensor_core, FFN_SOURCE: ffn}
 
 
 def _suffix(dtype: str) -> str:
@@ -132,12 +154,71 @@ class TernaryGeometry:
         return (self.block_size // 16).bit_length() - 1
 
 
-def ternary_workspace_bytes(M: int, geometry: TernaryGeometry, activation_bits: int) -> int:
-    """Scratch for W2A8: int8 activations (M, K_pad) then one float scale per token."""
+PATHS = ("auto", "gemv", "tiled", "mma")
+
+
+def choose_ternary_path(
+    M: int, dtype: str, activation_bits: int, block_size: int, cc: int, path: str = "auto"
+) -> str:
+    """Which kernel runs Y = X @ dequant(W).T: "gemv", "tiled", "w2a8" (the GEMV on int8
+    activations), "mma" or "mma_w2a8" (tensor cores), or "empty" for M = 0.
+
+    auto: on sm_80+ (cc >= 80) M >= 16 tokens take the tensor-core kernels (W2A16 for fp16
+    activations; W2A8 for fp16 or fp32 when blocks are >= 32 wide); otherwise what ran before
+    them: the GEMV for M <= 8, the tiled kernel above (W2A8: the GEMV in chunks of 8 tokens).
+    Xavier (sm_72) and Turing (sm_75) never reach the tensor-core source. "gemv", "tiled" and
+    "mma" force one (tests and benchmarks), and raise where it cannot run.
+    """
+    _suffix(dtype)
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if activation_bits not in (16, 8):
+        raise ValueError(f"activation_bits must be 16 or 8, got {activation_bits}")
+    if M < 0:
+        raise ValueError(f"M must be >= 0, got {M}")
+    if M == 0:
+        return "empty"
+    tensor_cores = cc >= mma.TENSOR_CORE_MIN_CC
+    if activation_bits == 8:
+        eligible = tensor_cores and block_size >= mma.W2A8_MIN_BLOCK
+        if path == "mma" and not eligible:
+            raise ValueError(
+                f"the W2A8 tensor-core kernel needs sm_{mma.TENSOR_CORE_MIN_CC}+ and blocks of "
+                f">= {mma.W2A8_MIN_BLOCK} (this is sm_{cc}, block_size {block_size})"
+            )
+        if path == "tiled":
+            raise ValueError("W2A8 runs the GEMV or the tensor-core kernel, not the tiled one")
+        if path == "mma" or (path == "auto" and eligible and M >= mma.MIN_TOKENS):
+            return "mma_w2a8"
+        return "w2a8"
+    eligible = tensor_cores and dtype == "float16"
+    if path == "mma" and not eligible:
+        raise ValueError(
+            f"the W2A16 tensor-core kernel needs fp16 activations and sm_{mma.TENSOR_CORE_MIN_CC}+ "
+            f"(this is {dtype} on sm_{cc})"
+        )
+    if path == "auto":
+        if eligible and M >= mma.MIN_TOKENS:
+            return "mma"
+        return "gemv" if M <= GEMV_MAX_TOKENS else "tiled"
+    return path
+
+
+def ternary_workspace_bytes(
+    M: int, geometry: TernaryGeometry, activation_bits: int, cc: int = 0
+) -> int:
+    """Scratch for the W2A8 GEMV: int8 activations (M, K_pad) then one float scale per token.
+
+    With the GPU's compute capability `cc`, only token counts that take the GEMV count (the
+    tensor-core W2A8 kernel quantises in its prologue and needs none); cc = 0 (not known)
+    sizes for the GEMV at every M.
+    """
     if activation_bits == 16:
         return 0
     if activation_bits != 8:
         raise ValueError(f"activation_bits must be 16 or 8, got {activation_bits}")
+    if cc and choose_ternary_path(M, "float16", 8, geometry.block_size, cc) == "mma_w2a8":
+        M = mma.MIN_TOKENS - 1  # the most tokens that still take the GEMV
     return _align(M * geometry.k_pad) + _align(4 * M)
 
 
@@ -162,22 +243,22 @@ def launch_ternary_matmul(
     activation_bits: int = 16,
     workspace: int = 0,
     path: str = "auto",
+    tile: str | None = None,
     library: KernelLibrary = LIBRARY,
 ) -> str:
-    """Y = X @ dequant(W).T on `stream`; returns the path taken ("gemv", "tiled", "w2a8").
+    """Y = X @ dequant(W).T on `stream`; returns the path taken (choose_ternary_path()).
 
-    path: "auto" takes the GEMV for M <= 8 and the tiled kernel above; "gemv" / "tiled"
-    force one (tests use this to check both on one shape). W2A8 always runs the GEMV (in
-    chunks of 8 tokens) and needs `workspace` of ternary_workspace_bytes().
+    The GEMV W2A8 path needs `workspace` of ternary_workspace_bytes(); `tile` forces one of
+    mma_tiles' tiles on the tensor-core paths (benchmarks sweep them), else the table picks.
     """
     suffix = _suffix(dtype)
-    if path not in ("auto", "gemv", "tiled"):
-        raise ValueError(f"path must be auto, gemv or tiled, got {path!r}")
-    if M < 0:
-        raise ValueError(f"M must be >= 0, got {M}")
-    if M == 0:
-        return "empty"
     g = geometry
+    cc = library.device().cc if M > 0 else 0
+    taken = choose_ternary_path(M, dtype, activation_bits, g.block_size, cc, path)
+    if taken == "empty":
+        return taken
+    if tile is not None and not taken.startswith("mma"):
+        raise ValueError(f"a tile is chosen for the tensor-core paths only, not {taken!r}")
     shape_args = [
         np.int32(M),
         np.int32(g.K),
@@ -185,7 +266,11 @@ def launch_ternary_matmul(
         np.int32(g.words_per_row),
         np.int32(g.words_per_block_log2),
     ]
-    if activation_bits == 8:
+    args = [_ptr(x), _ptr(words), _ptr(scales), _ptr(y), *shape_args]
+    if taken.startswith("mma"):
+        _launch_mma(args, M, g, suffix, taken == "mma_w2a8", tile, stream, library)
+        return taken
+    if taken == "w2a8":
         if not workspace:
             raise ValueError("W2A8 needs a workspace of ternary_workspace_bytes()")
         xq, token_scale = workspace, workspace + _align(M * g.k_pad)
@@ -207,12 +292,8 @@ def launch_ternary_matmul(
             stream,
             what="ternary_gemv_w2a8",
         )
-        return "w2a8"
-    if activation_bits != 16:
-        raise ValueError(f"activation_bits must be 16 or 8, got {activation_bits}")
-    use_gemv = path == "gemv" or (path == "auto" and M <= GEMV_MAX_TOKENS)
-    args = [_ptr(x), _ptr(words), _ptr(scales), _ptr(y), *shape_args]
-    if use_gemv:
+        return taken
+    if taken == "gemv":
         mt = _gemv_tokens(M)
         rows = GEMV_ROWS_PER_BLOCK[mt]
         cuda_driver.launch(
@@ -223,7 +304,7 @@ def launch_ternary_matmul(
             stream,
             what="ternary_gemv",
         )
-        return "gemv"
+        return taken
     threads = 128 if suffix == "f16" else 256
     cuda_driver.launch(
         library.function(TERNARY_SOURCE, f"ternary_gemm_{suffix}"),
@@ -233,7 +314,41 @@ def launch_ternary_matmul(
         stream,
         what="ternary_gemm",
     )
-    return "tiled"
+    return taken
+
+
+def _launch_mma(
+    args: list, M: int, g: TernaryGeometry, suffix: str, w2a8: bool, tile: str | None,
+    stream: int, library: KernelLibrary,
+) -> None:
+    """The tensor-core kernels: a tile from mma_tiles' table (or `tile`), its grid and its
+    dynamic shared memory; W2A8 also gets the K chunk of quantised rows kept resident."""
+    gpu = library.device()
+    sms = gpu.multiprocessors or 1
+    tiles = mma.W2A8_TILES if w2a8 else mma.W2A16_TILES
+    t = mma.tile_named(tiles, tile) if tile else mma.choose_tile(tiles, M, g.N, sms)
+    m_blocks = -(-M // t.bm)
+    if m_blocks > 65535:
+        raise ValueError(f"M = {M} tokens is more than one launch covers with {t.name} tiles")
+    if w2a8:
+        k_span = mma.w2a8_k_span(min(g.words_per_row, -(-g.K // 16)))
+        kchunk = mma.w2a8_kchunk(t, k_span, gpu.shared_memory_optin or STATIC_SHARED_LIMIT)
+        grid = (mma.w2a8_grid_x(t, M, g.N, sms, resident=kchunk == k_span), m_blocks, 1)
+        shared = mma.w2a8_smem_bytes(t, kchunk)
+        name, args = f"ternary_mma_w2a8_{suffix}_{t.name}", [*args, np.int32(kchunk)]
+    else:
+        grid = (-(-g.N // t.bn), m_blocks, 1)
+        shared = mma.w2a16_smem_bytes(t)
+        name = f"ternary_mma_f16_{t.name}"
+    cuda_driver.launch(
+        library.function(MMA_SOURCE, name, dynamic_shared=shared),
+        grid,
+        (t.threads, 1, 1),
+        args,
+        stream,
+        shared_bytes=shared,
+        what=name,
+    )
 
 
 # ---- sparse gated FFN ----------------------------------------------------------------------

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.ternary_layout import CODES_PER_BYTE, dequantize
+from runtime.activation_grid import quantize_per_token
+from runtime.ternary_layout import CODES_PER_BYTE, ZERO_POINT, dequantize, unpack_codes
 
 # ---- packed ternary matmul (packed_ternary_matmul.cu) -------------------------------------
 
@@ -27,6 +28,17 @@ def packed_to_words(packed: np.ndarray) -> np.ndarray:
     """(N, n_blocks, block_size/4) uint8 -> (N, K_pad/16) int32 over the same bytes."""
     n = packed.shape[0]
     return np.ascontiguousarray(packed).reshape(n, -1).view("<i4")
+
+
+def _as_layout(packed: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(packed (N, n_blocks, block_size/4) uint8, scales (N, n_blocks) float32) from the
+    layout's arrays or the kernels' word view."""
+    n = packed.shape[0]
+    scales = np.asarray(scales, np.float32).reshape(n, -1)
+    if packed.dtype != np.uint8:
+        k_pad_words = packed.reshape(n, -1).shape[1]
+        packed = words_to_packed(packed, n, k_pad_words * 16 // scales.shape[1])
+    return packed, scales
 
 
 def quantize_int8_per_token(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -66,13 +78,8 @@ def ternary_matmul(
     activation_bits=8 is the W2A8 path: X quantised per token to int8 first.
     """
     x = np.asarray(x)
-    n = packed.shape[0]
-    n_blocks = np.asarray(scales).reshape(n, -1).shape[1]
-    if packed.dtype != np.uint8:
-        k_pad_words = packed.reshape(n, -1).shape[1]
-        packed = words_to_packed(packed, n, k_pad_words * 16 // n_blocks)
-    weight = dequantize(packed, np.asarray(scales, np.float32).reshape(n, n_blocks), k)
-    weight = weight.astype(np.float64)  # (N, K)
+    packed, scales = _as_layout(packed, scales)
+    weight = dequantize(packed, scales, k).astype(np.float64)  # (N, K)
     if activation_bits == 16:
         y = x.astype(np.float64) @ weight.T
     elif activation_bits == 8:
@@ -80,6 +87,48 @@ def ternary_matmul(
         y = (q.astype(np.float64) @ weight.T) * token_scale.astype(np.float64)[:, None]
     else:
         raise ValueError(f"activation_bits must be 16 or 8, got {activation_bits}")
+    return y.astype(x.dtype)
+
+
+# ---- tensor-core W2A8 (ternary_mma.cu) ---------------------------------------------------
+# The W2A16 tensor-core kernel computes ternary_matmul() above (it is one more W2A16 path).
+
+
+def block_integer_sums(q: np.ndarray, packed: np.ndarray, k: int) -> np.ndarray:
+    """(M, K) int8 activation codes and W in the layout, (N, n_blocks, block_size/4) uint8
+    -> (M, N, n_blocks) int64: the exact sum over each scale block of q[m, k] * (code[n, k] - 2).
+
+    Computed as float64 products, which are exact: every partial sum is an integer far
+    below 2^53 (|q| <= 128, block_size <= K).
+    """
+    n, n_blocks, blob = packed.shape
+    block_size = blob * CODES_PER_BYTE
+    m = q.shape[0]
+    codes = unpack_codes(packed, n_blocks * block_size).astype(np.float64) - ZERO_POINT
+    padded = np.zeros((m, n_blocks * block_size))
+    padded[:, :k] = q
+    sums = np.empty((m, n, n_blocks), dtype=np.int64)
+    for b in range(n_blocks):
+        cols = slice(b * block_size, (b + 1) * block_size)
+        sums[:, :, b] = padded[:, cols] @ codes[:, cols].T
+    return sums
+
+
+def ternary_matmul_int8(
+    x: np.ndarray, packed: np.ndarray, scales: np.ndarray, k: int
+) -> np.ndarray:
+    """The W2A8 tensor-core kernel: X quantised per token on the package's grid
+    (runtime/activation_grid.py: what the graph's QuantizeLinear computes), exact integer
+    sums per scale block, then Y[m, n] = step[m] * sum_b scale[n, b] * sums[m, n, b].
+
+    activation_bits=8 of ternary_matmul() is the GEMV's grid (x * 127 / absmax, no floor);
+    the two agree except where x / step lands within float32 noise of a .5 boundary.
+    """
+    x = np.asarray(x)
+    packed, scales = _as_layout(packed, scales)
+    q, step = quantize_per_token(x)
+    sums = block_integer_sums(q, packed, k).astype(np.float64)
+    y = (sums * scales.astype(np.float64)[None]).sum(axis=2) * step.astype(np.float64)[:, None]
     return y.astype(x.dtype)
 
 

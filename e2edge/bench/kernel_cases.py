@@ -19,8 +19,8 @@ TERNARY_CASES = [
     ("gemv_f16_chunks", dict(dtype="float16", m=13, k=512, n=100, bs=16, path="gemv")),
     ("gemv_f32_decode", dict(dtype="float32", m=1, k=2048, n=512, bs=64, path="auto")),
     ("gemv_f32_odd_k", dict(dtype="float32", m=5, k=1000, n=77, bs=32, path="auto")),
-    ("tiled_f16_small", dict(dtype="float16", m=37, k=320, n=200, bs=64, path="auto")),
-    ("tiled_f16_vit", dict(dtype="float16", m=128, k=2048, n=512, bs=64, path="auto")),
+    ("tiled_f16_small", dict(dtype="float16", m=37, k=320, n=200, bs=64, path="tiled")),
+    ("tiled_f16_vit", dict(dtype="float16", m=128, k=2048, n=512, bs=64, path="tiled")),
     ("tiled_f16_odd_k", dict(dtype="float16", m=64, k=1000, n=64, bs=32, path="tiled")),
     ("tiled_f16_m1", dict(dtype="float16", m=1, k=512, n=96, bs=64, path="tiled")),
     ("tiled_f32_small", dict(dtype="float32", m=37, k=320, n=200, bs=64, path="auto")),
@@ -29,6 +29,49 @@ TERNARY_CASES = [
     ("w2a8_f16_odd_k", dict(dtype="float16", m=11, k=1000, n=300, bs=32, bits=8)),
     ("w2a8_f32_small", dict(dtype="float32", m=2, k=512, n=64, bs=16, bits=8)),
 ]
+# The tensor-core kernels (sm_80+). x "int": integers (W2A16: in [-1, 1]; W2A8: in
+# [-127, 127] with 127 in every row, so the step is exactly 1) and "half": W2A8 codes on .5
+# boundaries (rounding to even); scales "unit", "pow2_block" (a power of two per block),
+# "block" (random per block: the per-block scaling paths) or per row (default). With integer
+# x and power-of-two scales every sum is exact, so "exact" cases must match bit for bit.
+_FC1, _FC2 = dict(m=1024, k=512, n=2048, bs=128), dict(m=1024, k=2048, n=512, bs=128)
+_TILE_SHAPE = dict(m=100, k=576, n=200, bs=64, x="int", scales="unit", exact=True)
+MMA_CASES = [
+    ("mma_f16_vit_fc1", dict(dtype="float16", **_FC1, expect="mma")),
+    ("mma_f16_vit_fc2", dict(dtype="float16", **_FC2, expect="mma")),
+    ("mma_f16_prefill", dict(dtype="float16", m=256, k=2048, n=8192, bs=128, expect="mma")),
+    ("mma_f16_m16", dict(dtype="float16", m=16, k=4096, n=256, bs=128, expect="mma")),
+    ("mma_f16_odd", dict(dtype="float16", m=37, k=1000, n=200, bs=64, expect="mma")),
+    ("mma_f16_block_scales", dict(dtype="float16", m=48, k=512, n=96, bs=64, scales="block",
+                                  expect="mma")),
+    ("mma_f16_exact_unaligned", dict(dtype="float16", m=37, k=1003, n=77, bs=16, x="int",
+                                     scales="unit", exact=True, path="mma")),
+    ("mma_f16_exact_pow2_blocks", dict(dtype="float16", m=64, k=320, n=130, bs=32, x="int",
+                                       scales="pow2_block", exact=True, path="mma")),
+    *[(f"mma_f16_tile_{t}", dict(dtype="float16", **_TILE_SHAPE, path="mma", tile=t))
+      for t in ("128x128", "128x64", "64x128", "64x64", "32x128")],
+    ("mma_w2a8_f16_vit_fc1", dict(dtype="float16", **_FC1, bits=8, expect="mma_w2a8")),
+    ("mma_w2a8_f16_vit_fc2", dict(dtype="float16", **_FC2, bits=8, expect="mma_w2a8")),
+    ("mma_w2a8_f16_m16", dict(dtype="float16", m=16, k=2048, n=256, bs=128, bits=8,
+                              expect="mma_w2a8")),
+    ("mma_w2a8_f32_odd", dict(dtype="float32", m=37, k=1000, n=200, bs=64, bits=8,
+                              expect="mma_w2a8")),
+    ("mma_w2a8_f32_block_scales", dict(dtype="float32", m=48, k=512, n=96, bs=32, bits=8,
+                                       scales="block", expect="mma_w2a8")),
+    ("mma_w2a8_f32_exact_unaligned_x", dict(dtype="float32", m=37, k=1003, n=77, bs=32, bits=8,
+                                            x="int", scales="unit", exact=True, path="mma")),
+    ("mma_w2a8_f32_exact_unaligned_w", dict(dtype="float32", m=20, k=980, n=64, bs=32, bits=8,
+                                            x="int", scales="pow2_block", exact=True,
+                                            path="mma")),
+    ("mma_w2a8_f32_exact_ties", dict(dtype="float32", m=33, k=256, n=40, bs=128, bits=8,
+                                     x="half", scales="unit", exact=True, path="mma")),
+    ("mma_w2a8_f32_exact_k_chunks", dict(dtype="float32", m=130, k=8192, n=96, bs=128, bits=8,
+                                         x="int", scales="unit", exact=True, path="mma",
+                                         tile="128x64")),
+    *[(f"mma_w2a8_tile_{t}", dict(dtype="float32", **_TILE_SHAPE, bits=8, path="mma", tile=t))
+      for t in ("128x128", "128x64", "64x128", "64x64", "32x128")],
+]
+TERNARY_CASES += MMA_CASES
 FFN_CASES = [
     ("ffn_f16_decode_prefix", dict(dtype="float16", m=1, d=2048, f=4096, act="silu", width=2048)),
     (
@@ -56,6 +99,12 @@ FFN_CASES = [
     ("ffn_f16_width_zero", dict(dtype="float16", m=2, d=64, f=128, act="silu", width=0)),
 ]
 TOLERANCE = {"float16": 4e-3, "float32": 2e-5}
+W2A8_MMA_TOLERANCE = {"float16": 4e-3, "float32": 1e-5}  # one flipped int8 code moves ~1e-3
+
+
+def needs_tensor_cores(params: dict[str, Any]) -> bool:
+    """The case runs a tensor-core kernel, which only sm_80+ GPUs have."""
+    return params.get("path") == "mma" or str(params.get("expect", "")).startswith("mma")
 
 
 def _rel_error(got: np.ndarray, want: np.ndarray) -> float:
@@ -63,24 +112,67 @@ def _rel_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max()) / scale
 
 
+def _case_scales(rng, p: dict[str, Any], n_blocks: int) -> np.ndarray:
+    """Per-(row, block) scales of a case: (N, n_blocks) float32 (see the case list)."""
+    n, kind = p["n"], p.get("scales", "row")
+    if kind == "unit":
+        return np.ones((n, n_blocks), np.float32)
+    if kind == "pow2_block":
+        return np.exp2(rng.integers(-2, 3, size=(n, n_blocks))).astype(np.float32)
+    row = (rng.random((n, 1)) + 0.5) / math.sqrt(p["k"])
+    if kind == "block":
+        return (row * (1 + rng.random((n, n_blocks)))).astype(np.float32)
+    return np.repeat(row, n_blocks, axis=1).astype(np.float32)
+
+
+def _case_activations(rng, p: dict[str, Any], dtype) -> np.ndarray:
+    m, k, kind = p["m"], p["k"], p.get("x", "normal")
+    if kind == "normal":
+        return rng.standard_normal((m, k)).astype(dtype)
+    if p.get("bits", 16) == 16:  # small integers: every product and sum exact in fp16 out
+        return rng.integers(-1, 2, size=(m, k)).astype(dtype)
+    x = rng.integers(-127, 128, size=(m, k)).astype(np.float64)
+    if kind == "half":  # x / step = j + 0.5: QuantizeLinear rounds to the even neighbour
+        x = np.clip(x, -126, 125) + 0.5
+    x[np.arange(m), rng.integers(0, k, size=m)] = 127.0  # absmax 127: the step is 1
+    return x.astype(dtype)
+
+
+def case_inputs(p: dict[str, Any], seed: int = 0):
+    """A ternary case's inputs: (x (M, K), packed (N, n_blocks, bs/4) uint8, scales)."""
+    from runtime.ternary_layout import pack_codes, ternary_to_codes
+
+    rng = np.random.default_rng(seed)
+    dtype = np.float16 if p["dtype"] == "float16" else np.float32
+    ternary = rng.integers(-1, 2, size=(p["n"], p["k"]), dtype=np.int8)
+    packed = pack_codes(ternary_to_codes(ternary), p["bs"])
+    scales = _case_scales(rng, p, packed.shape[1])
+    return _case_activations(rng, p, dtype), packed, scales
+
+
+def case_reference(p: dict[str, Any], path_taken: str, x, packed, scales) -> np.ndarray:
+    from plugins_trt import reference
+
+    if path_taken == "mma_w2a8":
+        return reference.ternary_matmul_int8(x, packed, scales, p["k"])
+    return reference.ternary_matmul(x, packed, scales, p["k"], activation_bits=p.get("bits", 16))
+
+
 def run_ternary_case(name: str, p: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     import torch
 
     from e2edge.bench import kernels_torch
     from plugins_trt import kernels, reference
-    from runtime.ternary_layout import pack_ternary
 
-    rng = np.random.default_rng(seed)
-    dtype = np.float16 if p["dtype"] == "float16" else np.float32
     bits = p.get("bits", 16)
-    ternary = rng.integers(-1, 2, size=(p["n"], p["k"]), dtype=np.int8)
-    row_scale = (rng.random(p["n"]) + 0.5).astype(np.float32) / math.sqrt(p["k"])
-    packed, scales = pack_ternary(ternary, row_scale, p["bs"])
-    x = rng.standard_normal((p["m"], p["k"])).astype(dtype)
+    geometry = kernels.TernaryGeometry(p["k"], p["n"], p["bs"])
+    x, packed, scales = case_inputs(p, seed)
     words, scale_t = kernels_torch.upload_packed(packed, scales)
     xt = torch.from_numpy(x).cuda()
-    geometry = kernels.TernaryGeometry(p["k"], p["n"], p["bs"])
     scratch = kernels_torch.workspace(kernels.ternary_workspace_bytes(p["m"], geometry, bits))
+    path = p.get("path", "auto")
+    cc = kernels.LIBRARY.device().cc
+    taken = kernels.choose_ternary_path(p["m"], p["dtype"], bits, p["bs"], cc, path)
     y = kernels_torch.ternary_matmul(
         xt,
         words,
@@ -88,15 +180,19 @@ def run_ternary_case(name: str, p: dict[str, Any], seed: int = 0) -> dict[str, A
         p["k"],
         p["bs"],
         activation_bits=bits,
-        path=p.get("path", "auto"),
+        path=path,
+        tile=p.get("tile"),
         scratch=scratch,
     )
     torch.cuda.synchronize()
-    want = reference.ternary_matmul(x, packed, scales, p["k"], activation_bits=bits)
+    want = case_reference(p, taken, x, packed, scales)
+    tolerance = (W2A8_MMA_TOLERANCE if taken == "mma_w2a8" else TOLERANCE)[p["dtype"]]
+    if p.get("exact"):
+        tolerance = 0.0
     err = _rel_error(y.cpu().numpy(), want)
-    result = {"name": name, **p, "rel_error": err, "tolerance": TOLERANCE[p["dtype"]]}
-    ok = err <= TOLERANCE[p["dtype"]]
-    if bits == 8:  # the quantised activations must match the reference byte for byte
+    result = {"name": name, **p, "path_taken": taken, "rel_error": err, "tolerance": tolerance}
+    ok = err <= tolerance and taken == p.get("expect", taken)
+    if taken == "w2a8":  # the quantised activations must match the reference byte for byte
         q, token_scale = reference.quantize_int8_per_token(x)
         expected = reference.permute_int8_groups(q, geometry.k_pad)
         raw = scratch.cpu().numpy()
@@ -146,7 +242,15 @@ def run_ffn_case(name: str, p: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     return {"name": name, **p, "rel_error": err, "tolerance": tol, "passed": bool(err <= tol)}
 
 
-def correctness_cases() -> list[tuple[str, Callable[[], dict[str, Any]]]]:
-    cases = [(n, (lambda n=n, p=p: run_ternary_case(n, p))) for n, p in TERNARY_CASES]
+def correctness_cases(
+    tensor_cores: bool = True,
+) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
+    """Every case; without `tensor_cores` (a GPU before sm_80) the tensor-core ones are left
+    out (see needs_tensor_cores)."""
+    cases = [
+        (n, (lambda n=n, p=p: run_ternary_case(n, p)))
+        for n, p in TERNARY_CASES
+        if tensor_cores or not needs_tensor_cores(p)
+    ]
     cases += [(n, (lambda n=n, p=p: run_ffn_case(n, p))) for n, p in FFN_CASES]
     return cases

@@ -1,15 +1,20 @@
 """The e2edge CUDA kernels on the GPU that is here: correctness and speed, as JSON.
 
-    e2edge bench kernels --out FILE.json [--skip-bench]
+    e2edge bench kernels --out FILE.json [--skip-bench] [--vit] [--only PART,...]
 
 In one go: compiles the kernels with NVRTC, checks every kernel path against the NumPy
-references of plugins_trt/reference.py (the cases of e2edge/bench/kernel_cases.py), and
-benchmarks
+references of plugins_trt/reference.py (the cases of e2edge/bench/kernel_cases.py; the
+tensor-core ones on sm_80+ only), and benchmarks
   - the ternary GEMV (W2A16 and W2A8) against cuBLAS fp16 (torch) at decode shapes,
-  - the tiled ternary kernel against cuBLAS fp16 at the BitMedViT shapes (M = 1024),
+  - the tensor-core kernels (W2A16, W2A8), the sm_70 tiled kernel and every tile against
+    cuBLAS fp16 at BitMed ViT's shapes (1 and 16 images) and at LLM prefill shapes
+    (e2edge/bench/kernels_gemm.py),
   - the sparse FFN at 50 % width against the dense fp16 FFN (torch) and against itself at
-    100 %, at decode (M = 1).
-Needs torch with CUDA and cuda-python (NVRTC + driver); not tensorrt or onnx. Each step is
+    100 %, at decode (M = 1),
+  - with --vit, the whole BitMed ViT forward with the kernels against fp16 torch: class
+    scores and time per image (e2edge/bench/vit_kernels.py; needs the exporter's model).
+Needs torch with CUDA and cuda-python (NVRTC + driver); not tensorrt (--vit: onnx and
+onnxruntime too, for the exporter's verification tolerance). Each step is
 recorded on its own: a failure lands in the JSON's "errors" and the next step runs. The
 JSON is rewritten after every step, so a run cut short still leaves its results. Exit
 status 1 when a step failed or a kernel disagrees with its reference.
@@ -35,14 +40,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from e2edge.bench import kernels_gemm
+from e2edge.bench.gpu_timing import copies, gpu_time_us, l2_bytes
 from e2edge.bench.kernel_cases import correctness_cases
+from e2edge.bench.kernels_gemm import BLOCK_SIZE
 
 DECODE_SHAPES = [(2048, 2048), (2048, 8192), (4096, 4096), (8192, 2048), (8192, 8192)]  # (K, N)
-BITMEDVIT_SHAPES = [(1024, 512, 2048), (1024, 2048, 512)]  # (M, K, N)
 FFN_SHAPES = [(2048, 8192), (4096, 11008)]  # (D, F)
-BLOCK_SIZE = 128  # what `e2edge export vit` writes for K >= 128 (onnx_graph.block_size_for)
 SMALL_BLOCK_SIZE = 64  # the decode shapes again with twice the scales, for comparison
 # A 2-bit weight is 1/8 of an fp16 one: a decode GEMV that reads its weights from DRAM
 # should run at least this much faster than cuBLAS fp16 for the plugin to earn its place.
@@ -50,67 +54,6 @@ DECODE_MIN_SPEEDUP = 2.0
 # Half the FFN neurons is half the weight bytes: at 50 % width the sparse FFN should come
 # close to twice the dense fp16 FFN's speed.
 SPARSE_FFN_MIN_SPEEDUP = 1.8
-
-
-# ---- timing --------------------------------------------------------------------------------
-def _l2_bytes() -> int:
-    import torch
-
-    return int(getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20) or 50 << 20)
-
-
-def _copies(nbytes: int, limit_bytes: int = 3 << 30) -> int:
-    """How many copies of a weight set make every call miss L2 (at least 2)."""
-    wanted = max(2, math.ceil(3 * _l2_bytes() / max(nbytes, 1)))
-    return int(max(1, min(wanted, 256, limit_bytes // max(nbytes, 1))))
-
-
-def gpu_time_us(fn: Callable[[int], Any], iters: int = 100, reps: int = 5) -> dict[str, Any]:
-    """Median GPU microseconds per fn(i) call, Python launch overhead hidden (see top)."""
-    import torch
-
-    from plugins_trt.cuda_driver import gpu_info
-
-    for i in range(3):
-        fn(i)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for i in range(iters):
-        fn(i)
-    cpu_s = time.perf_counter() - t0
-    torch.cuda.synchronize()
-    sleep = getattr(torch.cuda, "_sleep", None)
-    clock_hz = (gpu_info().clock_khz or 1_500_000) * 1e3
-    cycles = int((2.0 * cpu_s + 1e-3) * clock_hz)
-    samples = []
-    for _ in range(reps):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        if sleep is not None:
-            sleep(cycles)
-        start.record()
-        for i in range(iters):
-            fn(i)
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) * 1e3 / iters)
-    return {
-        "us": statistics.median(samples),
-        "us_min": min(samples),
-        "launch_overhead_hidden": sleep is not None,
-        "cpu_us_per_call": cpu_s * 1e6 / iters,
-    }
-
-
-def _ternary_weights(k: int, n: int, copies: int, seed: int = 0, block_size: int = BLOCK_SIZE):
-    from e2edge.bench import kernels_torch
-    from runtime.ternary_layout import pack_ternary
-
-    rng = np.random.default_rng(seed)
-    ternary = rng.integers(-1, 2, size=(n, k), dtype=np.int8)
-    packed, scales = pack_ternary(ternary, np.float32(0.02), block_size)
-    words, scale_t = kernels_torch.upload_packed(packed, scales)
-    return [words.clone() for _ in range(copies)], [scale_t.clone() for _ in range(copies)]
 
 
 def _ternary_bytes(k: int, n: int, block_size: int) -> int:
@@ -128,8 +71,8 @@ def _time_ternary_decode(k: int, n: int, block_size: int, bits_list=(16, 8)) -> 
     from plugins_trt import kernels
 
     geometry = kernels.TernaryGeometry(k, n, block_size)
-    c_t = _copies(_ternary_bytes(k, n, block_size))
-    words, scales = _ternary_weights(k, n, c_t, block_size=block_size)
+    c_t = copies(_ternary_bytes(k, n, block_size))
+    words, scales = kernels_torch.random_ternary_weights(k, n, c_t, block_size)
     x = torch.randn(1, k, dtype=torch.float16, device="cuda")
     out = torch.empty(1, n, dtype=torch.float16, device="cuda")
     scratch = kernels_torch.workspace(kernels.ternary_workspace_bytes(1, geometry, 8))
@@ -159,7 +102,7 @@ def _decode_row(k: int, n: int) -> dict[str, Any]:
     small_blocks = _time_ternary_decode(k, n, SMALL_BLOCK_SIZE, bits_list=(16,))
     x = torch.randn(1, k, dtype=torch.float16, device="cuda")
     out = torch.empty(1, n, dtype=torch.float16, device="cuda")
-    c_f = _copies(2 * n * k)
+    c_f = copies(2 * n * k)
     dense = [torch.randn(n, k, dtype=torch.float16, device="cuda") for _ in range(c_f)]
     t_fp16 = gpu_time_us(lambda i: torch.mm(x, dense[i % c_f].t(), out=out))
     dense.clear()
@@ -179,7 +122,7 @@ def _decode_row(k: int, n: int) -> dict[str, Any]:
         f"speedup_w2a16_bs{SMALL_BLOCK_SIZE}": t_fp16["us"] / small_blocks[16],
         "ternary_GBps": ternary_bytes / ternary[16] / 1e3,
         "fp16_GBps": 2 * n * k / t_fp16["us"] / 1e3,
-        "copies": {"ternary": _copies(ternary_bytes), "fp16": c_f},
+        "copies": {"ternary": copies(ternary_bytes), "fp16": c_f},
         "launch_overhead_hidden": t_fp16["launch_overhead_hidden"],
     }
 
@@ -196,46 +139,13 @@ def bench_decode(report: dict[str, Any]) -> None:
         _write(report)
 
 
-def _bitmedvit_row(m: int, k: int, n: int) -> dict[str, Any]:
-    import torch
-
-    from e2edge.bench import kernels_torch
-
-    words, scales = _ternary_weights(k, n, 1)
-    x = torch.randn(m, k, dtype=torch.float16, device="cuda")
-    out = torch.empty(m, n, dtype=torch.float16, device="cuda")
-    t_ternary = gpu_time_us(
-        lambda i: kernels_torch.ternary_matmul(x, words[0], scales[0], k, BLOCK_SIZE, out=out),
-        iters=50,
-    )
-    dense = torch.randn(n, k, dtype=torch.float16, device="cuda")
-    t_fp16 = gpu_time_us(lambda i: torch.mm(x, dense.t(), out=out), iters=50)
-    return {
-        "M": m,
-        "K": k,
-        "N": n,
-        "ternary_tiled_us": t_ternary["us"],
-        "cublas_fp16_us": t_fp16["us"],
-        "speedup": t_fp16["us"] / t_ternary["us"],
-        "ternary_TFLOPs": 2 * m * k * n / t_ternary["us"] / 1e6,
-        "fp16_TFLOPs": 2 * m * k * n / t_fp16["us"] / 1e6,
-    }
-
-
-def bench_bitmedvit(report: dict[str, Any]) -> None:
-    rows = report["benchmarks"].setdefault("bitmedvit_gemm", [])
-    for m, k, n in BITMEDVIT_SHAPES:
-        rows.append(_bitmedvit_row(m, k, n))
-        _write(report)
-
-
 def _sparse_ffn_row(d: int, f: int) -> dict[str, Any]:
     import torch
 
     from e2edge.bench import kernels_torch
     from plugins_trt import kernels
 
-    c = _copies(3 * 2 * f * d, limit_bytes=4 << 30)
+    c = copies(3 * 2 * f * d, limit_bytes=4 << 30)
     sets = [
         [torch.randn(f, d, dtype=torch.float16, device="cuda") * d**-0.5 for _ in range(3)]
         for _ in range(c)
@@ -314,7 +224,7 @@ def environment(report: dict[str, Any]) -> None:
     env["driver_version"] = cuda_driver.check(driver.cuDriverGetVersion(), "cuDriverGetVersion")
     env["nvrtc_version"] = ".".join(map(str, nvrtc_compiler.nvrtc_version()))
     env["nvrtc_target"] = nvrtc_compiler.choose_target(gpu.cc, nvrtc_compiler.supported_archs())
-    env["L2_MiB"] = round(_l2_bytes() / 2**20, 1)
+    env["L2_MiB"] = round(l2_bytes() / 2**20, 1)
     try:
         import cuda.bindings
 
@@ -336,8 +246,15 @@ def compile_kernels(report: dict[str, Any]) -> None:
 
 
 def correctness(report: dict[str, Any]) -> None:
+    from plugins_trt import kernels, mma_tiles
+
     results = report.setdefault("correctness", [])
-    for name, case in correctness_cases():
+    tensor_cores = kernels.LIBRARY.device().cc >= mma_tiles.TENSOR_CORE_MIN_CC
+    report["tensor_core_cases"] = "run" if tensor_cores else "skipped: the GPU is older than sm_80"
+    only = report.get("only_cases")
+    for name, case in correctness_cases(tensor_cores):
+        if only and not any(part in name for part in only):
+            continue
         try:
             results.append(case())
         except Exception as e:  # one broken case must not hide the others
@@ -369,6 +286,11 @@ def summarise(report: dict[str, Any]) -> None:
         summary["sparse_ffn_50_vs_own_100_min"] = min(r["speedup_50_vs_own_100"] for r in ffn)
         summary["sparse_ffn_min_speedup"] = SPARSE_FFN_MIN_SPEEDUP
         summary["sparse_ffn_meets_min_speedup"] = min(ratios) >= SPARSE_FFN_MIN_SPEEDUP
+    kernels_gemm.summarise(report["benchmarks"], summary)
+    if report.get("vit", {}).get("rows"):
+        from e2edge.bench import vit_kernels
+
+        vit_kernels.summarise(report, summary)
     report["summary"] = summary
 
 
@@ -386,7 +308,16 @@ def _write(report: dict[str, Any]) -> None:
     os.replace(tmp, _OUT)
 
 
-def run_checks(out: Path | None, skip_bench: bool = False) -> dict[str, Any]:
+def _bench_vit(report: dict[str, Any]) -> None:
+    from e2edge.bench import vit_kernels  # torch and the exporter's model
+
+    vit_kernels.bench_vit(report, _write)
+
+
+def run_checks(
+    out: Path | None, skip_bench: bool = False, vit: bool = False, only: list[str] | None = None
+) -> dict[str, Any]:
+    """only: run just the correctness cases whose names contain one of these parts."""
     global _OUT
     _OUT = out
     report: dict[str, Any] = {
@@ -394,6 +325,8 @@ def run_checks(out: Path | None, skip_bench: bool = False) -> dict[str, Any]:
         "benchmarks": {},
         "errors": [],
     }
+    if only:
+        report["only_cases"] = only
     steps: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
         ("environment", environment),
         ("compile", compile_kernels),
@@ -402,9 +335,12 @@ def run_checks(out: Path | None, skip_bench: bool = False) -> dict[str, Any]:
     if not skip_bench:
         steps += [
             ("decode", bench_decode),
-            ("bitmedvit", bench_bitmedvit),
+            ("bitmedvit", lambda r: kernels_gemm.bench_bitmedvit(r, _write)),
+            ("prefill", lambda r: kernels_gemm.bench_prefill(r, _write)),
             ("sparse_ffn", bench_sparse_ffn),
         ]
+    if vit:
+        steps.append(("vit", _bench_vit))
     for name, step in steps:
         t0 = time.perf_counter()
         try:
@@ -431,10 +367,22 @@ def run_checks(out: Path | None, skip_bench: bool = False) -> dict[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--skip-bench", action="store_true", help="correctness checks only")
+    parser.add_argument(
+        "--only",
+        type=lambda text: [part for part in text.split(",") if part],
+        help="comma-separated name parts: run only the correctness cases matching one "
+        "(e.g. under compute-sanitizer)",
+    )
+    parser.add_argument(
+        "--vit",
+        action="store_true",
+        help="also the whole BitMed ViT forward with the kernels vs fp16 torch (class scores, "
+        "time per image at batch 1 and 16)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    report = run_checks(args.out, skip_bench=args.skip_bench)
+    report = run_checks(args.out, skip_bench=args.skip_bench, vit=args.vit, only=args.only)
     summary = report.get("summary", {})
     print(json.dumps(summary, indent=2))
     for error in report["errors"]:
@@ -442,5 +390,10 @@ def run(args: argparse.Namespace) -> int:
     for case in report.get("correctness", []):
         if not case.get("passed"):
             print(f"FAILED {case['name']}: {case.get('error') or case}", file=sys.stderr)
+    for row in report.get("vit", {}).get("rows", []):
+        if not row["passed"]:
+            where = f"ternary {row['ternary']}, batch {row['batch']}"
+            print(f"FAILED vit ({where}): class scores off the fp16 network", file=sys.stderr)
     failed = summary.get("correctness_passed", 0) != summary.get("correctness_total", -1)
+    failed = failed or summary.get("vit_passed", 0) != summary.get("vit_total", 0)
     return 1 if report["errors"] or failed else 0

@@ -39,6 +39,18 @@ def upload_packed(packed: np.ndarray, scales: np.ndarray, device: str = "cuda"):
     return words, scale
 
 
+def random_ternary_weights(k: int, n: int, copies: int, block_size: int, seed: int = 0):
+    """`copies` copies of one random ternary (N, K) weight, scale 0.02, uploaded: (list of
+    words (N, K_pad/16) int32, list of scales (N, n_blocks) float32)."""
+    from runtime.ternary_layout import pack_ternary
+
+    rng = np.random.default_rng(seed)
+    ternary = rng.integers(-1, 2, size=(n, k), dtype=np.int8)
+    packed, scales = pack_ternary(ternary, np.float32(0.02), block_size)
+    words, scale_t = upload_packed(packed, scales)
+    return [words.clone() for _ in range(copies)], [scale_t.clone() for _ in range(copies)]
+
+
 def workspace(nbytes: int, device: str = "cuda") -> torch.Tensor | None:
     return torch.empty(nbytes, dtype=torch.uint8, device=device) if nbytes else None
 
@@ -51,10 +63,12 @@ def ternary_matmul(
     block_size: int,
     activation_bits: int = 16,
     path: str = "auto",
+    tile: str | None = None,
     out: torch.Tensor | None = None,
     scratch: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Y (M, N) = X (M, K) @ dequant(W).T; see plugins_trt.reference.ternary_matmul."""
+    """Y (M, N) = X (M, K) @ dequant(W).T; see plugins_trt.reference.ternary_matmul (and
+    ternary_matmul_int8 for the tensor-core W2A8 kernel). path / tile: as the launcher's."""
     for t, name in ((x, "x"), (words, "words"), (scales, "scales")):
         _check(t, name)
     geometry = kernels.TernaryGeometry(K=k, N=words.shape[0], block_size=block_size)
@@ -67,7 +81,9 @@ def ternary_matmul(
         )
     if out is None:
         out = torch.empty((m, geometry.N), dtype=x.dtype, device=x.device)
-    need = kernels.ternary_workspace_bytes(m, geometry, activation_bits)
+    need = kernels.ternary_workspace_bytes(
+        m, geometry, activation_bits, cc=kernels.LIBRARY.device().cc
+    )
     if scratch is None or scratch.numel() < need:
         scratch = workspace(need, str(x.device))
     kernels.launch_ternary_matmul(
@@ -82,6 +98,7 @@ def ternary_matmul(
         activation_bits=activation_bits,
         workspace=scratch.data_ptr() if scratch is not None else 0,
         path=path,
+        tile=tile,
     )
     return out
 

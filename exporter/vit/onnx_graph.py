@@ -43,9 +43,10 @@ from onnx import TensorProto, helper
 from exporter.onnx_builder import GraphBuilder
 from exporter.vit.model import ViT
 from exporter.vit.ternary import ACT_LEVELS, EPS, BitLinear
+from runtime.activation_grid import ZERO_POINT_U8
 from runtime.ternary_layout import check_block_size, pack_ternary
 
-ACT_ZERO_POINT = 128  # uint8 activation codes: q + 128, the operand integer GEMMs want
+ACT_ZERO_POINT = ZERO_POINT_U8  # uint8 activation codes: q + 128, what integer GEMMs take
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
 

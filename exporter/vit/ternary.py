@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-EPS = 1e-5  # floor of both scales: an all-zero weight or token must not divide by 0
-ACT_LEVELS = 127.0
+from runtime.activation_grid import EPS  # floor of both scales: no division by 0
+from runtime.activation_grid import LEVELS as ACT_LEVELS
 
 
 def absmean_ternary(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,6 +34,18 @@ __device__ __forceinline__ u32 f32x2_to_f16x2(float lo, float hi) {
     return (u32)f32_to_f16(lo) | ((u32)f32_to_f16(hi) << 16);
 }
 
+// sixteen floats from a 16-byte aligned address, as four 16-byte loads
+__device__ __forceinline__ void ldg_f32x16(const float* p, float (&v)[16]) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+        const float4 f = __ldg(reinterpret_cast<const float4*>(p) + q);
+        v[4 * q] = f.x;
+        v[4 * q + 1] = f.y;
+        v[4 * q + 2] = f.z;
+        v[4 * q + 3] = f.w;
+    }
+}
+
 // ---- packed half2 arithmetic (sm_53+) -------------------------------------------------
 __device__ __forceinline__ u32 hfma2(u32 a, u32 b, u32 c) {
     u32 d;

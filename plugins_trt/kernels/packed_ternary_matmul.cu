@@ -51,14 +51,7 @@ __device__ __forceinline__ void load_x16(const float* __restrict__ x, int j, int
                                          float (&xv)[16]) {
     const int k0 = 16 * j;
     if (k0 + 16 <= K && (K & 3) == 0) {
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-            const float4 v = __ldg(reinterpret_cast<const float4*>(x + k0) + q);
-            xv[4 * q] = v.x;
-            xv[4 * q + 1] = v.y;
-            xv[4 * q + 2] = v.z;
-            xv[4 * q + 3] = v.w;
-        }
+        ldg_f32x16(x + k0, xv);
     } else {
 #pragma unroll
         for (int i = 0; i < 16; ++i) xv[i] = k0 + i < K ? __ldg(x + k0 + i) : 0.0f;

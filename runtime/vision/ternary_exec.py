@@ -28,11 +28,12 @@ from collections import defaultdict
 
 import numpy as np
 
+from runtime.activation_grid import ZERO_POINT_U8
 from runtime.errors import PackageError
 from runtime.ternary_layout import ZERO_POINT, dequantize, unpack_codes
 
 MODES = ("packed", "fp32", "fp16", "int8")
-U8_ZERO_POINT = 128  # the package's activation codes are uint8 with zero point 128
+U8_ZERO_POINT = ZERO_POINT_U8  # the package's activation codes are uint8, zero point 128
 
 
 def _attrs(node) -> dict:

@@ -9,7 +9,13 @@ import importlib.util
 
 import pytest
 
-from e2edge.bench.kernel_cases import FFN_CASES, TERNARY_CASES, run_ffn_case, run_ternary_case
+from e2edge.bench.kernel_cases import (
+    FFN_CASES,
+    TERNARY_CASES,
+    needs_tensor_cores,
+    run_ffn_case,
+    run_ternary_case,
+)
 
 
 def _missing_gpu() -> str | None:
@@ -35,6 +41,10 @@ pytestmark = [
 
 @pytest.mark.parametrize(("name", "params"), TERNARY_CASES, ids=[c[0] for c in TERNARY_CASES])
 def test_ternary_kernel_matches_reference(name, params):
+    from plugins_trt import kernels, mma_tiles
+
+    if needs_tensor_cores(params) and kernels.LIBRARY.device().cc < mma_tiles.TENSOR_CORE_MIN_CC:
+        pytest.skip("the tensor-core kernels need sm_80+")
     result = run_ternary_case(name, params)
     assert result["passed"], result
 
@@ -66,3 +76,15 @@ def test_device_width_changes_nothing_but_the_width():
         )
         want = reference.sparse_ffn(x, *w, "silu", width=width)
         assert np.abs(got.astype(np.float64) - want).max() <= 4e-3 * max(1.0, np.abs(want).max())
+
+
+@pytest.mark.parametrize("ternary", ["ffn", "all"])
+def test_bitmed_vit_forward_with_the_kernels_matches_the_fp16_network(ternary):
+    pytest.importorskip("onnxruntime")  # the exporter's verification tolerance
+    from e2edge.bench import vit_kernels
+    from plugins_trt import kernels, mma_tiles
+
+    if kernels.LIBRARY.device().cc < mma_tiles.TENSOR_CORE_MIN_CC:
+        pytest.skip("the tensor-core kernels need sm_80+")
+    row = vit_kernels.run_student(ternary, batch=1)
+    assert row["passed"], row
