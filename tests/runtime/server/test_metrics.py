@@ -88,3 +88,36 @@ def test_each_registry_is_independent():
     RequestMetrics(second)
     assert first.get_sample_value("e2edge_power_total_milliwatts") == 17946.0
     assert second.get_sample_value("e2edge_power_total_milliwatts") == 0.0
+
+
+def test_scrape_shows_the_schedulers_accounts_per_model():
+    from runtime.server.core.fair_queue import Schedule
+    from runtime.server.core.scheduler import Scheduler
+    from runtime.server.metrics import SchedulerMetrics
+
+    now = [0.0]  # a fake clock
+    scheduler = Scheduler({"cpu": 2, "gpu": 1}, clock=lambda: now[0])
+    scheduler.set("vit", Schedule(share=3, priority=1, slots=1))
+    scheduler.set("llm", Schedule(share=1, slots=2))
+    with scheduler.gate("vit").turn() as run:  # starts at 0, ends at 0.75
+        assert run
+        now[0] = 0.75
+    scheduler.gate("llm").shed(2)
+    now[0] = 2.0
+    registry = CollectorRegistry()
+    registry.register(SchedulerMetrics(scheduler))
+    server, port = start_metrics_server(registry, 0)
+    try:
+        text = scrape(port)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert value(text, 'e2edge_scheduler_busy_seconds_total{model="vit"}') == 0.75
+    assert value(text, 'e2edge_scheduler_busy_seconds_total{model="llm"}') == 0.0
+    assert value(text, 'e2edge_scheduler_units_total{model="vit"}') == 1.0
+    assert value(text, 'e2edge_scheduler_queue_seconds_total{model="vit"}') == 0.0
+    assert value(text, 'e2edge_scheduler_shed_requests_total{model="llm"}') == 2.0
+    assert value(text, 'e2edge_scheduler_share{model="vit"}') == 3.0
+    assert value(text, 'e2edge_scheduler_priority{model="vit"}') == 1.0
+    assert value(text, 'e2edge_scheduler_slots{model="llm",resource="cpu"}') == 2.0
+    assert value(text, 'e2edge_scheduler_capacity{resource="cpu"}') == 2.0
