@@ -15,6 +15,10 @@ from pathlib import Path
 import numpy as np
 
 TINY = dict(image_size=8, patch_size=2, width=32, depth=1, n_heads=4, ffn_width=64)
+# The `mnist28` preset's blocks at 56 px (196 tokens): a batch of a few images costs tens
+# of milliseconds on a CPU core, so in a test daemon the model, not its clients' Python,
+# bounds how fast it serves (what the box-wide scheduler's tests need to see).
+HEAVY = dict(image_size=56, patch_size=4, width=128, depth=3, n_heads=8, ffn_width=512)
 
 
 def write_synthetic_npz(
@@ -53,9 +57,9 @@ def one_torch_thread() -> Iterator[None]:
 
 def make_tiny_vit_checkpoint(
     out: Path, npz: Path, role: str = "student", ternary: str = "ffn", epochs: int = 3,
-    seed: int = 0,
+    seed: int = 0, shape: dict | None = None,
 ) -> Path:
-    """Train a tiny ViT for a few epochs on `npz` and save it as a checkpoint."""
+    """Train a tiny ViT (or one of `shape`) for a few epochs on `npz`; save the checkpoint."""
     import torch
 
     from exporter.vit.checkpoint import Checkpoint, save_checkpoint
@@ -66,7 +70,8 @@ def make_tiny_vit_checkpoint(
     from runtime.vision.preprocess import Preprocessing
 
     data = load_medmnist(npz)
-    config = ViTConfig(**TINY).for_data(data.n_classes, data.channels).for_role(role, ternary)
+    config = ViTConfig(**(shape or TINY)).for_data(data.n_classes, data.channels)
+    config = config.for_role(role, ternary)
     mean, std = data.normalisation(config.channels)
     spec = Preprocessing(size=config.image_size, channels=config.channels, mean=mean, std=std)
     torch.manual_seed(seed)
