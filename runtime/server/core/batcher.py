@@ -173,7 +173,7 @@ class Batcher:
         """One worker: wait for a batch to be due and for the model's turn, take the
         batch, run it, hand its answers back; repeat."""
         while self._batch_due():
-            with self.gate.turn(self._nothing_waiting, self._more_waiting) as run:
+            with self.gate.turn(self._nothing_waiting) as run:
                 batch = self._take() if run else []
                 result = self._timed_run(batch) if batch else (None, None)
             if batch:
@@ -190,10 +190,6 @@ class Batcher:
         except Exception as e:  # noqa: BLE001 - the batch's requests get the error
             return None, e
         return (outputs, started, time.monotonic()), None
-
-    def _more_waiting(self) -> bool:
-        """As a batch ends: requests wait, so a worker asks for the next turn at once."""
-        return bool(self._waiting)
 
     def _nothing_waiting(self) -> bool:
         """A due batch waiting for its turn may give it up: its requests left, or closing."""

@@ -9,7 +9,7 @@ wait for it are in scheduler.py.
     queue.set("vit", Schedule(share=3, priority=1, slots=1), now)
     ticket = queue.want("vit", now)        # a unit of work asks to run
     for granted in queue.grant(now): ...   # the units that may start now, in order
-    queue.done("vit", now, more=True)      # a granted unit finished; its model has more
+    queue.done("vit", now)                 # a granted unit finished
 
 The rule:
 - A unit of work is one forward pass of one model: an LLM prefill or decode step, or a
@@ -25,16 +25,19 @@ The rule:
   smallest virtual time goes next, so over time the models' busy seconds follow their
   shares.
 - Work-conserving: only active models count (work waiting or running), so a share an
-  idle model does not use goes to the others. A model that becomes active starts at
-  the smallest virtual time of the active models (the largest of all when none is):
-  time spent idle is never banked as credit to burst with later.
-- Follow-on units: a model's worker runs one unit, hands its results back, and asks
-  for the next, so between two units its model is briefly not active. A unit that
-  ends saying more follows (requests are waiting, streams go on) keeps its model
-  active for ANTICIPATE_S: it keeps its place, and while it is owed time (its virtual
-  time below the next waiting model's) the slots it needs are kept free for it. Without
-  that, a one-thread model would lose its turn at every gap to whichever model waits
-  with the longest units, and the shares would follow unit sizes instead.
+  idle model does not use goes to the others. A model that becomes active again starts
+  where it stood against the others when it went idle (its lag: behind by what it was
+  owed, ahead by what it had run over): time spent idle is never banked as credit to
+  burst with later, and a short break costs it nothing it was owed. A model's first
+  start is level with the active model furthest behind.
+- The next unit: a model's worker runs one unit, hands its results back and asks for
+  the next, so between two units its model is briefly idle. For ANTICIPATE_S after a
+  unit a model still counts as active, and while it is owed time (its virtual time
+  below the next waiting model's) the slots it needs are kept free for it. Without
+  that, a model with one worker would lose its turn at every gap to whichever model
+  waits with the longest units, and the shares would follow unit sizes instead. (A
+  model that is owed time is one that wants more than it gets; one that is not, and
+  one alone, are never waited for.)
 - No overtaking: when the model next in order does not fit in the free slots, nobody
   behind it starts (no backfill); running units finish and free the slots for it, so
   a model that needs every core is never starved by smaller ones.
@@ -43,8 +46,6 @@ The rule:
   and then takes turns with them at its share: served first, within a bound. A model
   of lower priority with work waiting waits at most until the higher one has run
   PRIORITY_LEAD_S x (priority difference) x its share ahead of fair, plus one unit.
-  (A lower one that becomes active starts level with the higher one's fair point, not
-  its lead: the lead is the higher one's to use, not the lower one's to lose.)
 """
 
 from __future__ import annotations
@@ -61,12 +62,12 @@ RESOURCES = ("cpu", "gpu")
 # (tens of vision batches or decode steps), short enough that the others' next unit
 # waits a fraction of a second at most.
 PRIORITY_LEAD_S = 0.1
-# How long a model stays active after a unit that said more follows: its worker's hand-
-# off between two units (results to the event loop, sampling the next tokens) takes
-# well under a millisecond alone and a few when it waits for the GIL behind the event
-# loop (its switch interval is 5 ms). Kept free for it at most this long if it never
-# comes back.
-ANTICIPATE_S = 0.01
+# How long a model stays active after a unit: its worker's hand-off between two units
+# (results to the event loop, sampling the next tokens) takes well under a millisecond
+# alone, and longer when it waits for the GIL behind a busy event loop (measured in a
+# daemon serving 64 clients on 2 cores: half the gaps under 3 ms, 99 % under 20). Slots
+# are kept for a model owed time at most this long if it does not come back.
+ANTICIPATE_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,8 @@ class _Model:
     vtime: float = 0.0  # busy seconds / share, as of the end of its last hold
     running: int = 0  # units running now
     held_since: float = 0.0  # when `running` last went from 0 to 1
-    follows_until: float = -math.inf  # a unit said more follows: active until then
+    last_end: float = -math.inf  # when its last hold ended
+    lag: float = 0.0  # as it went idle: the others' floor minus its virtual time (owed > 0)
     waiting: collections.deque[Ticket] = field(default_factory=collections.deque)
     busy_s: float = 0.0
     queue_s: float = 0.0
@@ -123,11 +125,11 @@ class _Model:
     shed: int = 0
 
     def active(self, now: float) -> bool:
-        return self.running > 0 or bool(self.waiting) or now < self.follows_until
+        return self.running > 0 or bool(self.waiting) or self.expected(now)
 
     def expected(self, now: float) -> bool:
-        """Between a unit that said more follows and the next one's asking."""
-        return not self.running and not self.waiting and now < self.follows_until
+        """Between the end of a unit and the next one's asking (ANTICIPATE_S at most)."""
+        return not self.running and not self.waiting and now < self.last_end + ANTICIPATE_S
 
     def virtual_time(self, now: float) -> float:
         """Its virtual time with the running hold counted up to `now`."""
@@ -173,17 +175,18 @@ class FairQueue:
     def want(self, name: str, now: float) -> Ticket:
         """A unit of `name` asks to run; call grant() to learn whether it may."""
         model = self.models[name]
-        if not model.active(now):  # becoming active: no credit for the time it was idle
-            model.vtime = max(model.vtime, self.floor(now, model))
-        model.follows_until = -math.inf
+        if not model.active(now):  # where it stood when it went idle; idle time earns nothing
+            model.vtime = max(model.vtime, self.floor(now, model) - model.lag)
         ticket = Ticket(name, now, next(self._arrivals))
         model.waiting.append(ticket)
         return ticket
 
-    def withdraw(self, ticket: Ticket) -> None:
+    def withdraw(self, ticket: Ticket, now: float) -> None:
         """A waiting unit gives up (its requests expired); a granted one must call done()."""
         if not ticket.granted:
-            self.models[ticket.model].waiting.remove(ticket)
+            model = self.models[ticket.model]
+            model.waiting.remove(ticket)
+            self._note_lag(model, now)
 
     def grant(self, now: float) -> list[Ticket]:
         """The waiting units that may start now, in fair order; each is marked granted."""
@@ -215,9 +218,8 @@ class FairQueue:
                    if m.expected(now) and m.schedule.resource == head.schedule.resource
                    and m.key(now) < key)
 
-    def done(self, name: str, now: float, more: bool = False) -> None:
-        """A granted unit of `name` finished; the last one to finish ends the hold.
-        `more`: the model's worker will ask for the next unit at once."""
+    def done(self, name: str, now: float) -> None:
+        """A granted unit of `name` finished; the last one to finish ends the hold."""
         model = self.models[name]
         if model.running < 1:
             raise RuntimeError(f"model {name!r}: done() without a running unit")
@@ -227,8 +229,16 @@ class FairQueue:
             model.busy_s += held
             model.vtime += held / model.schedule.share
             self.used[model.schedule.resource] -= model.schedule.slots
-        if more:
-            model.follows_until = now + ANTICIPATE_S
+            model.last_end = now
+        self._note_lag(model, now)
+
+    def _note_lag(self, model: _Model, now: float) -> None:
+        """As `model` may be going idle: where it stands against the others (0 when none
+        of them is active: alone, it is behind or ahead of nobody)."""
+        if model.running or model.waiting:
+            return
+        floor = self._active_floor(now, model)
+        model.lag = 0.0 if floor is None else floor - model.vtime
 
     def shed(self, name: str, requests: int = 1) -> None:
         """Count requests dropped before they ran (their deadline passed, their client left)."""
@@ -238,23 +248,30 @@ class FairQueue:
     def next_change(self, now: float) -> float | None:
         """When the grants may change with no call in between: the first wait for an
         expected model that lapses. None: only a call changes them."""
-        ends = [m.follows_until for m in self.models.values() if m.expected(now)]
+        ends = [m.last_end + ANTICIPATE_S for m in self.models.values() if m.expected(now)]
         return min(ends, default=None)
 
     def floor(self, now: float, joining: _Model) -> float:
-        """The virtual time `joining` starts from as it becomes active: that of the active
-        model furthest behind (the largest of all when none is active; 0 on a fresh box),
-        where a model of higher priority counts its lead over `joining` off, so the
-        lower one rejoins level with it rather than behind it by the lead."""
-        def fair_point(other: _Model) -> float:
-            lead = max(0, other.schedule.priority - joining.schedule.priority)
-            return other.virtual_time(now) - PRIORITY_LEAD_S * lead
+        """The virtual time the active models are at, seen from `joining`: that of the one
+        furthest behind (the largest of all when none is active; 0 on a fresh box)."""
+        floor = self._active_floor(now, joining)
+        if floor is not None:
+            return floor
+        return max((self._fair_point(m, now, joining) for m in self.models.values()
+                    if m is not joining), default=0.0)
 
-        others = [m for m in self.models.values() if m is not joining]
-        active = [fair_point(m) for m in others if m.active(now)]
-        if active:
-            return min(active)
-        return max((fair_point(m) for m in others), default=0.0)
+    def _active_floor(self, now: float, joining: _Model) -> float | None:
+        points = [self._fair_point(m, now, joining) for m in self.models.values()
+                  if m is not joining and m.active(now)]
+        return min(points, default=None)
+
+    @staticmethod
+    def _fair_point(other: _Model, now: float, joining: _Model) -> float:
+        """`other`'s virtual time less its priority lead over `joining`: a model of lower
+        priority stands level with a higher one's fair point, not behind it by the lead
+        (the lead is the higher one's to use, not the lower one's to lose)."""
+        lead = max(0, other.schedule.priority - joining.schedule.priority)
+        return other.virtual_time(now) - PRIORITY_LEAD_S * lead
 
     def usage(self, now: float) -> dict[str, Usage]:
         return {

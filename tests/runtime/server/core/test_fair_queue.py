@@ -48,13 +48,13 @@ class Box:
         self.backlogged.discard(name)
         model = self.queue.models[name]
         for ticket in list(model.waiting):
-            self.queue.withdraw(ticket)
+            self.queue.withdraw(ticket, self.now)
 
     def run_until(self, t: float) -> None:
         while self.events and self.events[0][0] <= t:
             self.now, _, what, name = heapq.heappop(self.events)
             if what == "end":
-                self.queue.done(name, self.now, more=name in self.backlogged)
+                self.queue.done(name, self.now)
                 if name in self.backlogged and self.gap_s[name]:
                     self._at(self.now + self.gap_s[name], "ask", name)
                 elif name in self.backlogged:
@@ -113,6 +113,26 @@ def test_shares_hold_when_workers_come_back_a_little_after_each_unit():
     assert 0.002 < ANTICIPATE_S
 
 
+def test_after_a_break_a_model_stands_where_it_stood_less_nothing_for_the_idle_time():
+    queue = FairQueue({"cpu": 2})
+    queue.set("llm", Schedule(slots=2), 0.0)
+    queue.set("vit", Schedule(slots=2), 0.0)
+    queue.want("llm", 0.0)
+    queue.grant(0.0)
+    queue.want("vit", 0.010)  # joins level with the running LLM: 0.010
+    queue.done("llm", 0.030)  # llm 0.030
+    queue.want("llm", 0.030)
+    assert [t.model for t in queue.grant(0.030)] == ["vit"]
+    queue.done("vit", 0.035)  # vit 0.015, owed 0.015 as it stops asking
+    assert queue.grant(0.035) == []  # kept for it a moment...
+    (llm,) = queue.grant(0.035 + ANTICIPATE_S)  # ...then the LLM runs on alone
+    queue.done("llm", 0.100)  # llm 0.030 + 0.045 = 0.075
+    queue.want("llm", 0.100)
+    queue.grant(0.100)
+    queue.want("vit", 0.110)  # back after 75 ms away, the LLM at 0.085 by now
+    assert queue.models["vit"].vtime == pytest.approx(0.085 - 0.015)  # owed what it was
+
+
 def test_slots_kept_for_a_model_that_does_not_come_back_free_after_a_moment():
     queue = FairQueue({"cpu": 2})
     queue.set("vit", Schedule(slots=2), 0.0)
@@ -120,13 +140,13 @@ def test_slots_kept_for_a_model_that_does_not_come_back_free_after_a_moment():
     queue.want("vit", 0.0)
     queue.want("llm", 0.0)
     assert [t.model for t in queue.grant(0.0)] == ["vit"]
-    queue.done("vit", 0.010, more=True)  # virtual times: vit 0.010, llm 0
+    queue.done("vit", 0.010)  # virtual times: vit 0.010, llm 0
     assert [t.model for t in queue.grant(0.010)] == ["llm"]  # the LLM is owed: it goes
     queue.want("vit", 0.011)  # back within ANTICIPATE_S: keeps its place
-    queue.done("llm", 0.040, more=True)  # llm 0.030
+    queue.done("llm", 0.040)  # llm 0.030
     assert [t.model for t in queue.grant(0.040)] == ["vit"]
     queue.want("llm", 0.041)
-    queue.done("vit", 0.045, more=True)  # vit 0.015: owed, and said more follows...
+    queue.done("vit", 0.045)  # vit 0.015: owed, and its worker will be back...
     assert queue.grant(0.045) == []  # ...so the cores are kept for it
     assert queue.next_change(0.045) == pytest.approx(0.045 + ANTICIPATE_S)
     # It never comes back: once ANTICIPATE_S has passed, the LLM goes.
@@ -250,7 +270,7 @@ def test_shed_requests_are_counted_per_model():
     (running,) = queue.grant(0.0)
     waiting = queue.want("llm", 0.1)
     assert queue.grant(0.1) == []  # the ViT holds both cores
-    queue.withdraw(waiting)  # its deadline passed while it waited
+    queue.withdraw(waiting, 0.2)  # its deadline passed while it waited
     queue.shed("llm", 1)
     queue.done("vit", 0.5)
     usage = queue.usage(0.5)
@@ -267,7 +287,7 @@ def test_a_withdrawn_head_lets_the_next_one_start():
     big = queue.want("big", 0.0)
     queue.want("c", 0.0)
     assert queue.grant(0.0) == []  # c fits, but does not overtake big
-    queue.withdraw(big)
+    queue.withdraw(big, 0.0)
     (granted,) = queue.grant(0.0)
     assert granted.model == "c"
 

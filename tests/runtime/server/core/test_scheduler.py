@@ -67,7 +67,7 @@ def test_models_on_every_core_take_turns_and_the_busy_time_is_measured():
     def worker(name: str) -> None:
         gate = scheduler.gate(name)
         for _ in range(20):
-            with gate.turn(more=lambda: True) as run:
+            with gate.turn() as run:
                 assert run
                 with lock:
                     running.append(name)
