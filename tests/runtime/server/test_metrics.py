@@ -27,6 +27,16 @@ def scrape(port: int) -> str:
         return response.read().decode()
 
 
+def served(registry: CollectorRegistry) -> str:
+    """The registry's page, served over HTTP on a free port and scraped once."""
+    server, port = start_metrics_server(registry, 0)
+    try:
+        return scrape(port)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def value(text: str, series: str) -> float:
     for line in text.splitlines():
         if line.startswith(series + " "):
@@ -47,12 +57,7 @@ def test_scrape_shows_rails_energy_and_requests():
     requests.observe_request("retina-vit", "classify", "OK", 0.012, images=4)
     requests.observe_request("retina-vit", "classify", "INVALID_ARGUMENT", 0.001)
 
-    server, port = start_metrics_server(registry, 0)
-    try:
-        text = scrape(port)
-    finally:
-        server.shutdown()
-        server.server_close()
+    text = served(registry)
 
     last = samples[-1]
     assert value(text, 'e2edge_power_rail_milliwatts{rail="VDD_IN"}') == last.rails_mw["VDD_IN"]
@@ -106,12 +111,7 @@ def test_scrape_shows_the_schedulers_accounts_per_model():
     now[0] = 2.0
     registry = CollectorRegistry()
     registry.register(SchedulerMetrics(scheduler))
-    server, port = start_metrics_server(registry, 0)
-    try:
-        text = scrape(port)
-    finally:
-        server.shutdown()
-        server.server_close()
+    text = served(registry)
     assert value(text, 'e2edge_scheduler_busy_seconds_total{model="vit"}') == 0.75
     assert value(text, 'e2edge_scheduler_busy_seconds_total{model="llm"}') == 0.0
     assert value(text, 'e2edge_scheduler_units_total{model="vit"}') == 1.0
