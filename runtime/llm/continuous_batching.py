@@ -57,6 +57,11 @@ class _Failed:
     error: BaseException
 
 
+def _decoding_follows() -> bool:
+    """As a prefill ends: its stream's first decode step is ready."""
+    return True
+
+
 class ContinuousBatcher:
     """Serves generate() calls from many threads as one batched decode loop."""
 
@@ -170,7 +175,7 @@ class ContinuousBatcher:
             return
         slot = len(self._active)
         ids = np.asarray([request.ids], dtype=np.int64)
-        with self.gate.turn(lambda: self._closed or request.cancelled()) as run:
+        with self.gate.turn(lambda: self._closed or request.cancelled(), _decoding_follows) as run:
             if run:
                 began = time.monotonic()
                 logits = self.engine.step(ids, [len(request.ids)], self.buffer, first_slot=slot)
@@ -188,7 +193,7 @@ class ContinuousBatcher:
         self._drop_cancelled()  # cancelled before the step: they leave now
         if not self._active:
             return
-        with self.gate.turn(self._nothing_to_decode) as run:
+        with self.gate.turn(self._nothing_to_decode, self._more_to_do) as run:
             if run:
                 states = [r.state for r in self._active]
                 ids = np.asarray([[s.last_token] for s in states], dtype=np.int64)
@@ -206,6 +211,10 @@ class ContinuousBatcher:
                 done.append(request)
         for request in done:
             self._leave(request)
+
+    def _more_to_do(self) -> bool:
+        """As a step ends: streams go on, or wait to join."""
+        return bool(self._active or self._waiting)
 
     def _nothing_to_decode(self) -> bool:
         """A decode step waiting for its turn may give it up: every stream in it is over."""

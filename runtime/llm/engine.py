@@ -93,6 +93,12 @@ def _attention_precision(model, providers: list[str], fp16: bool | None):
     return fp16_attention(model) if fp16 else None
 
 
+def _stream_goes_on() -> bool:
+    """As a forward pass ends, the stream's next step is ready (after its last one the
+    worker takes its next request, if any: close enough)."""
+    return True
+
+
 class LLMEngine:
     """Generates text from an llm package. generate() may run concurrently from threads."""
 
@@ -283,7 +289,7 @@ class LLMEngine:
         """forward() once the gate gives this request its turn: (logits, cache, seconds it
         ran); None when the request was cancelled (deadline, client gone) while it waited:
         it is shed, nothing runs."""
-        with self.gate.turn(cancelled) as run:
+        with self.gate.turn(cancelled, _stream_goes_on) as run:
             if run:
                 began = time.monotonic()
                 logits, cache = self.forward(input_ids, past_length, cache)

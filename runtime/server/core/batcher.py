@@ -113,6 +113,7 @@ class Batcher:
         self._waiting_rows = 0
         self._workers = 0  # worker loops alive
         self._free = 0  # of them, waiting for requests (not running a batch)
+        self._full = False  # the latest batch taken held max_batch rows
         self._closed = False
 
     @property
@@ -173,7 +174,7 @@ class Batcher:
         """One worker: wait for a batch to be due and for the model's turn, take the
         batch, run it, hand its answers back; repeat."""
         while self._batch_due():
-            with self.gate.turn(self._nothing_waiting) as run:
+            with self.gate.turn(self._nothing_waiting, self._more_follows) as run:
                 batch = self._take() if run else []
                 result = self._timed_run(batch) if batch else (None, None)
             if batch:
@@ -190,6 +191,12 @@ class Batcher:
         except Exception as e:  # noqa: BLE001 - the batch's requests get the error
             return None, e
         return (outputs, started, time.monotonic()), None
+
+    def _more_follows(self) -> bool:
+        """As a batch ends: does the model have work ready for the next? Requests wait, or
+        the latest batch was full: the model is saturated, and the clients just answered
+        are about to send their next requests (a camera's single frame says no)."""
+        return bool(self._waiting) or self._full
 
     def _nothing_waiting(self) -> bool:
         """A due batch waiting for its turn may give it up: its requests left, or closing."""
@@ -230,6 +237,7 @@ class Batcher:
                 batch.append(job)
             self.active += len(batch)
             self.batches += bool(batch)
+            self._full = rows >= self.max_batch
         if shed:
             self.gate.shed(shed)
         return batch

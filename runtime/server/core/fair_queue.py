@@ -9,7 +9,7 @@ wait for it are in scheduler.py.
     queue.set("vit", Schedule(share=3, priority=1, slots=1), now)
     ticket = queue.want("vit", now)        # a unit of work asks to run
     for granted in queue.grant(now): ...   # the units that may start now, in order
-    queue.done("vit", now)                 # a granted unit finished
+    queue.done("vit", now, more=True)      # a granted unit finished; its model has more
 
 The rule:
 - A unit of work is one forward pass of one model: an LLM prefill or decode step, or a
@@ -31,13 +31,13 @@ The rule:
   burst with later, and a short break costs it nothing it was owed. A model's first
   start is level with the active model furthest behind.
 - The next unit: a model's worker runs one unit, hands its results back and asks for
-  the next, so between two units its model is briefly idle. For ANTICIPATE_S after a
-  unit a model still counts as active, and while it is owed time (its virtual time
-  below the next waiting model's) the slots it needs are kept free for it. Without
-  that, a model with one worker would lose its turn at every gap to whichever model
-  waits with the longest units, and the shares would follow unit sizes instead. (A
-  model that is owed time is one that wants more than it gets; one that is not, and
-  one alone, are never waited for.)
+  the next, so between two units its model is briefly idle. When a unit ends with
+  more work ready (requests waiting, streams going on), its model still counts as
+  active for ANTICIPATE_S, and while it is owed time (its virtual time below the next
+  waiting model's) the slots it needs are kept free for it. Without that, a model with
+  one worker would lose its turn at every gap to whichever model waits with the
+  longest units, and the shares would follow unit sizes instead. A model with nothing
+  ready is not waited for: a camera's frame every 40 ms never idles the box.
 - No overtaking: when the model next in order does not fit in the free slots, nobody
   behind it starts (no backfill); running units finish and free the slots for it, so
   a model that needs every core is never starved by smaller ones.
@@ -62,11 +62,11 @@ RESOURCES = ("cpu", "gpu")
 # (tens of vision batches or decode steps), short enough that the others' next unit
 # waits a fraction of a second at most.
 PRIORITY_LEAD_S = 0.1
-# How long a model stays active after a unit: its worker's hand-off between two units
-# (results to the event loop, sampling the next tokens) takes well under a millisecond
-# alone, and longer when it waits for the GIL behind a busy event loop (measured in a
-# daemon serving 64 clients on 2 cores: half the gaps under 3 ms, 99 % under 20). Slots
-# are kept for a model owed time at most this long if it does not come back.
+# How long a model with work ready stays active after a unit: its worker's hand-off
+# between two units (results to the event loop, sampling the next tokens) takes well
+# under a millisecond alone, and longer when it waits for the GIL behind a busy event
+# loop (measured in a daemon serving 64 clients on 2 cores: half the gaps under 3 ms,
+# 99 % under 20). Slots are kept for a model owed time at most this long.
 ANTICIPATE_S = 0.02
 
 
@@ -116,7 +116,7 @@ class _Model:
     vtime: float = 0.0  # busy seconds / share, as of the end of its last hold
     running: int = 0  # units running now
     held_since: float = 0.0  # when `running` last went from 0 to 1
-    last_end: float = -math.inf  # when its last hold ended
+    ready_until: float = -math.inf  # its last unit ended with more work ready: until then
     lag: float = 0.0  # as it went idle: the others' floor minus its virtual time (owed > 0)
     waiting: collections.deque[Ticket] = field(default_factory=collections.deque)
     busy_s: float = 0.0
@@ -128,8 +128,8 @@ class _Model:
         return self.running > 0 or bool(self.waiting) or self.expected(now)
 
     def expected(self, now: float) -> bool:
-        """Between the end of a unit and the next one's asking (ANTICIPATE_S at most)."""
-        return not self.running and not self.waiting and now < self.last_end + ANTICIPATE_S
+        """Between a unit that ended with more work ready and the next one's asking."""
+        return not self.running and not self.waiting and now < self.ready_until
 
     def virtual_time(self, now: float) -> float:
         """Its virtual time with the running hold counted up to `now`."""
@@ -218,8 +218,9 @@ class FairQueue:
                    if m.expected(now) and m.schedule.resource == head.schedule.resource
                    and m.key(now) < key)
 
-    def done(self, name: str, now: float) -> None:
-        """A granted unit of `name` finished; the last one to finish ends the hold."""
+    def done(self, name: str, now: float, more: bool = False) -> None:
+        """A granted unit of `name` finished; the last one to finish ends the hold.
+        `more`: the model has work ready for its next unit (its worker asks at once)."""
         model = self.models[name]
         if model.running < 1:
             raise RuntimeError(f"model {name!r}: done() without a running unit")
@@ -229,7 +230,7 @@ class FairQueue:
             model.busy_s += held
             model.vtime += held / model.schedule.share
             self.used[model.schedule.resource] -= model.schedule.slots
-            model.last_end = now
+        model.ready_until = now + ANTICIPATE_S if more else -math.inf
         self._note_lag(model, now)
 
     def _note_lag(self, model: _Model, now: float) -> None:
@@ -248,7 +249,7 @@ class FairQueue:
     def next_change(self, now: float) -> float | None:
         """When the grants may change with no call in between: the first wait for an
         expected model that lapses. None: only a call changes them."""
-        ends = [m.last_end + ANTICIPATE_S for m in self.models.values() if m.expected(now)]
+        ends = [m.ready_until for m in self.models.values() if m.expected(now)]
         return min(ends, default=None)
 
     def floor(self, now: float, joining: _Model) -> float:

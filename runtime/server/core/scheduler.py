@@ -3,7 +3,7 @@
     scheduler = Scheduler.for_host()                  # slots: the usable cores, the GPU
     scheduler.set("vit", Schedule(share=3, slots=1))  # the registry, as each model loads
     gate = scheduler.gate("vit")                      # the model's own handle
-    with gate.turn(expired) as run:                   # on the model's worker thread
+    with gate.turn(expired, more) as run:             # on the model's worker thread
         if run:
             outputs = session.run(batch)              # one unit: its busy time is measured
         else:
@@ -19,7 +19,9 @@ so what the policy charges is the measured time the model held them.
 batch, that nobody in it is still waiting) is checked while the unit waits: one that
 expires gives its place up and runs nothing. The caller counts the requests it drops
 (`shed`), so /metrics shows, per model, the busy seconds, the seconds its units
-waited for a turn and the requests shed.
+waited for a turn and the requests shed. `more`, asked as a unit ends, says whether
+the model has work ready for its next one (requests waiting, streams going on): the
+policy then keeps its place for the moment its worker needs to ask (fair_queue.py).
 
 Alone on the box (tests, `e2edge generate` in-process), a model's gate is UNGATED:
 its units run at once and nothing is counted.
@@ -46,9 +48,11 @@ GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 class StepGate(Protocol):
     """Where a served model's units of work wait for their turn on the box."""
 
-    def turn(self, expired: Callable[[], bool] | None = None) -> AbstractContextManager[bool]:
+    def turn(self, expired: Callable[[], bool] | None = None,
+             more: Callable[[], bool] | None = None) -> AbstractContextManager[bool]:
         """Wait for the turn; the value says whether to run (False: `expired()` while it
-        waited, and the unit is dropped). Leaving the block ends the unit."""
+        waited, and the unit is dropped). Leaving the block ends the unit; `more()`, asked
+        then, says the model has work ready for its next unit."""
         ...
 
     def shed(self, requests: int = 1) -> None:
@@ -59,7 +63,8 @@ class StepGate(Protocol):
 class _Ungated:
     """Alone on the box: every unit runs at once, nothing is counted."""
 
-    def turn(self, expired: Callable[[], bool] | None = None) -> AbstractContextManager[bool]:
+    def turn(self, expired: Callable[[], bool] | None = None,
+             more: Callable[[], bool] | None = None) -> AbstractContextManager[bool]:
         return contextlib.nullcontext(True)
 
     def shed(self, requests: int = 1) -> None:
@@ -132,9 +137,10 @@ class Scheduler:
                 self._grant()  # time passed: slots kept for a model may have lapsed
             return True
 
-    def release(self, name: str) -> None:
+    def release(self, name: str, more: bool = False) -> None:
+        """`name`'s unit ended; `more`: it has work ready for its next one."""
         with self._changed:
-            self._queue.done(name, self.clock())
+            self._queue.done(name, self.clock(), more)
             self._grant()
 
     def shed(self, name: str, requests: int = 1) -> None:
@@ -163,14 +169,15 @@ class ModelGate:
         self.name = name
 
     @contextlib.contextmanager
-    def turn(self, expired: Callable[[], bool] | None = None) -> Iterator[bool]:
+    def turn(self, expired: Callable[[], bool] | None = None,
+             more: Callable[[], bool] | None = None) -> Iterator[bool]:
         if not self.scheduler.acquire(self.name, expired):
             yield False
             return
         try:
             yield True
         finally:
-            self.scheduler.release(self.name)
+            self.scheduler.release(self.name, more is not None and more())
 
     def shed(self, requests: int = 1) -> None:
         self.scheduler.shed(self.name, requests)

@@ -54,7 +54,10 @@ class Box:
         while self.events and self.events[0][0] <= t:
             self.now, _, what, name = heapq.heappop(self.events)
             if what == "end":
-                self.queue.done(name, self.now)
+                # more work is ready when the worker comes straight back (a gap of its
+                # hand-off's size); a camera's next frame is not ready as one ends
+                ready = name in self.backlogged and self.gap_s[name] < ANTICIPATE_S
+                self.queue.done(name, self.now, more=ready)
                 if name in self.backlogged and self.gap_s[name]:
                     self._at(self.now + self.gap_s[name], "ask", name)
                 elif name in self.backlogged:
@@ -123,7 +126,7 @@ def test_after_a_break_a_model_stands_where_it_stood_less_nothing_for_the_idle_t
     queue.done("llm", 0.030)  # llm 0.030
     queue.want("llm", 0.030)
     assert [t.model for t in queue.grant(0.030)] == ["vit"]
-    queue.done("vit", 0.035)  # vit 0.015, owed 0.015 as it stops asking
+    queue.done("vit", 0.035, more=True)  # vit 0.015, owed 0.015 as it stops asking
     assert queue.grant(0.035) == []  # kept for it a moment...
     (llm,) = queue.grant(0.035 + ANTICIPATE_S)  # ...then the LLM runs on alone
     queue.done("llm", 0.100)  # llm 0.030 + 0.045 = 0.075
@@ -133,6 +136,18 @@ def test_after_a_break_a_model_stands_where_it_stood_less_nothing_for_the_idle_t
     assert queue.models["vit"].vtime == pytest.approx(0.085 - 0.015)  # owed what it was
 
 
+def test_a_model_that_wants_less_than_its_share_is_never_waited_for():
+    box = Box()
+    # A camera's frame every 40 ms: the ViT wants 15 % of the box, its share is 75 %.
+    box.model("vit", unit_s=0.006, share=3, gap_s=0.034)
+    box.model("llm", unit_s=0.021, share=1)
+    box.start("vit", "llm")
+    box.run_until(60.0)
+    busy = box.busy()
+    assert sum(busy.values()) == pytest.approx(60.0, abs=0.03)  # the box never idles
+    assert max(box.waits["vit"]) <= 0.021 + 1e-9  # a frame waits one LLM step at most
+
+
 def test_slots_kept_for_a_model_that_does_not_come_back_free_after_a_moment():
     queue = FairQueue({"cpu": 2})
     queue.set("vit", Schedule(slots=2), 0.0)
@@ -140,13 +155,13 @@ def test_slots_kept_for_a_model_that_does_not_come_back_free_after_a_moment():
     queue.want("vit", 0.0)
     queue.want("llm", 0.0)
     assert [t.model for t in queue.grant(0.0)] == ["vit"]
-    queue.done("vit", 0.010)  # virtual times: vit 0.010, llm 0
+    queue.done("vit", 0.010, more=True)  # virtual times: vit 0.010, llm 0
     assert [t.model for t in queue.grant(0.010)] == ["llm"]  # the LLM is owed: it goes
     queue.want("vit", 0.011)  # back within ANTICIPATE_S: keeps its place
-    queue.done("llm", 0.040)  # llm 0.030
+    queue.done("llm", 0.040, more=True)  # llm 0.030
     assert [t.model for t in queue.grant(0.040)] == ["vit"]
     queue.want("llm", 0.041)
-    queue.done("vit", 0.045)  # vit 0.015: owed, and its worker will be back...
+    queue.done("vit", 0.045, more=True)  # vit 0.015: owed, more is ready...
     assert queue.grant(0.045) == []  # ...so the cores are kept for it
     assert queue.next_change(0.045) == pytest.approx(0.045 + ANTICIPATE_S)
     # It never comes back: once ANTICIPATE_S has passed, the LLM goes.
