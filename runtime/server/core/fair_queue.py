@@ -39,8 +39,9 @@ The rule:
   longest units, and the shares would follow unit sizes instead. A model with nothing
   ready is not waited for: a camera's frame every 40 ms never idles the box.
 - No overtaking: when the model next in order does not fit in the free slots, nobody
-  behind it starts (no backfill); running units finish and free the slots for it, so
-  a model that needs every core is never starved by smaller ones.
+  behind it on that resource starts (no backfill); running units finish and free the
+  slots for it, so a model that needs every core is never starved by smaller ones. The
+  CPU and the GPU are ordered apart: a GPU model never waits for cores.
 - Priority: the order compares virtual time minus PRIORITY_LEAD_S per priority level,
   so a model with a higher priority goes first until it is that far ahead of the others
   and then takes turns with them at its share: served first, within a bound. A model
@@ -191,8 +192,10 @@ class FairQueue:
     def grant(self, now: float) -> list[Ticket]:
         """The waiting units that may start now, in fair order; each is marked granted."""
         granted: list[Ticket] = []
+        blocked: set[str] = set()  # resources whose head waits for slots: nobody overtakes it
         while True:
-            candidates = [m for m in self.models.values() if m.waiting]
+            candidates = [m for m in self.models.values()
+                          if m.waiting and m.schedule.resource not in blocked]
             if not candidates:
                 return granted
             head = min(candidates, key=lambda m: (m.key(now), -m.schedule.priority,
@@ -200,7 +203,8 @@ class FairQueue:
             resource = head.schedule.resource
             need = 0 if head.running else head.schedule.slots
             if self.used[resource] + need + self._kept_for(head, now) > self.capacity[resource]:
-                return granted  # nobody overtakes the head: it starts when slots free
+                blocked.add(resource)  # it starts when slots free; other resources go on
+                continue
             if not head.running:
                 self.used[resource] += need
                 head.held_since = now

@@ -307,6 +307,18 @@ def test_a_withdrawn_head_lets_the_next_one_start():
     assert granted.model == "c"
 
 
+def test_a_gpu_model_does_not_wait_behind_the_cpus_order():
+    queue = FairQueue({"cpu": 2, "gpu": 1})
+    queue.set("a", Schedule(slots=2), 0.0)
+    queue.set("big", Schedule(slots=2), 0.0)
+    queue.set("trt", Schedule(resource="gpu"), 0.0)
+    queue.want("a", 0.0)
+    queue.grant(0.0)  # a holds both cores
+    queue.want("big", 0.0)  # next in order, waits for the cores
+    queue.want("trt", 0.0)
+    assert [t.model for t in queue.grant(0.0)] == ["trt"]  # the GPU is free: it goes
+
+
 def test_slots_beyond_the_box_are_fitted_and_bad_schedules_refused():
     queue = FairQueue({"cpu": 2})
     queue.set("greedy", Schedule(slots=8), 0.0)  # threads: 8 on a 2-core box
