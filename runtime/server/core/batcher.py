@@ -24,7 +24,8 @@ The rule:
   one more is refused with QueueFull (RESOURCE_EXHAUSTED), as Admission does.
 - When a batch is due, its worker first waits for the model's turn on the box (`gate`,
   scheduler.py: other models share the cores), then takes the batch from the front
-  of the queue: requests that arrived meanwhile join it.
+  of the queue: requests that arrived meanwhile join it. As the batch ends it tells
+  the scheduler whether more work is ready (requests wait, or the batch was full).
 - A request whose client leaves (or whose deadline passes) while it waits is dropped
   from the queue and counted as shed; one whose batch already runs is computed and
   its rows discarded.
