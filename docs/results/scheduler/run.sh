@@ -1,6 +1,6 @@
 #!/bin/sh
 # The box-wide scheduler's settings under `e2edge bench load` (see README.md here).
-# Run from the repository root; DURATION defaults to 25 s (60 for the setting).
+# Run from the repository root; DURATION defaults to 25 s (60 as first requested).
 set -e
 DURATION=${DURATION:-25}
 OUT=${OUT:-docs/results/scheduler}
