@@ -14,6 +14,8 @@
         max_concurrent: 1              # generations running at once
         max_queue: 16                  # requests waiting for a slot; more -> RESOURCE_EXHAUSTED
         max_sequence_length: 0         # LLMs: tokens per stream; 0 = min(context, 2048)
+        share: 1                       # weight of the box's execution time (equal by default)
+        priority: 0                    # higher is served first, within a bound (fair_queue.py)
         batching: {max_batch: 16, max_delay_ms: 5}   # vision; see runtime/vision/serving_config.py
         image_limits: {max_bytes: 16777216, max_pixels: 25000000, max_images: 64}   # vision
     logging:
@@ -60,6 +62,8 @@ MAX_MESSAGE_BYTES_LIMIT = 2**31 - 1  # gRPC keeps message sizes in an int32
 MAX_BATCH_LIMIT = 1024  # images per model run
 DEFAULT_INLINE_MAX_PIXELS = 128 * 128  # per request: a 128 px image, or 20 of 28 px
 MAX_IMAGES_LIMIT = 4096  # images per Classify request
+MAX_SHARE = 1e6  # shares are relative: past this ratio a model may as well have it all
+MAX_PRIORITY = 100
 BACKENDS = ("onnxruntime", "tensorrt", "auto")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
@@ -79,6 +83,10 @@ class ModelConfig:
     # LLM packages with a shared KV buffer: tokens (prompt + new) one stream may hold;
     # the buffer is max_concurrent x this long. 0 = min(context length, 2048)
     max_sequence_length: int = 0
+    # The box-wide scheduler (runtime/server/core/fair_queue.py): this model's weight
+    # of the execution time when every slot is wanted, and its priority (higher first).
+    share: float = 1.0
+    priority: int = 0
     batching: BatchingConfig = BatchingConfig()  # vision models only
     image_limits: ImageLimits = ImageLimits()  # vision models only
 
@@ -161,6 +169,16 @@ def _seconds(node: yaml.Node) -> float:
     value = _scalar(node)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         raise _BadValue(f"expected a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _share(node: yaml.Node) -> float:
+    value = _scalar(node)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        0 < value <= MAX_SHARE
+    ):
+        raise _BadValue(f"expected a number > 0 and <= {MAX_SHARE:g} (a weight relative to "
+                        f"the other models' shares), got {value!r}")
     return float(value)
 
 
@@ -295,6 +313,8 @@ def _model(node: yaml.Node, where: str, source: str, base_dir: Path) -> ModelCon
         max_queue=m.take("max_queue", _int_at_least(0), defaults.max_queue),
         max_sequence_length=m.take("max_sequence_length", _int_at_least(0),
                                    defaults.max_sequence_length),
+        share=m.take("share", _share, defaults.share),
+        priority=m.take("priority", _int_at_least(0, MAX_PRIORITY), defaults.priority),
         batching=_model_section(m, "batching", BatchingConfig, {
             "max_batch": _int_at_least(1, MAX_BATCH_LIMIT), "max_delay_ms": _milliseconds}),
         image_limits=_model_section(m, "image_limits", ImageLimits, {

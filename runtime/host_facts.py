@@ -83,11 +83,20 @@ def l4t_release(text: str) -> str | None:
 
 
 # ---- the probes ------------------------------------------------------------------------
+def usable_cores() -> int:
+    """CPUs this process may run on (a container's or systemd's CPU set, not the board's):
+    what the daemon's image decoding and its execution slots are sized to."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def cpu_facts() -> dict[str, Any]:
     model = cpu_model(_read(CPUINFO) or "") or platform.processor() or platform.machine()
     return {
         "model": model,
         "cores": os.cpu_count(),
+        "usable_cores": usable_cores(),
         "architecture": platform.machine(),
         "l3_cache_bytes": _l3_cache_bytes(),
     }

@@ -1,7 +1,7 @@
 """Mixed load on a daemon for a fixed time: requests, errors by status, latency, throughput.
 
     e2edge bench load --target 127.0.0.1:50051 --clients 64 --duration 60 \\
-        --mix generate:classify [--warmup 5] [--pid PID] [--json] [--out FILE]
+        --mix generate:classify [--warmup 5] [--pid PID] [--metrics URL] [--json] [--out FILE]
     e2edge bench load --config daemon.yaml --clients 8 --duration 10   # starts the daemon
 
 Each client is a thread with its own channel that sends one request after another
@@ -15,6 +15,13 @@ reported apart from real errors.
 With --pid (or --config, which starts `e2edge serve` itself on a unix socket) the
 daemon's resident memory is read from /proc after the warm-up and at the end; the
 growth between the two is the leak check (within MAX_RSS_GROWTH_PCT).
+
+With --metrics (or --config, which serves the daemon's metrics on a free loopback
+port whatever its file says) the daemon's /metrics is read after the warm-up and at
+the end, and the report's `scheduler` section has, per model over the measured
+window, what the box-wide scheduler saw: busy seconds and their fraction of all
+models' beside the configured share's fraction, seconds its units waited for a turn,
+units run and requests shed (runtime/server/core/scheduler.py).
 """
 
 from __future__ import annotations
@@ -23,11 +30,13 @@ import argparse
 import contextlib
 import math
 import random
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -106,6 +115,76 @@ def summarize(outcomes: list[Outcome], measured_s: float) -> dict:
     return report
 
 
+# ---- the daemon's scheduler, from its /metrics -------------------------------------
+SCHEDULER_COUNTERS = {  # Prometheus sample -> report key, per model
+    "e2edge_scheduler_busy_seconds_total": "busy_s",
+    "e2edge_scheduler_queue_seconds_total": "queue_s",
+    "e2edge_scheduler_units_total": "units",
+    "e2edge_scheduler_shed_requests_total": "shed_requests",
+}
+SCHEDULER_SETTINGS = {"e2edge_scheduler_share": "share",
+                      "e2edge_scheduler_priority": "priority",
+                      "e2edge_scheduler_slots": "slots"}
+
+
+def scheduler_state(metrics_text: str) -> dict:
+    """{"models": {name: counters and settings}, "capacity": {resource: slots}} from a
+    /metrics page (empty models when the daemon has no scheduler metrics)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    models: dict[str, dict] = {}
+    capacity: dict[str, int] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            model = sample.labels.get("model")
+            key = SCHEDULER_COUNTERS.get(sample.name) or SCHEDULER_SETTINGS.get(sample.name)
+            if key is not None and model is not None:
+                models.setdefault(model, {})[key] = sample.value
+                if key == "slots":
+                    models[model]["resource"] = sample.labels.get("resource")
+            elif sample.name == "e2edge_scheduler_capacity":
+                capacity[sample.labels["resource"]] = int(sample.value)
+    return {"models": models, "capacity": capacity}
+
+
+def scheduler_window(before: dict, after: dict, measured_s: float) -> dict:
+    """Per model over the measured window: the counters' growth, busy time as a fraction
+    of all models' and of the wall time, and the share as a fraction of all shares."""
+    models = after["models"]
+    busy = {name: m.get("busy_s", 0.0) - before["models"].get(name, {}).get("busy_s", 0.0)
+            for name, m in models.items()}
+    total_busy = sum(busy.values())
+    total_share = sum(m.get("share", 0.0) for m in models.values())
+    report: dict = {}
+    for name, m in sorted(models.items()):
+        earlier = before["models"].get(name, {})
+        row = {key: round(m.get(key, 0.0) - earlier.get(key, 0.0), 3)
+               for key in SCHEDULER_COUNTERS.values()}
+        row["units"] = int(row["units"])
+        row["shed_requests"] = int(row["shed_requests"])
+        row.update(
+            busy_fraction=round(busy[name] / total_busy, 3) if total_busy else 0.0,
+            busy_of_wall=round(busy[name] / measured_s, 3),
+            share=m.get("share"), priority=int(m.get("priority", 0)),
+            share_fraction=round(m.get("share", 0.0) / total_share, 3) if total_share else 0.0,
+            slots=int(m.get("slots", 0)), resource=m.get("resource"),
+        )
+        report[name] = row
+    return {"models": report, "capacity": after["capacity"]}
+
+
+def read_metrics(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+def free_port() -> int:
+    """A loopback port free now (the daemon binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of a process, from /proc/PID/status (VmRSS, in kB)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -171,8 +250,10 @@ def _image(path: str | None):
 
 
 def run_clients(target: str, security, workload: Workload, clients: int, warmup_s: float,
-                duration_s: float, on_warm=None, seed: int = 0) -> tuple[list[Outcome], float]:
-    """All clients from now until warm-up + duration; the outcomes after the warm-up."""
+                duration_s: float, on_warm=None, seed: int = 0,
+                on_end=None) -> tuple[list[Outcome], float]:
+    """All clients from now until warm-up + duration; the outcomes after the warm-up.
+    `on_warm` and `on_end` are called as the measured window opens and closes."""
     from runtime.client import EdgeClient
 
     start = time.monotonic()
@@ -200,21 +281,40 @@ def run_clients(target: str, security, workload: Workload, clients: int, warmup_
     if on_warm is not None:
         time.sleep(max(0.0, measure_from - time.monotonic()))
         on_warm()
+    if on_end is not None:
+        time.sleep(max(0.0, end - time.monotonic()))
+        on_end()
     for thread in threads:
         thread.join()
     return outcomes, duration_s
 
 
+# The daemon as `e2edge serve --config FILE --listen SOCKET` runs it, with its metrics
+# endpoint moved to the port the bench picked (a file's own `metrics:` too).
+SERVE_WITH_METRICS = """
+import asyncio, dataclasses, sys
+from runtime.cli.serve import serve
+from runtime.config import MetricsConfig, load_config, with_listen
+from runtime.server.guard.request_log import configure_logging
+path, listen, metrics = sys.argv[1:4]
+config = dataclasses.replace(with_listen(load_config(path), listen), metrics=MetricsConfig(metrics))
+configure_logging(config.logging)
+sys.exit(asyncio.run(serve(config, listen_override=listen)))
+"""
+
+
 @contextlib.contextmanager
-def _started_daemon(config: str) -> Iterator[tuple[str, int]]:
-    """`e2edge serve --config` on a unix socket of a temp folder: (target, pid)."""
+def _started_daemon(config: str) -> Iterator[tuple[str, int, str]]:
+    """The config's daemon on a unix socket of a temp folder, its metrics on a free
+    loopback port: (target, pid, metrics URL)."""
     from runtime.client import EdgeClient
 
     with tempfile.TemporaryDirectory(prefix="e2edge-load-") as tmp:
         target = f"unix:{tmp}/e2edge.sock"
+        metrics = f"127.0.0.1:{free_port()}"
         log = open(Path(tmp) / "serve.log", "w")  # noqa: SIM115 (closed below)
         process = subprocess.Popen(
-            [sys.executable, "-m", "e2edge.cli", "serve", "--config", config, "--listen", target],
+            [sys.executable, "-c", SERVE_WITH_METRICS, config, target, metrics],
             stdout=log, stderr=subprocess.STDOUT)
         try:
             with EdgeClient(target) as client:
@@ -229,7 +329,7 @@ def _started_daemon(config: str) -> Iterator[tuple[str, int]]:
                     except TimeoutError:
                         if time.monotonic() > deadline:
                             raise
-            yield target, process.pid
+            yield target, process.pid, f"http://{metrics}/metrics"
         finally:
             process.terminate()
             try:
@@ -259,6 +359,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", default="To be, or not to be, that is the question.")
     parser.add_argument("--image", help="image file to classify (default: 64x64 noise)")
     parser.add_argument("--pid", type=int, help="the daemon's pid, for its memory")
+    parser.add_argument("--metrics", metavar="URL",
+                        help="the daemon's /metrics (e.g. http://127.0.0.1:9400/metrics), "
+                             "for its scheduler's busy time per model (--config: its own)")
     parser.add_argument("--ready-timeout", type=float, default=120.0, metavar="S")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -275,24 +378,36 @@ def run(args: argparse.Namespace) -> int:
     mix = parse_mix(args.mix)
     security = client_security.from_args(args)
     with contextlib.ExitStack() as stack:
-        target, pid = args.target, args.pid
+        target, pid, metrics_url = args.target, args.pid, args.metrics
         if args.config:
-            target, pid = stack.enter_context(_started_daemon(args.config))
+            target, pid, metrics_url = stack.enter_context(_started_daemon(args.config))
         with EdgeClient(target, security=security) as client:
             workload = Workload(client, mix, args)
         memory: dict[str, int] = {}
+        scheduler: dict[str, dict] = {}
 
         def warm() -> None:
             if pid is not None:
                 memory["after_warmup"] = rss_bytes(pid)
+            if metrics_url:
+                scheduler["after_warmup"] = scheduler_state(read_metrics(metrics_url))
+
+        def end() -> None:
+            if metrics_url:
+                scheduler["end"] = scheduler_state(read_metrics(metrics_url))
 
         outcomes, measured = run_clients(target, security, workload, args.clients,
-                                         args.warmup, args.duration, warm, args.seed)
+                                         args.warmup, args.duration, warm, args.seed, end)
         if pid is not None:
             memory["end"] = rss_bytes(pid)
+    from runtime.host_facts import machine_facts
+
     report = summarize(outcomes, measured)
     report.update(target=target, clients=args.clients, mix=mix, models=workload.models,
-                  max_new_tokens=args.max_new_tokens)
+                  max_new_tokens=args.max_new_tokens, machine=machine_facts())
+    if scheduler:
+        report["scheduler"] = scheduler_window(scheduler["after_warmup"], scheduler["end"],
+                                               measured)
     if memory:
         growth = 100.0 * (memory["end"] - memory["after_warmup"]) / memory["after_warmup"]
         report["memory"] = {"rss_after_warmup_mb": round(memory["after_warmup"] / 2**20, 1),
@@ -317,4 +432,9 @@ def format_report(report: dict) -> str:
         m = report["memory"]
         lines.append(f"  daemon memory {m['rss_after_warmup_mb']:.1f} MB after warm-up -> "
                      f"{m['rss_end_mb']:.1f} MB at the end ({m['growth_pct']:+.1f} %)")
+    for name, s in report.get("scheduler", {}).get("models", {}).items():
+        lines.append(f"  {name}: busy {s['busy_s']:.1f}s = {100 * s['busy_fraction']:.1f} % "
+                     f"of the models' (share {100 * s['share_fraction']:.1f} %, priority "
+                     f"{s['priority']}), {100 * s['busy_of_wall']:.0f} % of the time; waited "
+                     f"{s['queue_s']:.1f}s over {s['units']} units; shed {s['shed_requests']}")
     return "\n".join(lines)

@@ -42,9 +42,10 @@ def write_synthetic_npz(
     return path
 
 
-def tiny_vit(npz: Path, role: str = "student", ternary: str = "ffn", seed: int = 0):
-    """(untrained ViT of the TINY shape for `npz`'s classes and channels, its
-    Preprocessing, the loaded data)."""
+def tiny_vit(npz: Path, role: str = "student", ternary: str = "ffn", seed: int = 0,
+             shape: dict | None = None):
+    """(untrained ViT of the TINY shape, or of `shape`, for `npz`'s classes and channels,
+    its Preprocessing, the loaded data)."""
     import torch
 
     from exporter.vit.config import ViTConfig
@@ -53,7 +54,8 @@ def tiny_vit(npz: Path, role: str = "student", ternary: str = "ffn", seed: int =
     from runtime.vision.preprocess import Preprocessing
 
     data = load_medmnist(npz)
-    config = ViTConfig(**TINY).for_data(data.n_classes, data.channels).for_role(role, ternary)
+    config = ViTConfig(**(shape or TINY)).for_data(data.n_classes, data.channels)
+    config = config.for_role(role, ternary)
     mean, std = data.normalisation(config.channels)
     spec = Preprocessing(size=config.image_size, channels=config.channels, mean=mean, std=std)
     torch.manual_seed(seed)

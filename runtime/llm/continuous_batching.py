@@ -11,7 +11,13 @@ shared KV buffer with a slot per sequence and loops:
    leaves, and the last slot's cache moves into the hole so active slots stay 0..B-1.
 
 A request joins at the next step and a finished one leaves at once, so throughput
-grows with clients while each stream sees the same tokens as it would alone.
+grows with clients while each stream sees the same tokens as it would alone. In the
+daemon each prefill and each decode step waits for its turn on the box first (`gate`,
+runtime/server/core/scheduler.py). A request cancelled (deadline passed, client left)
+before its prefill ran is counted as shed, and so are the streams of a step that gives
+its turn up because every one of them was cancelled while it waited. A stream
+cancelled while others still want the step rides along once and leaves before the
+next, as a cancelled stream always did.
 `generate()` has the engine's signature, so the daemon uses either the same way.
 """
 
@@ -31,6 +37,7 @@ from runtime.llm.engine import GenerationEvent, LLMEngine, Prompt
 from runtime.llm.kv_buffer import SharedKVBuffer
 from runtime.llm.sampling import SamplingParams
 from runtime.llm.sequence import SequenceState
+from runtime.server.core.scheduler import UNGATED, StepGate
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,11 @@ class _Request:
 @dataclass(frozen=True)
 class _Failed:
     error: BaseException
+
+
+def _decoding_follows() -> bool:
+    """As a prefill ends: its stream's first decode step is ready."""
+    return True
 
 
 class ContinuousBatcher:
@@ -73,6 +85,7 @@ class ContinuousBatcher:
         self.execution = f"{engine.execution}, {slots} slots batched per decode step"
         self.context_length = self.capacity
         self.layout = engine.layout
+        self.gate: StepGate = UNGATED  # the daemon's scheduler: each step waits its turn
         self.steps = 0  # decode steps run (for tests and metrics)
         self.max_batch_seen = 0
         self._waiting: deque[_Request] = deque()
@@ -157,29 +170,38 @@ class ContinuousBatcher:
         state = SequenceState(self.tokenizer, self.engine.stop_token_ids, request.ids,
                               request.params, request.submitted)
         request.state = state
-        if request.cancelled():
+        if request.cancelled():  # while it waited to join: it never ran
+            self.gate.shed(1)
             request.events.put(state.cancel())
             return
         slot = len(self._active)
-        began = time.monotonic()
         ids = np.asarray([request.ids], dtype=np.int64)
-        logits = self.engine.step(ids, [len(request.ids)], self.buffer, first_slot=slot)
-        state.prefilled(time.monotonic() - began)
+        with self.gate.turn(lambda: self._closed or request.cancelled(), _decoding_follows) as run:
+            if run:
+                began = time.monotonic()
+                logits = self.engine.step(ids, [len(request.ids)], self.buffer, first_slot=slot)
+                state.prefilled(time.monotonic() - began)
+        if not run:
+            self.gate.shed(1)
+            request.events.put(state.cancel())
+            return
         event = state.advance(logits[0, -1])
         request.events.put(event)
         if event.finish_reason is None:
             self._active.append(request)
 
     def _decode_step(self) -> None:
-        for request in list(self._active):  # cancelled before the step: leave now
-            if request.cancelled():
-                request.events.put(request.state.cancel())
-                self._leave(request)
+        self._drop_cancelled()  # cancelled before the step: they leave now
         if not self._active:
             return
-        states = [r.state for r in self._active]
-        ids = np.asarray([[s.last_token] for s in states], dtype=np.int64)
-        logits = self.engine.step(ids, [len(s.history) for s in states], self.buffer)
+        with self.gate.turn(self._nothing_to_decode, self._more_to_do) as run:
+            if run:
+                states = [r.state for r in self._active]
+                ids = np.asarray([[s.last_token] for s in states], dtype=np.int64)
+                logits = self.engine.step(ids, [len(s.history) for s in states], self.buffer)
+        if not run:  # every stream in it expired while the step waited for its turn
+            self.gate.shed(self._drop_cancelled())
+            return
         self.steps += 1
         self.max_batch_seen = max(self.max_batch_seen, len(states))
         done = []
@@ -190,6 +212,22 @@ class ContinuousBatcher:
                 done.append(request)
         for request in done:
             self._leave(request)
+
+    def _more_to_do(self) -> bool:
+        """As a step ends: streams go on, or wait to join."""
+        return bool(self._active or self._waiting)
+
+    def _nothing_to_decode(self) -> bool:
+        """A decode step waiting for its turn may give it up: every stream in it is over."""
+        return self._closed or all(request.cancelled() for request in self._active)
+
+    def _drop_cancelled(self) -> int:
+        """Streams cancelled (deadline, client gone) leave; how many did."""
+        dropped = [request for request in self._active if request.cancelled()]
+        for request in dropped:
+            request.events.put(request.state.cancel())
+            self._leave(request)
+        return len(dropped)
 
     def _leave(self, request: _Request) -> None:
         """Free the request's slot; the last active slot moves into it."""

@@ -11,6 +11,9 @@ Two cache layouts, named by the package manifest (llm.kv_cache.mode):
 A prompt is text, token ids, or a Conversation of chat messages, which the package's
 chat template renders (runtime/llm/chat_template.py); generation stops at EOS and at
 the template's end-of-turn tokens.
+
+In the daemon every forward pass (a prefill, a decode step) first waits for its turn
+on the box (`gate`, runtime/server/core/scheduler.py), so other models get theirs.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from runtime.llm.sampling import SamplingParams
 from runtime.llm.sequence import GenerationEvent, GenerationStats, SequenceState
 from runtime.llm.tokenizer import Tokenizer
 from runtime.package import ModelPackage, load_package
+from runtime.server.core.scheduler import UNGATED, StepGate
 
 __all__ = ["DecoderLayout", "GenerationEvent", "GenerationStats", "LLMEngine", "Prompt"]
 CACHE_MODES = ("concat", "shared_buffer")
@@ -95,6 +99,12 @@ def _attention_precision(model, providers: list[str], fp16: bool | None):
     return fp16_attention(model) if fp16 else None
 
 
+def _stream_goes_on() -> bool:
+    """As a forward pass ends, the stream's next step is ready (after its last one the
+    worker takes its next request, if any: close enough)."""
+    return True
+
+
 class LLMEngine:
     """Generates text from an llm package. generate() may run concurrently from threads."""
 
@@ -114,6 +124,7 @@ class LLMEngine:
         self.backend_reason = "as configured"  # the daemon's loader says more when it chose
         self.execution = ("shared KV buffer (GroupQueryAttention)" if self.shared_cache
                           else "KV cache concatenated per step")
+        self.gate: StepGate = UNGATED  # the daemon's scheduler: each forward pass waits its turn
         self._cache_names = self.layout.cache_names()
         self._present = [present for _, present in self._cache_names]
 
@@ -297,17 +308,31 @@ class LLMEngine:
         started = time.monotonic()
         sequence = SequenceState(self.tokenizer, self.stop_token_ids, ids, params, started)
         cache = self.empty_cache(capacity=len(ids) + params.max_new_tokens)
-        logits, cache = self.forward(np.asarray([ids], dtype=np.int64), 0, cache)
-        sequence.prefilled(time.monotonic() - started)
+        step = self._in_turn(cancelled, np.asarray([ids], dtype=np.int64), 0, cache)
+        if step is not None:
+            sequence.prefilled(step[2])
         while True:
-            if cancelled():
+            if step is None or cancelled():
                 yield sequence.cancel()
                 return
+            logits, cache, _ = step
             event = sequence.advance(logits[0, -1])
             yield event
             if event.finish_reason is not None:
                 return
             past_length = len(sequence.history) - 1
-            logits, cache = self.forward(
-                np.asarray([[sequence.last_token]], dtype=np.int64), past_length, cache
-            )
+            step = self._in_turn(cancelled, np.asarray([[sequence.last_token]], dtype=np.int64),
+                                 past_length, cache)
+
+    def _in_turn(self, cancelled: Callable[[], bool], input_ids: np.ndarray, past_length: int,
+                 cache):
+        """forward() once the gate gives this request its turn: (logits, cache, seconds it
+        ran); None when the request was cancelled (deadline, client gone) while it waited:
+        it is shed, nothing runs."""
+        with self.gate.turn(cancelled, _stream_goes_on) as run:
+            if run:
+                began = time.monotonic()
+                logits, cache = self.forward(input_ids, past_length, cache)
+                return logits, cache, time.monotonic() - began
+        self.gate.shed(1)
+        return None

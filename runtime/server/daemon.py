@@ -90,7 +90,8 @@ class Daemon:
         # The metrics endpoint (with `metrics:`), then the power source (default auto)
         # and per-request energy, which feeds the endpoint's power gauges.
         self.metrics = None if config.metrics is None else MetricsEndpoint(
-            config.metrics, is_model=lambda name: name in self.registry.entries)
+            config.metrics, is_model=lambda name: name in self.registry.entries,
+            scheduler=self.registry.scheduler)
         self.energy = EnergyAccounting(config.power or PowerConfig(),
                                        self.metrics.power if self.metrics else None)
         # Classify's and KServe's image decoding: small ones on the loop, others on a thread.

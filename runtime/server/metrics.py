@@ -9,9 +9,24 @@
                                             e2edge_process_resident_memory_bytes and the
                                             other standard process metrics: CPU seconds
                                             per image or token is rate(cpu) / rate(images)
+  e2edge_scheduler_busy_seconds_total{model}  counter, seconds the model held its execution
+                                            slots (runtime/server/core/scheduler.py)
+  e2edge_scheduler_queue_seconds_total{model} counter, seconds its units of work waited for
+                                            their turn, summed
+  e2edge_scheduler_units_total{model}       counter, units run (decode steps, prefills, batches)
+  e2edge_scheduler_shed_requests_total{model} counter, requests dropped before they ran: their
+                                            deadline passed or their client left while they
+                                            waited (refusals of a full queue are requests_total
+                                            with status RESOURCE_EXHAUSTED)
+  e2edge_scheduler_share{model}             gauge, its configured share (a relative weight);
+  e2edge_scheduler_priority{model}          gauge; e2edge_scheduler_slots{model,resource}
+                                            and e2edge_scheduler_capacity{resource}: what it
+                                            holds while it runs, of what the box has
   + the power gauges of runtime/power/metrics.py, on the same registry.
 
-    endpoint = MetricsEndpoint(config.metrics, is_model)   # registry + counters
+A model's share of the box over a window is rate(busy_seconds) over the models' sum.
+
+    endpoint = MetricsEndpoint(config.metrics, is_model, scheduler)   # registry + counters
     monitor = PowerMonitor(..., endpoint.power)            # the sampler feeds the gauges
     await endpoint.start()                                 # http://listen/metrics
     endpoint.observe("classify", model, "OK", latency_s, images=n, energy=report)
@@ -31,11 +46,13 @@ from prometheus_client import (
     ProcessCollector,
     start_http_server,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from runtime.config import MetricsConfig
 from runtime.errors import ConfigError
 from runtime.power.energy import EnergyReport
 from runtime.power.metrics import PowerMetrics
+from runtime.server.core.scheduler import Scheduler
 
 log = logging.getLogger("e2edge.server")
 
@@ -96,6 +113,51 @@ class RequestMetrics:
             self.model_energy_j.labels(model=model).inc(energy.joules)
 
 
+class SchedulerMetrics:
+    """The scheduler's accounts, read when /metrics is scraped (a custom collector: the
+    worker threads never touch a Prometheus object on their hot path)."""
+
+    def __init__(self, scheduler: Scheduler, namespace: str = "e2edge"):
+        self.scheduler = scheduler
+        self.prefix = f"{namespace}_scheduler"
+
+    def collect(self):
+        usage = self.scheduler.usage()
+        schedules = self.scheduler.schedules()
+        p = self.prefix
+        counters = [
+            (CounterMetricFamily(f"{p}_busy_seconds", "Seconds the model held its execution "
+                                 "slots", labels=["model"]), "busy_s"),
+            (CounterMetricFamily(f"{p}_queue_seconds", "Seconds the model's units of work "
+                                 "waited for their turn, summed", labels=["model"]), "queue_s"),
+            (CounterMetricFamily(f"{p}_units", "Units of work run (decode steps, prefills, "
+                                 "batches)", labels=["model"]), "units"),
+            (CounterMetricFamily(f"{p}_shed_requests", "Requests dropped before they ran: "
+                                 "deadline passed or client left while waiting",
+                                 labels=["model"]), "shed"),
+        ]
+        for family, key in counters:
+            for model, account in usage.items():
+                family.add_metric([model], getattr(account, key))
+            yield family
+        share = GaugeMetricFamily(f"{p}_share", "Configured share of the box's execution "
+                                  "time (a weight relative to the other models')",
+                                  labels=["model"])
+        priority = GaugeMetricFamily(f"{p}_priority", "Configured priority (higher first)",
+                                     labels=["model"])
+        slots = GaugeMetricFamily(f"{p}_slots", "Execution slots the model holds while it "
+                                  "runs", labels=["model", "resource"])
+        for model, schedule in schedules.items():
+            share.add_metric([model], schedule.share)
+            priority.add_metric([model], schedule.priority)
+            slots.add_metric([model, schedule.resource], schedule.slots)
+        capacity = GaugeMetricFamily(f"{p}_capacity", "Execution slots of the box",
+                                     labels=["resource"])
+        for resource, count in self.scheduler.capacity.items():
+            capacity.add_metric([resource], count)
+        yield from (share, priority, slots, capacity)
+
+
 def start_metrics_server(registry: CollectorRegistry, port: int, addr: str = "127.0.0.1"):
     """Serve `registry` at http://addr:port/metrics on a daemon thread.
 
@@ -109,12 +171,15 @@ def start_metrics_server(registry: CollectorRegistry, port: int, addr: str = "12
 class MetricsEndpoint:
     """The registry, its counters and gauges, and the HTTP server that serves them."""
 
-    def __init__(self, config: MetricsConfig, is_model: Callable[[str], bool] = lambda _: True):
+    def __init__(self, config: MetricsConfig, is_model: Callable[[str], bool] = lambda _: True,
+                 scheduler: Scheduler | None = None):
         self.config = config
         self.is_model = is_model  # does the config serve this model name (label values)
         self.registry = CollectorRegistry()
         self.power = PowerMetrics(self.registry)
         self.requests = RequestMetrics(self.registry)
+        if scheduler is not None:
+            self.registry.register(SchedulerMetrics(scheduler))
         self.port: int | None = None
         self._http = None
 

@@ -8,7 +8,14 @@ import sys
 
 import pytest
 
-from e2edge.bench.load import Outcome, parse_mix, percentile, summarize
+from e2edge.bench.load import (
+    Outcome,
+    parse_mix,
+    percentile,
+    scheduler_state,
+    scheduler_window,
+    summarize,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -65,6 +72,46 @@ def test_a_short_run_against_a_real_daemon(tmp_path, tiny_llama_package):
     assert report["resource_exhausted"] > 0  # 6 clients on 2 slots + 2 queue places
     assert report["memory"]["rss_end_mb"] > 0
     assert "requests in 3s from 6 clients" in result.stdout
+    # --config serves the daemon's metrics: its scheduler saw the model busy
+    demo = report["scheduler"]["models"]["demo"]
+    assert demo["busy_s"] > 0 and demo["units"] > 0 and demo["busy_fraction"] == 1.0
+    assert (demo["share"], demo["share_fraction"], demo["shed_requests"]) == (1.0, 1.0, 0)
+    assert report["machine"]["cores"] >= 1
+    assert "demo: busy" in result.stdout
+
+
+METRICS_BEFORE = """\
+# TYPE e2edge_scheduler_busy_seconds counter
+e2edge_scheduler_busy_seconds_total{model="llm"} 10.0
+e2edge_scheduler_busy_seconds_total{model="vit"} 5.0
+# TYPE e2edge_scheduler_units counter
+e2edge_scheduler_units_total{model="llm"} 100.0
+e2edge_scheduler_units_total{model="vit"} 50.0
+# TYPE e2edge_scheduler_share gauge
+e2edge_scheduler_share{model="llm"} 1.0
+e2edge_scheduler_share{model="vit"} 3.0
+# TYPE e2edge_scheduler_slots gauge
+e2edge_scheduler_slots{model="llm",resource="cpu"} 2.0
+e2edge_scheduler_slots{model="vit",resource="cpu"} 2.0
+# TYPE e2edge_scheduler_capacity gauge
+e2edge_scheduler_capacity{resource="cpu"} 2.0
+e2edge_scheduler_capacity{resource="gpu"} 1.0
+# TYPE e2edge_requests counter
+e2edge_requests_total{kind="generate",model="llm",status="OK"} 3.0
+"""
+
+
+def test_the_scheduler_window_is_read_from_two_scrapes():
+    before = scheduler_state(METRICS_BEFORE)
+    after = scheduler_state(METRICS_BEFORE.replace("10.0", "12.5").replace(" 5.0", " 12.5")
+                            .replace("100.0", "130.0"))
+    assert before["capacity"] == {"cpu": 2, "gpu": 1}
+    window = scheduler_window(before, after, measured_s=10.0)["models"]
+    assert window["llm"]["busy_s"] == 2.5 and window["vit"]["busy_s"] == 7.5
+    assert (window["vit"]["busy_fraction"], window["vit"]["share_fraction"]) == (0.75, 0.75)
+    assert window["vit"]["busy_of_wall"] == 0.75
+    assert (window["llm"]["units"], window["vit"]["units"]) == (30, 0)
+    assert window["llm"]["resource"] == "cpu" and window["llm"]["slots"] == 2
 
 
 def test_a_mix_without_a_matching_model_is_an_error(tmp_path, tiny_llama_package):

@@ -41,6 +41,7 @@ def test_minimal_file_takes_every_default(tmp_path):
     assert model.path == tmp_path / "pkg"  # relative paths start at the config's folder
     assert (model.backend, model.threads, model.providers) == ("onnxruntime", 0, ())
     assert (model.max_concurrent, model.max_queue) == (1, 16)
+    assert (model.share, model.priority) == (1.0, 0)  # every model an equal share
 
 
 def test_every_key_is_read(tmp_path):
@@ -59,7 +60,9 @@ def test_every_key_is_read(tmp_path):
             max_concurrent: 2
             max_queue: 0
             max_sequence_length: 1024
-          - {name: other, path: ~/other}
+            share: 3
+            priority: 2
+          - {name: other, path: ~/other, share: 0.5}
         logging:
           level: debug
           format: JSON
@@ -74,6 +77,7 @@ def test_every_key_is_read(tmp_path):
     assert chat.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
     assert (chat.threads, chat.max_concurrent, chat.max_queue) == (4, 2, 0)
     assert (chat.max_sequence_length, other.max_sequence_length) == (1024, 0)
+    assert (chat.share, chat.priority, other.share, other.priority) == (3.0, 2, 0.5, 0)
     assert other.path == Path("~/other").expanduser()
     assert (config.logging.level, config.logging.format) == ("DEBUG", "json")
 
@@ -90,6 +94,16 @@ BAD_CONFIGS = [
     (ONE + "    max_sequence_length: -8\n", 4, "models[0].max_sequence_length"),
     (ONE + "    backend: tflite\n", 4, "models[0].backend: expected one of"),
     (ONE + "    providers: CPU\n", 4, "models[0].providers: expected a list"),
+    (ONE + "    share: 0\n", 4, "models[0].share: expected a number > 0"),
+    (ONE + "    share: -2\n", 4, "models[0].share: expected a number > 0"),
+    (ONE + "    share: .nan\n", 4, "models[0].share: expected a number > 0"),
+    (ONE + "    share: lots\n", 4, "models[0].share: expected a number > 0"),
+    (ONE + "    share: true\n", 4, "models[0].share"),
+    (ONE + "    share: [1, 2]\n", 4, "models[0].share: expected a single value"),
+    (ONE + "    priority: -1\n", 4, "models[0].priority: expected an integer in [0, 100]"),
+    (ONE + "    priority: high\n", 4, "models[0].priority: expected an integer"),
+    (ONE + "    priority: 1.5\n", 4, "models[0].priority: expected an integer"),
+    (ONE + "    shares: 2\n", 4, "models[0].shares: unknown key"),
     ("models:\n  - name: a\n", 2, "models[0]: missing required key 'path'"),
     ("models:\n  - path: p\n", 2, "models[0]: missing required key 'name'"),
     ("models:\n  - {name: 'a b', path: p}\n", 2, "models[0].name: 'a b' is not a plain name"),

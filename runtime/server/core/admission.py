@@ -7,21 +7,23 @@ instead of waiting behind an unbounded backlog.
 
 Everything runs on the daemon's event loop, so no lock is needed: a slot is handed
 from a finishing request straight to the first waiter, and a waiter that gives up
-(its client cancelled) leaves the queue without taking a slot.
+(its client cancelled or its deadline passed) leaves the queue without taking a slot,
+counted by `on_shed` (the model's count of requests shed before they ran).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from runtime.server.guard.errors import QueueFull
 
 
 class Admission:
-    def __init__(self, model: str, max_concurrent: int, max_queue: int):
+    def __init__(self, model: str, max_concurrent: int, max_queue: int,
+                 on_shed: Callable[[int], None] | None = None):
         if max_concurrent < 1 or max_queue < 0:
             raise ValueError(f"max_concurrent must be >= 1 and max_queue >= 0, got "
                              f"{max_concurrent}, {max_queue}")
@@ -29,6 +31,7 @@ class Admission:
         self.max_concurrent = max_concurrent
         self.max_queue = max_queue
         self.active = 0
+        self.on_shed = on_shed
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     @property
@@ -54,6 +57,8 @@ class Admission:
                 self.release()  # the slot was handed over just as we were cancelled
             elif waiter in self._waiters:  # release() may have dropped it already
                 self._waiters.remove(waiter)
+            if self.on_shed is not None:
+                self.on_shed(1)
             raise
 
     def release(self) -> None:

@@ -22,8 +22,13 @@ The rule:
   or the batch's exception.
 - At most `max_queue` requests wait beyond what the free workers could take at once;
   one more is refused with QueueFull (RESOURCE_EXHAUSTED), as Admission does.
-- A request whose client leaves while it waits is dropped from the queue; one whose
-  batch already runs is computed and its rows discarded.
+- When a batch is due, its worker first waits for the model's turn on the box (`gate`,
+  scheduler.py: other models share the cores), then takes the batch from the front
+  of the queue: requests that arrived meanwhile join it. As the batch ends it tells
+  the scheduler whether more work is ready (requests wait, or the batch was full).
+- A request whose client leaves (or whose deadline passes) while it waits is dropped
+  from the queue and counted as shed; one whose batch already runs is computed and
+  its rows discarded.
 - A worker with nothing to do for IDLE_EXIT_S gives its thread back (the next request
   starts one again); `close` stops them at once.
 
@@ -44,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.server.core.scheduler import UNGATED, StepGate
 from runtime.server.guard.errors import QueueFull
 from runtime.vision.serving_config import BatchingConfig
 
@@ -86,6 +92,7 @@ class Batcher:
         max_concurrent: int = 1,
         max_queue: int = 16,
         run_window: RunWindow | None = None,
+        gate: StepGate = UNGATED,
     ):
         if max_concurrent < 1 or max_queue < 0:
             raise ValueError(f"max_concurrent must be >= 1 and max_queue >= 0, got "
@@ -98,6 +105,7 @@ class Batcher:
         self.max_concurrent = max_concurrent
         self.max_queue = max_queue
         self.run_window = run_window
+        self.gate = gate  # where each batch waits for the model's turn on the box
         self.active = 0  # requests in running batches
         self.batches = 0  # batches started so far
         # Shared by the event loop and the workers: everything below, under _changed.
@@ -106,6 +114,7 @@ class Batcher:
         self._waiting_rows = 0
         self._workers = 0  # worker loops alive
         self._free = 0  # of them, waiting for requests (not running a batch)
+        self._full = False  # the latest batch taken held max_batch rows
         self._closed = False
 
     @property
@@ -143,9 +152,12 @@ class Batcher:
             return await job.future
         except asyncio.CancelledError:
             with self._changed:
-                if any(waiting is job for waiting in self._waiting):  # not in a batch yet
+                dropped = any(waiting is job for waiting in self._waiting)  # not in a batch
+                if dropped:
                     self._waiting.remove(job)
                     self._waiting_rows -= job.rows
+            if dropped:
+                self.gate.shed(1)
             raise
 
     def close(self) -> None:
@@ -160,21 +172,39 @@ class Batcher:
 
     # ---- on a worker thread ----------------------------------------------------------
     def _work(self) -> None:
-        """One worker: take the next batch, run it, hand its answers back; repeat."""
-        while (batch := self._next_batch()) is not None:
-            started = time.monotonic()
-            try:
-                outputs = self._run(batch)
-            except Exception as e:  # noqa: BLE001 - the batch's requests get the error
-                self._settle(batch, None, e)
-            else:
-                self._settle(batch, (outputs, started, time.monotonic()), None)
+        """One worker: wait for a batch to be due and for the model's turn, take the
+        batch, run it, hand its answers back; repeat."""
+        while self._batch_due():
+            with self.gate.turn(self._nothing_waiting, self._more_follows) as run:
+                batch = self._take() if run else []
+                result = self._timed_run(batch) if batch else (None, None)
+            if batch:
+                self._settle(batch, *result)
             with self._changed:
                 self.active -= len(batch)
                 self._free += 1
 
-    def _next_batch(self) -> list[_Job] | None:
-        """Wait for a batch to start (see the rule above); None: this worker stops."""
+    def _timed_run(self, batch: list[_Job]) -> tuple[tuple | None, BaseException | None]:
+        """(outputs, started, finished), or the exception the batch's requests get."""
+        started = time.monotonic()
+        try:
+            outputs = self._run(batch)
+        except Exception as e:  # noqa: BLE001 - the batch's requests get the error
+            return None, e
+        return (outputs, started, time.monotonic()), None
+
+    def _more_follows(self) -> bool:
+        """As a batch ends: does the model have work ready for the next? Requests wait, or
+        the latest batch was full: the model is saturated, and the clients just answered
+        are about to send their next requests (a camera's single frame says no)."""
+        return bool(self._waiting) or self._full
+
+    def _nothing_waiting(self) -> bool:
+        """A due batch waiting for its turn may give it up: its requests left, or closing."""
+        return self._closed or not self._waiting
+
+    def _batch_due(self) -> bool:
+        """Wait until a batch is due (see the rule above); False: this worker stops."""
         with self._changed:
             while not self._closed:
                 if not self._waiting:
@@ -186,23 +216,31 @@ class Batcher:
                     if wait_s > 0:
                         self._changed.wait(wait_s)
                         continue
-                batch = self._take()
                 self._free -= 1
-                self.active += len(batch)
-                self.batches += 1
-                return batch
+                return True
             self._workers -= 1
             self._free -= 1
-            return None
+            return False
 
     def _take(self) -> list[_Job]:
-        """Requests from the front while their rows fit in max_batch (at least one)."""
-        batch = [self._waiting.popleft()]
-        rows = batch[0].rows
-        while self._waiting and rows + self._waiting[0].rows <= self.max_batch:
-            rows += self._waiting[0].rows
-            batch.append(self._waiting.popleft())
-        self._waiting_rows -= rows
+        """Requests from the front while their rows fit in max_batch (at least one, unless
+        other workers took them all); those whose client already left are shed."""
+        with self._changed:
+            batch: list[_Job] = []
+            rows = shed = 0
+            while self._waiting and (not batch or rows + self._waiting[0].rows <= self.max_batch):
+                job = self._waiting.popleft()
+                self._waiting_rows -= job.rows
+                if job.future.done():  # cancelled on its loop; its handler is gone
+                    shed += 1
+                    continue
+                rows += job.rows
+                batch.append(job)
+            self.active += len(batch)
+            self.batches += bool(batch)
+            self._full = rows >= self.max_batch
+        if shed:
+            self.gate.shed(shed)
         return batch
 
     def _run(self, batch: list[_Job]) -> np.ndarray:

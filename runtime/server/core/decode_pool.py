@@ -24,21 +24,14 @@ the model among all its requests, so batching gains the most once decoding needs
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from runtime.config import DEFAULT_INLINE_MAX_PIXELS
+from runtime.host_facts import usable_cores as available_cores
 
 T = TypeVar("T")
-
-
-def available_cores() -> int:
-    """CPUs this process may run on (a container's or systemd's CPU set, not the board's)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def total_pixels(per_image: Iterable[int | None]) -> int | None:

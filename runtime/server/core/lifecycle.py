@@ -14,6 +14,8 @@ What a reload does, model by model (by name, against the running registry):
   replacement loads beside the old one, which keeps serving; when it is READY the
   name points at it (new requests go there) and the old one drains as if removed.
   A replacement that fails to load is dropped and the old one goes on serving.
+- rescheduled (only its `share` or `priority` changed): the box's scheduler takes the
+  new values at once (scheduler.py); the model is not reloaded, its streams go on.
 - unchanged: untouched; its streams never notice.
 Requests hold their model entry for their whole life, so a swap never moves or
 cuts a running stream. Changes run one at a time (a lock), after the initial load.
@@ -50,6 +52,7 @@ class ReloadReport:
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)
+    rescheduled: list[str] = field(default_factory=list)  # new share or priority, in place
     unchanged: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # name -> why (old one kept if any)
     restart_needed: list[str] = field(default_factory=list)  # settings left as they were
@@ -60,7 +63,7 @@ class ReloadReport:
             return f"reload refused, nothing changed: {self.error}"
         parts = [f"{what}: {', '.join(names)}" for what, names in (
             ("added", self.added), ("removed", self.removed), ("replaced", self.replaced),
-            ("unchanged", self.unchanged)) if names]
+            ("rescheduled", self.rescheduled), ("unchanged", self.unchanged)) if names]
         parts += [f"failed {name}: {why}" for name, why in self.failed.items()]
         if self.restart_needed:
             parts.append(f"needs a restart to change: {', '.join(self.restart_needed)}")
@@ -104,7 +107,8 @@ class ModelLifecycle:
 
     async def _load(self, config: ModelConfig) -> ModelEntry:
         await self._loaded()
-        loader = ModelRegistry([config], loader=self.registry._loader)
+        loader = ModelRegistry([config], loader=self.registry._loader,
+                               scheduler=self.registry.scheduler)
         fresh = loader.entries[config.name]
         old = self.registry.entries.get(config.name)
         if old is None:
@@ -171,6 +175,11 @@ class ModelLifecycle:
                 if entry is None:
                     fresh = await self._load(model)
                     report.added.append(name)
+                elif entry.config != model and self._only_scheduling_changed(entry, model):
+                    entry.config = model
+                    self.registry.schedule(entry)
+                    report.rescheduled.append(name)
+                    continue
                 elif (entry.config != model
                       or self._fingerprints.get(name) != package_fingerprint(model)
                       or entry.state is ModelState.FAILED):
@@ -187,6 +196,13 @@ class ModelLifecycle:
             kept = {key: getattr(old, key) for key in RESTART_ONLY}
             self.config = replace(config, **kept)
             return report
+
+    def _only_scheduling_changed(self, entry: ModelEntry, config: ModelConfig) -> bool:
+        """The new config differs from the entry's in share or priority alone, and the
+        model serves its unchanged package: the scheduler can take it without a reload."""
+        return (entry.state is ModelState.READY
+                and self._fingerprints.get(entry.name) == package_fingerprint(config)
+                and replace(entry.config, share=config.share, priority=config.priority) == config)
 
 
 async def _ignore(entry: ModelEntry) -> None:

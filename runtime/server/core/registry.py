@@ -7,6 +7,9 @@ the reason, and the other models are served as usual.
 
 Generation runs on each model's own worker threads (as many as it has slots), so a
 busy model never takes threads from another and the event loop only moves messages.
+Those threads take turns on the box's cores (and GPU) through one scheduler that the
+registry owns (scheduler.py): each model gets its gate when it loads, with its share,
+priority and the slots it holds while it runs.
 What the services may ask of a loaded model is written down in served_model.py.
 """
 
@@ -27,6 +30,8 @@ from runtime.config import ModelConfig
 from runtime.errors import E2edgeError, InvalidRequest, ModelNotFound, PackageError
 from runtime.package import load_package
 from runtime.server.core.admission import Admission
+from runtime.server.core.fair_queue import Schedule
+from runtime.server.core.scheduler import Scheduler, placement
 from runtime.server.core.served_model import ImageClassifier, ServedModel, TextGenerator
 from runtime.server.guard.errors import ModelUnavailable
 
@@ -143,12 +148,25 @@ class ModelRegistry:
         self,
         models: Sequence[ModelConfig],
         loader: Callable[[ModelConfig], ServedModel] = load_model,
+        scheduler: Scheduler | None = None,
     ):
         self._loader = loader
-        self.entries: dict[str, ModelEntry] = {
-            m.name: ModelEntry(m, Admission(m.name, m.max_concurrent, m.max_queue))
-            for m in models
-        }
+        self.scheduler = scheduler or Scheduler.for_host()  # one per box: share it
+        self.entries: dict[str, ModelEntry] = {m.name: self._entry(m) for m in models}
+
+    def _entry(self, config: ModelConfig) -> ModelEntry:
+        gate = self.scheduler.gate(config.name)  # a request that leaves its queue is shed
+        return ModelEntry(config, Admission(config.name, config.max_concurrent,
+                                            config.max_queue, on_shed=gate.shed))
+
+    def schedule(self, entry: ModelEntry) -> None:
+        """Give the scheduler the entry's share, priority and slots (at load and reload)."""
+        if entry.model is None:
+            raise RuntimeError(f"model {entry.name!r} is not loaded")
+        resource, slots = placement(entry.model.backend_name, entry.model.providers,
+                                    entry.config.threads)
+        self.scheduler.set(entry.name, Schedule(entry.config.share, entry.config.priority,
+                                                resource, slots))
 
     def __iter__(self):
         return iter(self.entries.values())
@@ -188,6 +206,8 @@ class ModelRegistry:
             else:
                 entry.model = model
                 entry.manifest = model.package.manifest
+                self.schedule(entry)
+                model.gate = self.scheduler.gate(entry.name)
                 entry.executor = ThreadPoolExecutor(
                     max_workers=entry.config.max_concurrent,
                     thread_name_prefix=f"e2edge-{entry.name}",

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from runtime.llm.sampling import SamplingParams
     from runtime.package import ModelPackage
     from runtime.server.core.batcher import Batcher, RunWindow
+    from runtime.server.core.scheduler import StepGate
     from runtime.vision.serving_config import ImageLimits
 
 
@@ -35,6 +36,9 @@ class ServedModel(Protocol):
     providers: list[str]  # what executes inside the backend, e.g. ["CPUExecutionProvider"]
     backend_reason: str  # why that backend: the config, or what `auto` found
     execution: str  # how the weights run, e.g. "ternary unpacked to fp16"
+    # Where each unit of work (a prefill, a decode step, a batch) waits its turn on the
+    # box: UNGATED until the registry hands it the scheduler's gate (scheduler.py).
+    gate: StepGate
 
     def close(self) -> None:
         """Stop the model's own threads, if any (the registry calls it when the model goes)."""

@@ -18,6 +18,7 @@ from runtime.config import ModelConfig
 from runtime.errors import InvalidRequest
 from runtime.numerics import softmax
 from runtime.server.core.batcher import Batcher, RunWindow
+from runtime.server.core.scheduler import UNGATED, StepGate
 from runtime.vision.engine import VisionEngine
 
 EXECUTION_TEXT = {  # VisionEngine's execution modes for a ternary package, in words
@@ -47,6 +48,7 @@ class VisionModel:
         self.limits = config.image_limits
         self.labels = engine.labels
         self.batcher: Batcher | None = None  # made by `batcher_on` at the first request
+        self.gate: StepGate = UNGATED  # the daemon's scheduler: each batch waits its turn
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """One decoded image -> (1, C, S, S) float32, per the package manifest."""
@@ -84,6 +86,7 @@ class VisionModel:
             self.batcher = Batcher(
                 self.config.name, self.probabilities, executor, self.config.batching,
                 max_concurrent=self.config.max_concurrent, max_queue=self.config.max_queue,
+                gate=self.gate,
             )
         if run_window is not None and self.batcher.run_window is None:
             self.batcher.run_window = run_window

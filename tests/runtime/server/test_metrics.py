@@ -27,6 +27,16 @@ def scrape(port: int) -> str:
         return response.read().decode()
 
 
+def served(registry: CollectorRegistry) -> str:
+    """The registry's page, served over HTTP on a free port and scraped once."""
+    server, port = start_metrics_server(registry, 0)
+    try:
+        return scrape(port)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def value(text: str, series: str) -> float:
     for line in text.splitlines():
         if line.startswith(series + " "):
@@ -47,12 +57,7 @@ def test_scrape_shows_rails_energy_and_requests():
     requests.observe_request("retina-vit", "classify", "OK", 0.012, images=4)
     requests.observe_request("retina-vit", "classify", "INVALID_ARGUMENT", 0.001)
 
-    server, port = start_metrics_server(registry, 0)
-    try:
-        text = scrape(port)
-    finally:
-        server.shutdown()
-        server.server_close()
+    text = served(registry)
 
     last = samples[-1]
     assert value(text, 'e2edge_power_rail_milliwatts{rail="VDD_IN"}') == last.rails_mw["VDD_IN"]
@@ -88,3 +93,31 @@ def test_each_registry_is_independent():
     RequestMetrics(second)
     assert first.get_sample_value("e2edge_power_total_milliwatts") == 17946.0
     assert second.get_sample_value("e2edge_power_total_milliwatts") == 0.0
+
+
+def test_scrape_shows_the_schedulers_accounts_per_model():
+    from runtime.server.core.fair_queue import Schedule
+    from runtime.server.core.scheduler import Scheduler
+    from runtime.server.metrics import SchedulerMetrics
+
+    now = [0.0]  # a fake clock
+    scheduler = Scheduler({"cpu": 2, "gpu": 1}, clock=lambda: now[0])
+    scheduler.set("vit", Schedule(share=3, priority=1, slots=1))
+    scheduler.set("llm", Schedule(share=1, slots=2))
+    with scheduler.gate("vit").turn() as run:  # starts at 0, ends at 0.75
+        assert run
+        now[0] = 0.75
+    scheduler.gate("llm").shed(2)
+    now[0] = 2.0
+    registry = CollectorRegistry()
+    registry.register(SchedulerMetrics(scheduler))
+    text = served(registry)
+    assert value(text, 'e2edge_scheduler_busy_seconds_total{model="vit"}') == 0.75
+    assert value(text, 'e2edge_scheduler_busy_seconds_total{model="llm"}') == 0.0
+    assert value(text, 'e2edge_scheduler_units_total{model="vit"}') == 1.0
+    assert value(text, 'e2edge_scheduler_queue_seconds_total{model="vit"}') == 0.0
+    assert value(text, 'e2edge_scheduler_shed_requests_total{model="llm"}') == 2.0
+    assert value(text, 'e2edge_scheduler_share{model="vit"}') == 3.0
+    assert value(text, 'e2edge_scheduler_priority{model="vit"}') == 1.0
+    assert value(text, 'e2edge_scheduler_slots{model="llm",resource="cpu"}') == 2.0
+    assert value(text, 'e2edge_scheduler_capacity{resource="cpu"}') == 2.0
