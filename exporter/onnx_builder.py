@@ -70,11 +70,17 @@ class GraphBuilder:
         """The ModelProto of this graph: opset 17, plus the com.microsoft ops when `contrib`.
 
         Initializers no node reads are left out (a subclass graph may skip shared ones).
+        Call it once: the initializers move into the model.
         """
         used = {name for node in self.nodes for name in node.input}
-        initializers = [t for t in self.initializers if t.name in used]
-        graph = helper.make_graph(self.nodes, graph_name, inputs, outputs,
-                                  initializer=initializers)
+        graph = helper.make_graph(self.nodes, graph_name, inputs, outputs)
+        # moved one at a time (the graph copies each, the builder drops it), so a model's
+        # weights are never held twice; the builder keeps no initializers afterwards
+        initializers, self.initializers = self.initializers, []
+        for index, tensor in enumerate(initializers):
+            if tensor.name in used:
+                graph.initializer.append(tensor)
+            initializers[index] = None
         opsets = [helper.make_opsetid("", OPSET)]
         if contrib:
             opsets.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))

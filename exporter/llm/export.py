@@ -1,17 +1,24 @@
-"""`e2edge export llm`: a Hugging Face LLaMA/Gemma checkpoint -> an llm model package.
+"""`e2edge export llm`: a Hugging Face decoder checkpoint -> an llm model package.
 
 The export verifies itself before the package is moved into place: onnxruntime's
 logits must match PyTorch's on a sample prompt, and greedy tokens generated from
 the package by the runtime must equal transformers' `generate` on the checkpoint.
+
+Memory: weights are read one tensor at a time, and the check runs the package first
+and releases it before the float32 PyTorch reference loads, so an export needs about
+the reference's memory (4 bytes per parameter, plus a float32 copy of a tied LM head
+for quantised packages) and not the sum of both.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,14 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from exporter.errors import ExportVerificationError
-from exporter.llm.checkpoint import (
-    CheckpointError,
-    DecoderSpec,
-    check_architecture,
-    decoder_spec,
-    read_config,
-    read_weights,
-)
+from exporter.llm.checkpoint import CheckpointError, read_config, read_weights
+from exporter.llm.decoder_spec import DecoderSpec, check_architecture, decoder_spec
 from exporter.llm.int8_activation_reference import quantize_linear_inputs
 from exporter.llm.weight_quant import (
     BLOCK_FORMATS,
@@ -98,7 +99,7 @@ def export_llm(
     model_dir = Path(model_dir)
     config = read_config(model_dir)
     check_architecture(config)
-    weights = read_weights(model_dir)
+    weights = read_weights(model_dir, config)
     spec = decoder_spec(config, weights)
     with PackageWriter(out) as writer:
         add_bos = _write_tokenizer(model_dir, writer.dir, spec)
@@ -110,8 +111,9 @@ def export_llm(
             model, str(onnx_path), save_as_external_data=True, all_tensors_to_one_file=True,
             location="model.onnx.data", size_threshold=1024,
         )
+        del model  # the weights now live in model.onnx.data only
         onnx.checker.check_model(str(onnx_path))
-        parameters = sum(int(np.prod(a.shape)) for a in weights.values())
+        parameters = weights.parameters()
         manifest = _manifest(model_dir, options, spec, config, add_bos, parameters, writer.dir)
         writer.seal(manifest)
         verification = None
@@ -133,11 +135,11 @@ ATTENTION_KINDS = ("gqa", "standard")
 
 def build_decoder_onnx(
     spec: DecoderSpec,
-    weights: dict[str, np.ndarray],
+    weights: Mapping[str, np.ndarray],
     quant: WeightQuantConfig | None = None,
     attention: str = "standard",
     weight_dtype: type = np.float32,
-) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+) -> tuple[onnx.ModelProto, Mapping[str, np.ndarray]]:
     """The ONNX decoder with KV cache for `spec`, and the weights it computes with.
 
     attention: "standard" is plain opset-17 ONNX (onnxruntime and TensorRT,
@@ -147,7 +149,8 @@ def build_decoder_onnx(
     widened to float32 by a Cast in the graph.
     The second value maps HF weight names to the float32 weights the graph computes with
     where they differ from the checkpoint's (dequantised, or rounded to fp16; empty for
-    fp32), so a PyTorch reference with the same weights can check the export.
+    fp32; each computed when read), so a PyTorch reference with the same weights can
+    check the export.
     """
     from exporter.llm.onnx_graph import DecoderGraphBuilder
     from exporter.llm.onnx_graph_gqa import GqaDecoderGraphBuilder
@@ -272,8 +275,9 @@ def _manifest(
             "head_dim": spec.head_dim,
             "ffn_widths": list(spec.ffn_widths),
             "activation": spec.activation,
-            "context_length": spec.max_position_embeddings,
-            "rope_theta": spec.rope_theta,
+            "context_length": spec.context_length,
+            **({"context_limit": spec.context_limit} if spec.context_limit else {}),
+            "sliding_windows": [layer.window for layer in spec.layers],
             "bos_token_id": spec.bos_token_id,
             "eos_token_ids": _generation_eos(model_dir, spec),
             "add_bos_token": add_bos,
@@ -341,19 +345,18 @@ def _quantization_facts(options: LLMExportOptions) -> dict[str, Any]:
     }
 
 
-def _reference_model(model_dir: Path, effective: dict[str, np.ndarray]):
-    """The checkpoint in PyTorch, with the package's dequantised or fp16-rounded weights."""
-    import torch
+def _reference_model(model_dir: Path, effective: Mapping[str, np.ndarray],
+                     int8_block_size: int | None = None):
+    """The checkpoint in PyTorch, with the package's dequantised or fp16-rounded weights;
+    with `int8_block_size`, its quantised linears see int8-block inputs as MatMulNBits'
+    accuracy level 4 computes them."""
+    from exporter.llm.checkpoint import load_torch_model, torch_weight_name
 
-    from exporter.llm.checkpoint import load_torch_model
-
-    model = load_torch_model(model_dir)
-    if "lm_head.weight" in effective and model.lm_head.weight is model.model.embed_tokens.weight:
-        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
-    parameters = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, weight in effective.items():
-            parameters[name].copy_(torch.from_numpy(weight))
+    model = load_torch_model(model_dir, effective)
+    if int8_block_size:
+        weights = read_weights(model_dir)
+        names = {torch_weight_name(weights, name) for name in effective}
+        quantize_linear_inputs(model, names, int8_block_size)
     return model
 
 
@@ -391,7 +394,7 @@ def verify_package(
     model_dir: Path,
     package_dir: Path,
     options: LLMExportOptions,
-    effective: dict[str, np.ndarray] | None = None,
+    effective: Mapping[str, np.ndarray] | None = None,
 ) -> Verification:
     """Compare the package with the checkpoint; raise ExportVerificationError on mismatch.
 
@@ -416,28 +419,52 @@ def verify_package(
     from runtime.llm.engine import LLMEngine
 
     engine = LLMEngine.load(package_dir, threads=options.threads)
-    model = _reference_model(model_dir, effective or {})
+    ids = engine.encode(SAMPLE_PROMPT)[: engine.context_length // 2]
+    n = 0 if _not_emulated(options) else min(options.verify_tokens,
+                                             engine.context_length - len(ids))
+    package = _package_run(engine, ids, n)
+    del engine  # the package's session goes before the float32 reference comes
+    gc.collect()
     int8_activations = (options.weights in BLOCK_FORMATS
                         and options.accuracy_level == INT8_ACTIVATIONS)
-    if int8_activations:
-        quantize_linear_inputs(model, (effective or {}).keys(), options.block_size)
-    ids = engine.encode(SAMPLE_PROMPT)[: engine.context_length // 2]
-    diff, tolerance = _compare_logits(engine, model, ids, options, int8_activations)
+    model = _reference_model(model_dir, effective or {},
+                             options.block_size if int8_activations else None)
+    diff, tolerance = _compare_logits(package, model, ids, options, int8_activations)
     if _not_emulated(options):
         return Verification(diff, tolerance, 0, None)
-    return _compare_greedy(engine, model, ids, options, diff, tolerance)
+    return _compare_greedy(package, model, ids, diff, tolerance)
 
 
-def _compare_logits(engine, model, ids: list[int], options: LLMExportOptions,
+@dataclass(frozen=True)
+class _PackageRun:
+    """What the package computed on the sample prompt."""
+
+    logits: np.ndarray  # (1, S, vocab)
+    greedy: list[int]  # its greedy continuation
+    pad_token_id: int
+
+
+def _package_run(engine, ids: list[int], n: int) -> _PackageRun:
+    """The package's logits on `ids` and its `n` greedy tokens after them."""
+    from runtime.llm.sampling import SamplingParams
+
+    logits, _ = engine.forward(np.asarray([ids], dtype=np.int64), 0, engine.empty_cache())
+    greedy = []
+    if n:
+        params = SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True)
+        greedy = [t for event in engine.generate(ids, params) for t in event.token_ids]
+    eos = engine.layout.eos_token_ids
+    return _PackageRun(logits, greedy, eos[0] if eos else 0)
+
+
+def _compare_logits(package: _PackageRun, model, ids: list[int], options: LLMExportOptions,
                     int8_activations: bool) -> tuple[float, float]:
     """(max |logit difference| on the sample prompt, the tolerance it met); raises on more."""
     import torch
 
-    cache = engine.empty_cache()
-    ort_logits, _ = engine.forward(np.asarray([ids], dtype=np.int64), 0, cache)
     with torch.no_grad():
         torch_logits = model(torch.tensor([ids])).logits.numpy()
-    diff = float(np.abs(ort_logits - torch_logits).max())
+    diff = float(np.abs(package.logits - torch_logits).max())
     tolerance = options.logits_tolerance
     if int8_activations:
         tolerance += max(float(np.abs(torch_logits).max()) / 127,
@@ -457,22 +484,17 @@ def _not_emulated(options: LLMExportOptions) -> bool:
     return options.weights in BLOCK_FORMATS and options.accuracy_level in (1, 2, 3)
 
 
-def _compare_greedy(engine, model, ids: list[int], options: LLMExportOptions, diff: float,
+def _compare_greedy(package: _PackageRun, model, ids: list[int], diff: float,
                     tolerance: float) -> Verification:
     """Greedy tokens of the package against transformers' generate (see verify_package)."""
     import torch
 
-    from runtime.llm.sampling import SamplingParams
-
-    n = min(options.verify_tokens, engine.context_length - len(ids))
-    params = SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True)
-    ours = [t for event in engine.generate(ids, params) for t in event.token_ids]
+    ours, n = package.greedy, len(package.greedy)
     with torch.no_grad():
         generated = model.generate(
             torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
             do_sample=False, max_new_tokens=n, min_new_tokens=n,
-            pad_token_id=engine.layout.eos_token_ids[0] if engine.layout.eos_token_ids else 0,
-            output_logits=True, return_dict_in_generate=True,
+            pad_token_id=package.pad_token_id, output_logits=True, return_dict_in_generate=True,
         )
     reference = generated.sequences[0, len(ids):].tolist()
     if ours != reference:

@@ -9,6 +9,7 @@ runtime.ternary_layout.pack_codes, the same layout the 2-bit ViT weights use.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,3 +72,46 @@ def dequantize_blockwise(
     codes = unpack_codes(packed, n_blocks * block_size, bits).astype(np.float32)
     codes -= 1 << (bits - 1)
     return (codes * np.repeat(scales, block_size, axis=1))[:, :k]
+
+
+class EffectiveWeights(Mapping[str, np.ndarray]):
+    """The float32 weights a package computes with, where they differ from the checkpoint's.
+
+    Keys are the exporter's weight names; each value is computed from the checkpoint when
+    it is read (a 3B model's dequantised weights are 12 GB in float32): round-to-nearest
+    blocks dequantised (int8/int4), or the weight rounded to float16 and widened (fp16).
+    A weight the graph stores scaled (the attention scale folded into q_proj) is rounded
+    as stored, then unscaled. Empty for fp32 packages.
+    """
+
+    def __init__(self, weights: Mapping[str, np.ndarray], quant: WeightQuantConfig | None,
+                 weight_dtype: type = np.float32):
+        self.weights = weights
+        self.quant = quant
+        self.weight_dtype = weight_dtype
+        self._rounded: dict[str, tuple[str, float, bool]] = {}  # name -> source, scale, blocks
+
+    def add(self, name: str, *, quantized: bool, source: str | None = None,
+            scale: float = 1.0) -> None:
+        """Note that the graph rounds weight `name` (read from `source`, times `scale`):
+        as MatMulNBits blocks when `quantized`, else as its float16 storage if any."""
+        if quantized or self.weight_dtype != np.float32:
+            self._rounded[name] = (source or name, scale, quantized)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rounded)
+
+    def __len__(self) -> int:
+        return len(self._rounded)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        source, scale, quantized = self._rounded[name]
+        weight = self.weights[source] * scale if scale != 1.0 else self.weights[source]
+        if quantized:
+            packed, scales = quantize_blockwise(weight, self.quant)
+            rounded = dequantize_blockwise(packed, scales, weight.shape[1], self.quant.bits)
+        else:
+            rounded = weight.astype(self.weight_dtype).astype(np.float32)
+        if scale != 1.0:
+            rounded /= scale
+        return rounded
