@@ -181,10 +181,10 @@ def decoder_spec(config: dict[str, Any], weights: CheckpointWeights) -> DecoderS
     act_name = getattr(hf, "hidden_activation", None) or getattr(hf, "hidden_act", "silu")
     if act_name not in ACTIVATIONS:
         raise _refuse(model_type, f"FFN activation {act_name!r} is not supported")
-    for flag, feature in (("mlp_bias", "FFN biases (mlp_bias)"),
-                          ("use_bidirectional_attention", "bidirectional attention")):
+    for flag, feature in (("mlp_bias", "FFN biases (mlp_bias) are"),
+                          ("use_bidirectional_attention", "bidirectional attention is")):
         if getattr(hf, flag, False):
-            raise _refuse(model_type, f"{feature} is not supported")
+            raise _refuse(model_type, f"{feature} not supported")
     num_layers, num_heads = int(hf.num_hidden_layers), int(hf.num_attention_heads)
     head_dim = int(getattr(hf, "head_dim", None) or hf.hidden_size // num_heads)
     rotaries, layer_rotary, context_length, limit = _rotaries(model_type, hf, head_dim)
