@@ -12,18 +12,11 @@ decoding is not a tie-break lottery.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 VOCAB = 300
 SHARD = "40KB"  # several shards even for a model this small
-TEXT = [
-    "The quick brown fox jumps over the lazy dog.",
-    "To be, or not to be, that is the question.",
-    "Energy per token matters on the edge: measure it, then make it smaller.",
-    "First Citizen: Before we proceed any further, hear me speak.",
-] * 20
 
 
 @dataclass(frozen=True)
@@ -89,31 +82,13 @@ FAMILIES = {
 
 
 def make_tokenizer(out: Path, style: TokenizerStyle) -> dict[str, int]:
-    """A byte-level BPE tokenizer.json + tokenizer_config.json; returns special -> id."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    """The family's tokenizer.json + tokenizer_config.json; returns special token -> id."""
+    from exporter.llm.random_checkpoint import make_bpe_tokenizer
 
-    tokenizer = Tokenizer(models.BPE(unk_token=None))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=list(style.specials),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tokenizer.train_from_iterator(TEXT, trainer)
-    ids = {token: tokenizer.token_to_id(token) for token in style.specials}
-    if style.adds_bos:
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{style.bos} $A", pair=f"{style.bos} $A {style.bos} $B",
-            special_tokens=[(style.bos, ids[style.bos])])
-    tokenizer.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": style.bos, "eos_token": style.eos[0], "pad_token": style.pad,
-        "add_bos_token": style.adds_bos, "model_max_length": 256,
-        "added_tokens_decoder": {str(i): {"content": t, "special": True, "normalized": False,
-                                          "lstrip": False, "rstrip": False, "single_word": False}
-                                 for t, i in ids.items()},
-    }, indent=2))
-    return ids
+    config = {"bos_token": style.bos, "eos_token": style.eos[0], "pad_token": style.pad,
+              "add_bos_token": style.adds_bos}
+    return make_bpe_tokenizer(out, VOCAB, style.specials,
+                              style.bos if style.adds_bos else None, config)
 
 
 def make_family_checkpoint(out: Path, family: str, seed: int = 0, dtype: str = "bfloat16",

@@ -15,12 +15,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from family_checkpoints import FAMILIES, TEXT, make_family_checkpoint
+from family_checkpoints import FAMILIES, make_family_checkpoint
 
 from e2edge.cli import main
 from exporter.llm.checkpoint import load_torch_model
 from exporter.llm.evaluation import open_scorer, text_perplexity
 from exporter.llm.export import LLMExportOptions, export_llm
+from exporter.llm.random_checkpoint import TOKENIZER_TEXT
 from runtime.llm.engine import LLMEngine
 from runtime.llm.sampling import SamplingParams
 from runtime.package import load_package
@@ -92,7 +93,7 @@ def test_the_runtime_serves_the_package_like_transformers(family, tmp_path):
 def test_prunes_with_magrip_exports_and_evaluates(family, tmp_path):
     name, checkpoint = family
     calib = tmp_path / "calib.txt"
-    calib.write_text(" ".join(TEXT))
+    calib.write_text(" ".join(TOKENIZER_TEXT))
     pruned = tmp_path / "pruned"
     assert main(["prune", "--model", str(checkpoint), "--calib", str(calib),
                  "--out", str(pruned), *PRUNE]) == 0
@@ -102,7 +103,7 @@ def test_prunes_with_magrip_exports_and_evaluates(family, tmp_path):
     assert result.greedy_tokens_match is True and result.max_logit_diff < 1e-4
     assert load_package(result.package).manifest["llm"]["ffn_widths"] == widths
 
-    text = " ".join(TEXT[:8])
+    text = " ".join(TOKENIZER_TEXT[:8])
     on_checkpoint = text_perplexity(open_scorer(pruned), text, window=48, stride=16)
     on_package = text_perplexity(open_scorer(result.package), text, window=48, stride=16)
     assert on_checkpoint.tokens == on_package.tokens
