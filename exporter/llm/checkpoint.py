@@ -11,15 +11,13 @@ config.json) loads as it is.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from exporter.errors import CheckpointError
 from exporter.llm.checkpoint_weights import CheckpointWeights
 from exporter.llm.decoder_spec import check_architecture, decoder_spec, hf_config
+from exporter.llm.weight_quant import EffectiveWeights
 from runtime.llm.tokenizer import Tokenizer
 
 __all__ = ["CheckpointError", "checkpoint_tokenizer", "load_torch_model", "read_config",
@@ -76,7 +74,7 @@ def checkpoint_tokenizer(model_dir: str | Path) -> Tokenizer:
     return Tokenizer(path, bos_token_id=bos, add_bos=add_bos)
 
 
-def load_torch_model(model_dir: str | Path, effective: Mapping[str, np.ndarray] | None = None):
+def load_torch_model(model_dir: str | Path, effective: EffectiveWeights | None = None):
     """A float32 transformers model of the checkpoint, with each layer's own FFN width.
 
     Stock `from_pretrained` assumes one `intermediate_size`; a pruned checkpoint has one
@@ -85,7 +83,8 @@ def load_torch_model(model_dir: str | Path, effective: Mapping[str, np.ndarray] 
     in blocks of rows, so loading holds the float32 model and one block besides.
 
     `effective`: weights by the exporter's (unfused) names to use instead of the
-    checkpoint's, read one at a time: a package's dequantised or fp16-rounded weights.
+    checkpoint's, computed a block of rows at a time: a package's dequantised or
+    fp16-rounded weights.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -116,8 +115,8 @@ def load_torch_model(model_dir: str | Path, effective: Mapping[str, np.ndarray] 
     with torch.no_grad():
         for name, parameter in parameters.items():
             weights.copy_stored(name, parameter)
-        for name, value in (effective or {}).items():
-            _replace_weight(model, weights, name, torch.from_numpy(value))
+        for name in effective or ():
+            _replace_weight(model, weights, effective, name)
     model.eval()
     return model
 
@@ -127,17 +126,23 @@ def torch_weight_name(weights: CheckpointWeights, name: str) -> str:
     return weights.stored(name).name if name in weights else name
 
 
-def _replace_weight(model, weights: CheckpointWeights, name: str, value) -> None:
+def _replace_weight(model, weights: CheckpointWeights, effective: EffectiveWeights,
+                    name: str) -> None:
     """Overwrite weight `name` (an unfused name: a block of rows of a fused weight) with
-    `value`; a tied lm_head gets its own tensor first."""
+    its effective value, block by block; a tied lm_head gets its own tensor first."""
     import torch
 
+    shape = effective.shape(name)
     if name == "lm_head.weight" and model.lm_head.weight is model.model.embed_tokens.weight:
-        model.lm_head.weight = torch.nn.Parameter(torch.empty_like(value))
+        model.lm_head.weight = torch.nn.Parameter(torch.empty(shape), requires_grad=False)
     target = model.get_parameter(torch_weight_name(weights, name))
     rows = weights.stored(name).rows if name in weights else None
-    start, stop = rows or (0, target.shape[0])
-    target[start:stop].copy_(value)
+    offset = rows[0] if rows else 0
+    step = effective.block_rows(name)
+    for start in range(0, shape[0], step):
+        stop = min(start + step, shape[0])
+        target[offset + start:offset + stop].copy_(
+            torch.from_numpy(effective.rows(name, start, stop)))
 
 
 def resize_mlp(mlp, width: int) -> None:

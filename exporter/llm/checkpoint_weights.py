@@ -133,10 +133,16 @@ class CheckpointWeights(Mapping[str, np.ndarray]):
 
     def __getitem__(self, name: str) -> np.ndarray:
         """The weight as a float32 array (bf16 / fp16 widened exactly)."""
+        return self.rows(name, 0, self.shape(name)[0])
+
+    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of the weight as a float32 array."""
         import torch
 
-        out = torch.empty(self.shape(name), dtype=torch.float32)
-        self.copy_into(name, out)
+        stored = self.stored(name)
+        offset = stored.rows[0] if stored.rows else 0
+        out = torch.empty((stop - start, *self.shape(name)[1:]), dtype=torch.float32)
+        self.copy_stored(stored.name, out, (offset + start, offset + stop))
         return out.numpy()
 
     # ---- shapes and sources -----------------------------------------------------
@@ -161,11 +167,6 @@ class CheckpointWeights(Mapping[str, np.ndarray]):
         return sum(int(np.prod(self.stored_shape(name))) for name in self.files)
 
     # ---- copying ----------------------------------------------------------------
-    def copy_into(self, name: str, out: torch.Tensor) -> None:
-        """Copy weight `name` into the tensor `out` of its shape."""
-        stored = self.stored(name)
-        self.copy_stored(stored.name, out, stored.rows)
-
     def copy_stored(self, stored_name: str, out: torch.Tensor,
                     rows: tuple[int, int] | None = None) -> None:
         """Copy a stored tensor (or its rows [start, stop)) into `out`, converting its dtype,
@@ -176,7 +177,7 @@ class CheckpointWeights(Mapping[str, np.ndarray]):
             raise CheckpointError(f"{stored_name}: stored as {list(shape)}, expected "
                                   f"{list(out.shape)}")
         with _open(self.files[stored_name]) as f:
-            if len(shape) < 2:
+            if not shape:
                 out.copy_(f.get_tensor(stored_name))
                 return
             tensor = f.get_slice(stored_name)

@@ -20,6 +20,7 @@ BLOCK_FORMATS = ("int8", "int4")  # the --weights choices stored as MatMulNBits 
 # Every --weights choice: fp32 and fp16 are float initializers (fp16 widened by a Cast in
 # the graph, computed in fp32); int8 and int4 are MatMulNBits blocks.
 WEIGHT_FORMATS = ("fp32", "fp16", *BLOCK_FORMATS)
+ROW_BLOCK_VALUES = 1 << 22  # weights quantised (or rounded) per step: 16 MB of float32
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,25 @@ def weight_quant_config(
 def quantize_blockwise(
     weight: np.ndarray, config: WeightQuantConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(N, K) float -> (packed (N, n_blocks, block_size*bits/8) uint8, scales (N, n_blocks))."""
+    """(N, K) float -> (packed (N, n_blocks, block_size*bits/8) uint8, scales (N, n_blocks)).
+
+    Rows are independent, so they are done ROW_BLOCK_VALUES at a time: a 128k x 3072 tied
+    LM head needs a few float32 copies of one block, not of the whole matrix.
+    """
+    n, k = weight.shape
+    k_pad = padded_k(k, config.block_size)
+    n_blocks = k_pad // config.block_size
+    packed = np.empty((n, n_blocks, config.block_size * config.bits // 8), dtype=np.uint8)
+    scales = np.empty((n, n_blocks), dtype=np.float32)
+    step = max(1, ROW_BLOCK_VALUES // k_pad)
+    for start in range(0, n, step):
+        rows = slice(start, min(start + step, n))
+        packed[rows], scales[rows] = _quantize_rows(weight[rows], config)
+    return packed, scales
+
+
+def _quantize_rows(weight: np.ndarray, config: WeightQuantConfig
+                   ) -> tuple[np.ndarray, np.ndarray]:
     n, k = weight.shape
     bs, qmax = config.block_size, (1 << (config.bits - 1)) - 1
     k_pad = padded_k(k, bs)
@@ -77,16 +96,17 @@ def dequantize_blockwise(
 class EffectiveWeights(Mapping[str, np.ndarray]):
     """The float32 weights a package computes with, where they differ from the checkpoint's.
 
-    Keys are the exporter's weight names; each value is computed from the checkpoint when
-    it is read (a 3B model's dequantised weights are 12 GB in float32): round-to-nearest
-    blocks dequantised (int8/int4), or the weight rounded to float16 and widened (fp16).
-    A weight the graph stores scaled (the attention scale folded into q_proj) is rounded
+    Keys are the exporter's weight names; values are computed from the checkpoint when
+    read (a 3B model's dequantised weights are 12 GB in float32), whole or a block of
+    rows at a time (`rows`; rows round independently): round-to-nearest blocks
+    dequantised (int8/int4), or the weight rounded to float16 and widened (fp16). A
+    weight the graph stores scaled (the attention scale folded into q_proj) is rounded
     as stored, then unscaled. Empty for fp32 packages.
     """
 
     def __init__(self, weights: Mapping[str, np.ndarray], quant: WeightQuantConfig | None,
                  weight_dtype: type = np.float32):
-        self.weights = weights
+        self.weights = weights  # a CheckpointWeights reads blocks of rows alone
         self.quant = quant
         self.weight_dtype = weight_dtype
         self._rounded: dict[str, tuple[str, float, bool]] = {}  # name -> source, scale, blocks
@@ -105,8 +125,19 @@ class EffectiveWeights(Mapping[str, np.ndarray]):
         return len(self._rounded)
 
     def __getitem__(self, name: str) -> np.ndarray:
+        return self.rows(name, 0, self.shape(name)[0])
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        source = self._rounded[name][0]
+        reader = getattr(self.weights, "shape", None)
+        return tuple(reader(source)) if reader else self.weights[source].shape
+
+    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of the effective weight `name`, float32."""
         source, scale, quantized = self._rounded[name]
-        weight = self.weights[source] * scale if scale != 1.0 else self.weights[source]
+        reader = getattr(self.weights, "rows", None)
+        weight = reader(source, start, stop) if reader else self.weights[source][start:stop]
+        weight = weight * scale if scale != 1.0 else weight
         if quantized:
             packed, scales = quantize_blockwise(weight, self.quant)
             rounded = dequantize_blockwise(packed, scales, weight.shape[1], self.quant.bits)
@@ -115,3 +146,8 @@ class EffectiveWeights(Mapping[str, np.ndarray]):
         if scale != 1.0:
             rounded /= scale
         return rounded
+
+    def block_rows(self, name: str) -> int:
+        """How many rows of `name` one block holds (ROW_BLOCK_VALUES values)."""
+        shape = self.shape(name)
+        return max(1, ROW_BLOCK_VALUES // int(np.prod(shape[1:])))
