@@ -96,7 +96,8 @@ class PackageScorer(Scorer):
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         ids = np.asarray([ids], dtype=np.int64)  # (1, S)
-        logits, _ = self.engine.forward(ids, 0, self.engine.empty_cache())
+        cache = self.engine.empty_cache(capacity=ids.shape[1])  # not the whole context's
+        logits, _ = self.engine.forward(ids, 0, cache)
         return logits[0]
 
 

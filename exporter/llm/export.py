@@ -466,7 +466,8 @@ def _package_run(engine, ids: list[int], n: int) -> _PackageRun:
     """The package's logits on `ids` and its `n` greedy tokens after them."""
     from runtime.llm.sampling import SamplingParams
 
-    logits, _ = engine.forward(np.asarray([ids], dtype=np.int64), 0, engine.empty_cache())
+    cache = engine.empty_cache(capacity=len(ids))  # not the whole context's KV buffer
+    logits, _ = engine.forward(np.asarray([ids], dtype=np.int64), 0, cache)
     greedy = []
     if n:
         params = SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True)
