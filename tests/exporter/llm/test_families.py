@@ -27,6 +27,7 @@ from runtime.llm.sampling import SamplingParams
 from runtime.package import load_package
 
 PROMPT = "To be, or not to be: the quick brown fox"
+WINDOWS = {"mistral": [8, 8], "gemma2": [8, None], "gemma3": [8, None]}
 PRUNE = ["--ratio", "0.25", "--seq-len", "32", "--samples", "6", "--mask-steps", "4",
          "--batch-size", "3"]
 
@@ -56,11 +57,18 @@ def test_exports_in_fp32_and_int4_and_matches_transformers(family, tmp_path, att
     name, checkpoint = family
     for options in (LLMExportOptions(attention=attention), _int4(attention)):
         result = export_llm(checkpoint, tmp_path / options.weights, options)
-        verification = load_package(result.package).manifest["verification"]
+        manifest = load_package(result.package).manifest
         assert result.greedy_tokens_match is True, (name, options.weights)
-        assert verification["greedy_tokens_checked"] == 32
+        assert manifest["verification"]["greedy_tokens_checked"] == 32
         if options.weights == "fp32":
             assert result.max_logit_diff < 1e-4
+    # the manifest says which layers see a window, and why a context is shorter
+    assert manifest["llm"]["sliding_windows"] == WINDOWS.get(name, [None, None])
+    if name == "phi3":  # longrope: the short factors, up to original_max_position_embeddings
+        assert manifest["llm"]["context_length"] == 64
+        assert manifest["llm"]["context_limit"].startswith("longrope")
+    else:
+        assert manifest["llm"]["context_length"] == 256 and "context_limit" not in manifest["llm"]
 
 
 def test_the_runtime_serves_the_package_like_transformers(family, tmp_path):
