@@ -19,7 +19,6 @@ from family_checkpoints import FAMILIES, make_family_checkpoint
 
 from e2edge.cli import main
 from exporter.llm.checkpoint import load_torch_model
-from exporter.llm.evaluation import open_scorer, text_perplexity
 from exporter.llm.export import LLMExportOptions, export_llm
 from exporter.llm.random_checkpoint import TOKENIZER_TEXT
 from runtime.llm.engine import LLMEngine
@@ -111,9 +110,15 @@ def test_prunes_with_magrip_exports_and_evaluates(family, tmp_path):
     assert result.greedy_tokens_match is True and result.max_logit_diff < 1e-4
     assert load_package(result.package).manifest["llm"]["ffn_widths"] == widths
 
-    text = " ".join(TOKENIZER_TEXT[:8])
-    on_checkpoint = text_perplexity(open_scorer(pruned), text, window=48, stride=16)
-    on_package = text_perplexity(open_scorer(result.package), text, window=48, stride=16)
-    assert on_checkpoint.tokens == on_package.tokens
-    assert on_package.perplexity == pytest.approx(on_checkpoint.perplexity, rel=1e-4)
-    assert np.isfinite(on_package.perplexity)
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(TOKENIZER_TEXT[:8]))
+    scores = []
+    for model in (pruned, result.package):
+        out = tmp_path / f"{model.name}.json"
+        assert main(["eval", "ppl", "--model", str(model), "--text", str(text), "--window", "48",
+                     "--stride", "16", "--json", str(out)]) == 0
+        scores.append(json.loads(out.read_text()))
+    on_checkpoint, on_package = scores
+    assert on_checkpoint["tokens"] == on_package["tokens"] > 48
+    assert on_package["perplexity"] == pytest.approx(on_checkpoint["perplexity"], rel=1e-4)
+    assert np.isfinite(on_package["perplexity"])
