@@ -20,6 +20,7 @@ BLOCK_FORMATS = ("int8", "int4")  # the --weights choices stored as MatMulNBits 
 # Every --weights choice: fp32 and fp16 are float initializers (fp16 widened by a Cast in
 # the graph, computed in fp32); int8 and int4 are MatMulNBits blocks.
 WEIGHT_FORMATS = ("fp32", "fp16", *BLOCK_FORMATS)
+INT8_ACTIVATIONS = 4  # MatMulNBits accuracy level that quantises its input to int8 blocks
 ROW_BLOCK_VALUES = 1 << 22  # weights quantised (or rounded) per step: 16 MB of float32
 
 
