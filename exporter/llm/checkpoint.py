@@ -82,9 +82,10 @@ def load_torch_model(model_dir: str | Path, effective: EffectiveWeights | None =
     built without initialising its weights and each weight is copied in from its shard
     in blocks of rows, so loading holds the float32 model and one block besides.
 
-    `effective`: weights by the exporter's (unfused) names to use instead of the
-    checkpoint's, computed a block of rows at a time: a package's dequantised or
-    fp16-rounded weights.
+    `effective`: a package's weights by the exporter's (unfused) names, to use instead of
+    the checkpoint's: fp16-rounded ones are written over the checkpoint's a block of rows
+    at a time; int8/int4 ones replace their linears by BlockQuantizedLinear, which holds
+    the codes (1 byte per weight; a quantised copy of a tied embedding gets its own).
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -112,13 +113,43 @@ def load_torch_model(model_dir: str | Path, effective: EffectiveWeights | None =
             f"{model_dir}: weights do not fit the {spec.model_type} architecture "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
+    quantized = _quantized_linears(weights, effective) if effective else {}
     with torch.no_grad():
         for name, parameter in parameters.items():
-            weights.copy_stored(name, parameter)
+            if name.removesuffix(".weight") not in quantized:  # never touched: never resident
+                weights.copy_stored(name, parameter)
+        for module, parts in quantized.items():
+            _swap_in_quantized(model, module, parts, effective)
         for name in effective or ():
-            _replace_weight(model, weights, effective, name)
+            if not effective.quantized(name):
+                _replace_weight(model, weights, effective, name)
     model.eval()
     return model
+
+
+def _quantized_linears(weights: CheckpointWeights, effective: EffectiveWeights
+                       ) -> dict[str, list[str]]:
+    """transformers module name -> the quantised weights (exporter's names) whose rows it
+    stacks, in order: one each, or Phi-3's q, k, v in a qkv_proj; a tied LM head's own."""
+    parts: dict[str, list[tuple[int, str]]] = {}
+    for name in effective:
+        if effective.quantized(name):
+            rows = weights.stored(name).rows if name in weights else None
+            module = torch_weight_name(weights, name).removesuffix(".weight")
+            parts.setdefault(module, []).append(((rows or (0, 0))[0], name))
+    return {module: [name for _, name in sorted(found)] for module, found in parts.items()}
+
+
+def _swap_in_quantized(model, module: str, parts: list[str], effective: EffectiveWeights) -> None:
+    """Replace linear `module` by one holding the package's codes for its weight."""
+    from exporter.llm.quantized_linear import BlockQuantizedLinear
+
+    linear = model.get_submodule(module)
+    swapped = BlockQuantizedLinear.from_effective(effective, parts, linear.bias)
+    if swapped.out_features != linear.out_features:
+        raise CheckpointError(f"{module}: the package quantises {swapped.out_features} of its "
+                              f"{linear.out_features} rows")
+    model.set_submodule(module, swapped)
 
 
 def torch_weight_name(weights: CheckpointWeights, name: str) -> str:
@@ -129,18 +160,15 @@ def torch_weight_name(weights: CheckpointWeights, name: str) -> str:
 def _replace_weight(model, weights: CheckpointWeights, effective: EffectiveWeights,
                     name: str) -> None:
     """Overwrite weight `name` (an unfused name: a block of rows of a fused weight) with
-    its effective value, block by block; a tied lm_head gets its own tensor first."""
+    its effective (fp16-rounded) value, block by block."""
     import torch
 
-    shape = effective.shape(name)
-    if name == "lm_head.weight" and model.lm_head.weight is model.model.embed_tokens.weight:
-        model.lm_head.weight = torch.nn.Parameter(torch.empty(shape), requires_grad=False)
     target = model.get_parameter(torch_weight_name(weights, name))
     rows = weights.stored(name).rows if name in weights else None
     offset = rows[0] if rows else 0
-    step = effective.block_rows(name)
-    for start in range(0, shape[0], step):
-        stop = min(start + step, shape[0])
+    step, total = effective.block_rows(name), effective.shape(name)[0]
+    for start in range(0, total, step):
+        stop = min(start + step, total)
         target[offset + start:offset + stop].copy_(
             torch.from_numpy(effective.rows(name, start, stop)))
 

@@ -83,14 +83,20 @@ def _quantize_rows(weight: np.ndarray, config: WeightQuantConfig
     return pack_codes(codes, bs, config.bits), scales
 
 
+def signed_codes(packed: np.ndarray, bits: int) -> np.ndarray:
+    """(N, n_blocks, block_size*bits/8) packed -> (N, K_pad) int8 codes less the zero point:
+    the integers MatMulNBits multiplies by each block's scale."""
+    n, n_blocks, block_bytes = packed.shape
+    codes = unpack_codes(packed, n_blocks * block_bytes * 8 // bits, bits).astype(np.int16)
+    return (codes - (1 << (bits - 1))).astype(np.int8)
+
+
 def dequantize_blockwise(
     packed: np.ndarray, scales: np.ndarray, k: int, bits: int
 ) -> np.ndarray:
     """The float32 (N, K) weight that MatMulNBits computes with."""
-    n, n_blocks = scales.shape
     block_size = packed.shape[2] * 8 // bits
-    codes = unpack_codes(packed, n_blocks * block_size, bits).astype(np.float32)
-    codes -= 1 << (bits - 1)
+    codes = signed_codes(packed, bits).astype(np.float32)
     return (codes * np.repeat(scales, block_size, axis=1))[:, :k]
 
 
@@ -133,13 +139,14 @@ class EffectiveWeights(Mapping[str, np.ndarray]):
         reader = getattr(self.weights, "shape", None)
         return tuple(reader(source)) if reader else self.weights[source].shape
 
+    def quantized(self, name: str) -> bool:
+        """Whether `name` is stored as MatMulNBits blocks (else rounded to float16)."""
+        return self._rounded[name][2]
+
     def rows(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of the effective weight `name`, float32."""
-        source, scale, quantized = self._rounded[name]
-        reader = getattr(self.weights, "rows", None)
-        weight = reader(source, start, stop) if reader else self.weights[source][start:stop]
-        weight = weight * scale if scale != 1.0 else weight
-        if quantized:
+        weight, scale = self._source_rows(name, start, stop)
+        if self.quantized(name):
             packed, scales = quantize_blockwise(weight, self.quant)
             rounded = dequantize_blockwise(packed, scales, weight.shape[1], self.quant.bits)
         else:
@@ -147,6 +154,22 @@ class EffectiveWeights(Mapping[str, np.ndarray]):
         if scale != 1.0:
             rounded /= scale
         return rounded
+
+    def blocks(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """Rows [start, stop) of quantised weight `name` as MatMulNBits holds them: signed
+        codes (rows, K_pad) int8, scales (rows, n_blocks) float32, and the scale the
+        graph folded in, which the rows are divided by (`rows` = codes * scales / it)."""
+        weight, scale = self._source_rows(name, start, stop)
+        packed, scales = quantize_blockwise(weight, self.quant)
+        return signed_codes(packed, self.quant.bits), scales, scale
+
+    def _source_rows(self, name: str, start: int, stop: int) -> tuple[np.ndarray, float]:
+        """Rows [start, stop) of the checkpoint weight `name` is made from, as the graph
+        stores it (times its folded scale), and that scale."""
+        source, scale, _ = self._rounded[name]
+        reader = getattr(self.weights, "rows", None)
+        weight = reader(source, start, stop) if reader else self.weights[source][start:stop]
+        return (weight * scale if scale != 1.0 else weight), scale
 
     def block_rows(self, name: str) -> int:
         """How many rows of `name` one block holds (ROW_BLOCK_VALUES values)."""
