@@ -73,17 +73,18 @@ class GraphBuilder:
         Call it once: the initializers move into the model.
         """
         used = {name for node in self.nodes for name in node.input}
-        graph = helper.make_graph(self.nodes, graph_name, inputs, outputs)
-        # moved one at a time (the graph copies each, the builder drops it), so a model's
-        # weights are never held twice; the builder keeps no initializers afterwards
-        initializers, self.initializers = self.initializers, []
-        for index, tensor in enumerate(initializers):
-            if tensor.name in used:
-                graph.initializer.append(tensor)
-            initializers[index] = None
         opsets = [helper.make_opsetid("", OPSET)]
         if contrib:
             opsets.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
+        # make_model copies its graph, so the graph goes in without weights; they move in
+        # afterwards one at a time (the model copies each, the builder drops it), so a
+        # model's weights are never held twice and the builder keeps none afterwards
+        graph = helper.make_graph(self.nodes, graph_name, inputs, outputs)
         model = helper.make_model(graph, opset_imports=opsets, producer_name="e2edge")
         model.ir_version = IR_VERSION
+        initializers, self.initializers = self.initializers, []
+        for index, tensor in enumerate(initializers):
+            if tensor.name in used:
+                model.graph.initializer.append(tensor)
+            initializers[index] = None
         return model
