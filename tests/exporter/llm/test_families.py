@@ -11,6 +11,7 @@ and `eval ppl` gives the checkpoint's perplexity on the package.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,7 +19,9 @@ import torch
 from family_checkpoints import FAMILIES, make_family_checkpoint
 
 from e2edge.cli import main
+from exporter.errors import ExportVerificationError
 from exporter.llm.checkpoint import load_torch_model
+from exporter.llm.decoder_spec import LayerAttention, Rotary
 from exporter.llm.export import LLMExportOptions, export_llm
 from exporter.llm.random_checkpoint import TOKENIZER_TEXT
 from runtime.llm.engine import LLMEngine
@@ -122,3 +125,37 @@ def test_prunes_with_magrip_exports_and_evaluates(family, tmp_path):
     assert on_checkpoint["tokens"] == on_package["tokens"] > 48
     assert on_package["perplexity"] == pytest.approx(on_checkpoint["perplexity"], rel=1e-4)
     assert np.isfinite(on_package["perplexity"])
+
+
+# a family feature -> the spec of a graph built as if the family lacked it
+ABLATIONS = {
+    "window": lambda spec: replace(
+        spec, layers=tuple(LayerAttention(None, layer.rotary) for layer in spec.layers)),
+    "softcap": lambda spec: replace(spec, attn_softcap=None),
+    "qk_norm": lambda spec: replace(spec, family=replace(spec.family, qk_norm=False)),
+    # every layer the first rotary: Gemma 3's global layers the local base, SmolLM3's
+    # layers without rotary one
+    "rotary_per_layer": lambda spec: replace(
+        spec, layers=tuple(LayerAttention(layer.window, 0) for layer in spec.layers)),
+    "longrope_factor": lambda spec: replace(spec, rotaries=(Rotary(spec.rotaries[0].inv_freq),)),
+}
+
+
+@pytest.mark.parametrize("name, feature", [
+    ("mistral", "window"), ("gemma2", "softcap"), ("qwen3", "qk_norm"),
+    ("gemma3", "rotary_per_layer"), ("smollm3", "rotary_per_layer"),
+    ("phi3", "longrope_factor"),
+])
+@pytest.mark.parametrize("attention", ["standard", "gqa"])
+def test_the_tiny_checkpoints_exercise_their_family_features(tmp_path, monkeypatch, name,
+                                                             feature, attention):
+    """A graph built as if the family lacked a feature fails the check: the tiny
+    checkpoints' configs (an 8-token window, soft-caps that bite, ...) make each matter."""
+    import exporter.llm.export as export
+
+    checkpoint = make_family_checkpoint(tmp_path / "ckpt", name)
+    real = export.decoder_spec
+    monkeypatch.setattr(export, "decoder_spec",
+                        lambda config, weights: ABLATIONS[feature](real(config, weights)))
+    with pytest.raises(ExportVerificationError, match="logits differ"):
+        export_llm(checkpoint, tmp_path / "pkg", LLMExportOptions(attention=attention))
