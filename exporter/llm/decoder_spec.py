@@ -41,7 +41,6 @@ class Family:
     query_pre_attn_scalar: bool = False  # Gemma 2/3: scores scaled by it^-0.5, not head_dim's
 
 
-GEMMA = Family(norm_offset=1.0, embed_scale=True)
 FAMILIES: dict[str, Family] = {
     "llama": Family(),
     "mistral": Family(),
@@ -49,7 +48,7 @@ FAMILIES: dict[str, Family] = {
     "qwen3": Family(qk_norm=True),
     "smollm3": Family(),
     "phi3": Family(),
-    "gemma": GEMMA,
+    "gemma": Family(norm_offset=1.0, embed_scale=True),
     "gemma2": Family(1.0, True, sandwich_norms=True, query_pre_attn_scalar=True),
     "gemma3_text": Family(1.0, True, sandwich_norms=True, qk_norm=True,
                           query_pre_attn_scalar=True),
@@ -188,8 +187,7 @@ def decoder_spec(config: dict[str, Any], weights: CheckpointWeights) -> DecoderS
     num_layers, num_heads = int(hf.num_hidden_layers), int(hf.num_attention_heads)
     head_dim = int(getattr(hf, "head_dim", None) or hf.hidden_size // num_heads)
     rotaries, layer_rotary, context_length, limit = _rotaries(model_type, hf, head_dim)
-    widths = tuple(weights.shape(f"model.layers.{i}.mlp.gate_proj.weight")[0]
-                   for i in range(num_layers))
+    widths = tuple(_ffn_width(weights, i) for i in range(num_layers))
     declared = config.get("intermediate_sizes")
     if declared is not None and tuple(declared) != widths:
         raise CheckpointError(
@@ -221,6 +219,13 @@ def decoder_spec(config: dict[str, Any], weights: CheckpointWeights) -> DecoderS
         final_softcap=getattr(hf, "final_logit_softcapping", None),
         context_limit=limit,
     )
+
+
+def _ffn_width(weights: CheckpointWeights, layer: int) -> int:
+    name = f"model.layers.{layer}.mlp.gate_proj.weight"
+    if name not in weights:
+        raise CheckpointError(f"weights have no {name}: not a gated-FFN decoder")
+    return weights.shape(name)[0]
 
 
 def _window(hf, layer: int, context_length: int) -> int | None:
