@@ -11,3 +11,7 @@ class ExportVerificationError(E2edgeError):
     Both exports check the package before it is moved into place, so this error means
     nothing was written.
     """
+
+
+class CheckpointError(E2edgeError):
+    """A checkpoint directory is missing, malformed, or of an unsupported architecture."""

@@ -70,14 +70,21 @@ class GraphBuilder:
         """The ModelProto of this graph: opset 17, plus the com.microsoft ops when `contrib`.
 
         Initializers no node reads are left out (a subclass graph may skip shared ones).
+        Call it once: the initializers move into the model.
         """
         used = {name for node in self.nodes for name in node.input}
-        initializers = [t for t in self.initializers if t.name in used]
-        graph = helper.make_graph(self.nodes, graph_name, inputs, outputs,
-                                  initializer=initializers)
         opsets = [helper.make_opsetid("", OPSET)]
         if contrib:
             opsets.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
+        # make_model copies its graph, so the graph goes in without weights; they move in
+        # afterwards one at a time (the model copies each, the builder drops it), so a
+        # model's weights are never held twice and the builder keeps none afterwards
+        graph = helper.make_graph(self.nodes, graph_name, inputs, outputs)
         model = helper.make_model(graph, opset_imports=opsets, producer_name="e2edge")
         model.ir_version = IR_VERSION
+        initializers, self.initializers = self.initializers, []
+        for index, tensor in enumerate(initializers):
+            if tensor.name in used:
+                model.graph.initializer.append(tensor)
+            initializers[index] = None
         return model

@@ -1,4 +1,4 @@
-"""Export a Hugging Face LLaMA/Gemma checkpoint to an llm model package (ONNX + KV cache).
+"""Export a Hugging Face decoder checkpoint to an llm model package (ONNX + KV cache).
 
 The export checks itself: onnxruntime's logits must match PyTorch's within
 --tolerance on a sample prompt, and 32 greedy tokens from the package must equal
@@ -48,8 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from exporter.llm.export import LLMExportOptions, default_accuracy_level, export_llm
+    import time
 
+    from exporter.llm.export import LLMExportOptions, default_accuracy_level, export_llm
+    from exporter.memory import peak_rss_mib
+
+    started = time.monotonic()
     result = export_llm(
         args.model,
         args.out,
@@ -74,4 +78,5 @@ def run(args: argparse.Namespace) -> int:
             None: "greedy tokens not compared (accuracy levels 1-3 are not emulated)",
         }[result.greedy_tokens_match]
         print(f"verified: max |logit diff| vs PyTorch {result.max_logit_diff:.2e}, {tokens}")
+    print(f"took {time.monotonic() - started:.0f} s, peak memory {peak_rss_mib():.0f} MiB")
     return 0

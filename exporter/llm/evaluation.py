@@ -56,17 +56,27 @@ class Scorer:
 
 
 class TorchScorer(Scorer):
-    def __init__(self, model, tokenizer: Tokenizer, name: str):
+    def __init__(self, model, tokenizer: Tokenizer, name: str, context_length: int | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
-        self.context_length = int(model.config.max_position_embeddings)
+        self.context_length = context_length or int(model.config.max_position_embeddings)
 
     @classmethod
     def from_checkpoint(cls, model_dir: Path) -> TorchScorer:
-        from exporter.llm.checkpoint import checkpoint_tokenizer, load_torch_model
+        """The checkpoint's model, held to the context its package would accept."""
+        from exporter.llm.checkpoint import (
+            checkpoint_tokenizer,
+            load_torch_model,
+            read_config,
+            read_weights,
+        )
+        from exporter.llm.decoder_spec import decoder_spec
 
-        return cls(load_torch_model(model_dir), checkpoint_tokenizer(model_dir), str(model_dir))
+        config = read_config(Path(model_dir))
+        context = decoder_spec(config, read_weights(model_dir, config)).context_length
+        return cls(load_torch_model(model_dir), checkpoint_tokenizer(model_dir), str(model_dir),
+                   context)
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         import torch
@@ -86,7 +96,8 @@ class PackageScorer(Scorer):
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         ids = np.asarray([ids], dtype=np.int64)  # (1, S)
-        logits, _ = self.engine.forward(ids, 0, self.engine.empty_cache())
+        cache = self.engine.empty_cache(capacity=ids.shape[1])  # not the whole context's
+        logits, _ = self.engine.forward(ids, 0, cache)
         return logits[0]
 
 

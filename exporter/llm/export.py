@@ -1,8 +1,14 @@
-"""`e2edge export llm`: a Hugging Face LLaMA/Gemma checkpoint -> an llm model package.
+"""`e2edge export llm`: a Hugging Face decoder checkpoint -> an llm model package.
 
-The export verifies itself before the package is moved into place: onnxruntime's
-logits must match PyTorch's on a sample prompt, and greedy tokens generated from
-the package by the runtime must equal transformers' `generate` on the checkpoint.
+The export verifies itself before the package is moved into place (verify.py):
+onnxruntime's logits must match PyTorch's on a sample prompt, and greedy tokens
+generated from the package by the runtime must equal transformers' `generate` on the
+checkpoint.
+
+Memory: weights are read one tensor at a time and the graph takes them over one by
+one; the check runs the package and releases it before the PyTorch reference loads,
+so an export needs about the larger of the graph, the package's session and the
+reference, not their sum.
 """
 
 from __future__ import annotations
@@ -10,48 +16,31 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from exporter.errors import ExportVerificationError
-from exporter.llm.checkpoint import (
-    CheckpointError,
-    DecoderSpec,
-    check_architecture,
-    decoder_spec,
-    read_config,
-    read_weights,
-)
-from exporter.llm.int8_activation_reference import quantize_linear_inputs
+from exporter.llm.checkpoint import CheckpointError, read_config, read_weights
+from exporter.llm.decoder_spec import DecoderSpec, check_architecture, decoder_spec
+from exporter.llm.verify import verify_package
 from exporter.llm.weight_quant import (
     BLOCK_FORMATS,
+    INT8_ACTIVATIONS,
     WEIGHT_FORMATS,
+    EffectiveWeights,
     WeightQuantConfig,
     weight_quant_config,
 )
+from exporter.memory import release_freed_memory
 from exporter.package_writer import PackageWriter
 from runtime.package import sha256_file
 
 if TYPE_CHECKING:
     import onnx
-
-log = logging.getLogger(__name__)
-INT8_ACTIVATIONS = 4  # MatMulNBits accuracy level that quantises its input to int8 blocks
-# At that level the package may differ from the emulating reference by this many times
-# what float32 rounding alone moves the reference (_rounding_noise; onnxruntime's own
-# difference measured 0.77x of it on the demo LLaMA and 1.04x on a 30-layer
-# SmolLM2-shaped model).
-FLIP_NOISE_FACTOR = 3.0
-JITTER = 2.0 ** -22  # about two float32 ulps, relative
-JITTER_RUNS = 3
-
-SAMPLE_PROMPT = "The quick brown fox jumps over the lazy dog. To be, or not to be:"
-
 
 @dataclass(frozen=True)
 class LLMExportOptions:
@@ -66,18 +55,6 @@ class LLMExportOptions:
     # gqa: onnxruntime's fused GroupQueryAttention over a shared KV buffer (fastest on
     # onnxruntime); standard: plain ONNX that TensorRT's parser also reads
     attention: str = "gqa"
-
-
-@dataclass(frozen=True)
-class Verification:
-    """What the export check found (written to the manifest as it is)."""
-
-    max_abs_logit_diff: float
-    logits_tolerance: float  # the bound applied (it depends on the weights' arithmetic)
-    greedy_tokens_checked: int
-    # True: all equal; False: they parted at a near tie (near_tie_at); None: not compared
-    greedy_tokens_match: bool | None
-    near_tie_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +75,7 @@ def export_llm(
     model_dir = Path(model_dir)
     config = read_config(model_dir)
     check_architecture(config)
-    weights = read_weights(model_dir)
+    weights = read_weights(model_dir, config)
     spec = decoder_spec(config, weights)
     with PackageWriter(out) as writer:
         add_bos, chat = _write_tokenizer(model_dir, writer.dir, spec)
@@ -110,8 +87,10 @@ def export_llm(
             model, str(onnx_path), save_as_external_data=True, all_tensors_to_one_file=True,
             location="model.onnx.data", size_threshold=1024,
         )
+        del model  # the weights now live in model.onnx.data only
+        release_freed_memory()
         onnx.checker.check_model(str(onnx_path))
-        parameters = sum(int(np.prod(a.shape)) for a in weights.values())
+        parameters = weights.parameters()
         manifest = _manifest(model_dir, options, spec, config, add_bos, parameters, writer.dir)
         manifest["chat"] = chat
         writer.seal(manifest)
@@ -134,11 +113,11 @@ ATTENTION_KINDS = ("gqa", "standard")
 
 def build_decoder_onnx(
     spec: DecoderSpec,
-    weights: dict[str, np.ndarray],
+    weights: Mapping[str, np.ndarray],
     quant: WeightQuantConfig | None = None,
     attention: str = "standard",
     weight_dtype: type = np.float32,
-) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+) -> tuple[onnx.ModelProto, EffectiveWeights]:
     """The ONNX decoder with KV cache for `spec`, and the weights it computes with.
 
     attention: "standard" is plain opset-17 ONNX (onnxruntime and TensorRT,
@@ -148,7 +127,8 @@ def build_decoder_onnx(
     widened to float32 by a Cast in the graph.
     The second value maps HF weight names to the float32 weights the graph computes with
     where they differ from the checkpoint's (dequantised, or rounded to fp16; empty for
-    fp32), so a PyTorch reference with the same weights can check the export.
+    fp32; each computed when read), so a PyTorch reference with the same weights can
+    check the export.
     """
     from exporter.llm.onnx_graph import DecoderGraphBuilder
     from exporter.llm.onnx_graph_gqa import GqaDecoderGraphBuilder
@@ -278,8 +258,9 @@ def _manifest(
             "head_dim": spec.head_dim,
             "ffn_widths": list(spec.ffn_widths),
             "activation": spec.activation,
-            "context_length": spec.max_position_embeddings,
-            "rope_theta": spec.rope_theta,
+            "context_length": spec.context_length,
+            **({"context_limit": spec.context_limit} if spec.context_limit else {}),
+            "sliding_windows": [layer.window for layer in spec.layers],
             "bos_token_id": spec.bos_token_id,
             "eos_token_ids": _generation_eos(model_dir, spec),
             "add_bos_token": add_bos,
@@ -345,155 +326,3 @@ def _quantization_facts(options: LLMExportOptions) -> dict[str, Any]:
         "activations": "int8 per block" if options.accuracy_level == 4 else "fp32",
         "layers": "attention and FFN projections, lm_head; embeddings and norms fp32",
     }
-
-
-def _reference_model(model_dir: Path, effective: dict[str, np.ndarray]):
-    """The checkpoint in PyTorch, with the package's dequantised or fp16-rounded weights."""
-    import torch
-
-    from exporter.llm.checkpoint import load_torch_model
-
-    model = load_torch_model(model_dir)
-    if "lm_head.weight" in effective and model.lm_head.weight is model.model.embed_tokens.weight:
-        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
-    parameters = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, weight in effective.items():
-            parameters[name].copy_(torch.from_numpy(weight))
-    return model
-
-
-def _rounding_noise(model, ids: list[int], logits: np.ndarray) -> float:
-    """How far float32 rounding alone moves the int8-activation reference's logits.
-
-    Every embedding value is moved by about two float32 ulps (seeded random signs) and
-    the logits' largest change is taken over a few such runs: each int8 code within
-    float noise of a rounding boundary may flip, as it may between onnxruntime's float
-    arithmetic and PyTorch's, and deep models carry such flips to the logits. (A
-    float64 run measures the same, 0.013 vs 0.016 and 0.031 vs 0.036 on the demo
-    LLaMA and the SmolLM2-shaped model, at twice the model's memory.)"""
-    import torch
-
-    embeddings = model.get_input_embeddings()
-    noise = 0.0
-    for seed in range(JITTER_RUNS):
-        generator = torch.Generator().manual_seed(seed)
-
-        def jitter(_module, _inputs, out, generator=generator):
-            signs = torch.sign(torch.randn(out.shape, generator=generator))
-            return out * (1 + JITTER * signs)
-
-        handle = embeddings.register_forward_hook(jitter)
-        try:
-            with torch.no_grad():
-                moved = model(torch.tensor([ids])).logits.numpy()
-        finally:
-            handle.remove()
-        noise = max(noise, float(np.abs(moved - logits).max()))
-    return noise
-
-
-def verify_package(
-    model_dir: Path,
-    package_dir: Path,
-    options: LLMExportOptions,
-    effective: dict[str, np.ndarray] | None = None,
-) -> Verification:
-    """Compare the package with the checkpoint; raise ExportVerificationError on mismatch.
-
-    A quantised package is compared with the checkpoint whose weights are replaced
-    by the dequantised ones, an fp16 package with the checkpoint whose weights are
-    rounded to fp16 and back, so the check stays exact: it tests the graph, and the
-    rounding's own cost is measured by `e2edge eval ppl` instead. With int8
-    activations (accuracy level 4) the checkpoint's quantised linears also see their
-    inputs on onnxruntime's int8 grid (exporter/llm/int8_activation_reference.py), so
-    that check is as exact as float rounding allows: a value within float noise of a
-    rounding boundary may take the neighbouring int8 code, one step of 1/127 of its
-    block, and deep models carry such flips to the logits. The logits may differ by one
-    int8 step of their own scale, max|logit| / 127, or by FLIP_NOISE_FACTOR times what
-    float32 rounding alone moves the reference (_rounding_noise), whichever is more.
-    Levels 1-3 (float compute types this check does not emulate) are held to 2 % of
-    the logits' range, without the greedy-token check.
-
-    Greedy tokens must equal transformers' generate; they may part only at a step
-    where the reference's own top two are within the logits tolerance (a near tie,
-    which float noise may break either way), and the comparison ends there.
-    """
-    from runtime.llm.engine import LLMEngine
-
-    engine = LLMEngine.load(package_dir, threads=options.threads)
-    model = _reference_model(model_dir, effective or {})
-    int8_activations = (options.weights in BLOCK_FORMATS
-                        and options.accuracy_level == INT8_ACTIVATIONS)
-    if int8_activations:
-        quantize_linear_inputs(model, (effective or {}).keys(), options.block_size)
-    ids = engine.encode(SAMPLE_PROMPT)[: engine.context_length // 2]
-    diff, tolerance = _compare_logits(engine, model, ids, options, int8_activations)
-    if _not_emulated(options):
-        return Verification(diff, tolerance, 0, None)
-    return _compare_greedy(engine, model, ids, options, diff, tolerance)
-
-
-def _compare_logits(engine, model, ids: list[int], options: LLMExportOptions,
-                    int8_activations: bool) -> tuple[float, float]:
-    """(max |logit difference| on the sample prompt, the tolerance it met); raises on more."""
-    import torch
-
-    cache = engine.empty_cache()
-    ort_logits, _ = engine.forward(np.asarray([ids], dtype=np.int64), 0, cache)
-    with torch.no_grad():
-        torch_logits = model(torch.tensor([ids])).logits.numpy()
-    diff = float(np.abs(ort_logits - torch_logits).max())
-    tolerance = options.logits_tolerance
-    if int8_activations:
-        tolerance += max(float(np.abs(torch_logits).max()) / 127,
-                         FLIP_NOISE_FACTOR * _rounding_noise(model, ids, torch_logits))
-    if _not_emulated(options):
-        tolerance = 0.02 * float(torch_logits.max() - torch_logits.min())
-    if not diff <= tolerance:
-        raise ExportVerificationError(
-            f"onnxruntime logits differ from PyTorch by {diff:.3g} "
-            f"(> tolerance {tolerance:g}) on the sample prompt"
-        )
-    return diff, tolerance
-
-
-def _not_emulated(options: LLMExportOptions) -> bool:
-    """MatMulNBits accuracy levels 1-3: float compute types the reference does not copy."""
-    return options.weights in BLOCK_FORMATS and options.accuracy_level in (1, 2, 3)
-
-
-def _compare_greedy(engine, model, ids: list[int], options: LLMExportOptions, diff: float,
-                    tolerance: float) -> Verification:
-    """Greedy tokens of the package against transformers' generate (see verify_package)."""
-    import torch
-
-    from runtime.llm.sampling import SamplingParams
-
-    n = min(options.verify_tokens, engine.context_length - len(ids))
-    params = SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True)
-    ours = [t for event in engine.generate(ids, params) for t in event.token_ids]
-    with torch.no_grad():
-        generated = model.generate(
-            torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            do_sample=False, max_new_tokens=n, min_new_tokens=n,
-            pad_token_id=engine.layout.eos_token_ids[0] if engine.layout.eos_token_ids else 0,
-            output_logits=True, return_dict_in_generate=True,
-        )
-    reference = generated.sequences[0, len(ids):].tolist()
-    if ours != reference:
-        first = next(i for i, (a, b) in enumerate(zip(ours, reference)) if a != b)
-        step_logits = generated.logits[first][0]
-        margin = float(step_logits[reference[first]] - step_logits[ours[first]])
-        if not margin <= tolerance:
-            raise ExportVerificationError(
-                f"greedy tokens from the package differ from transformers generate at token "
-                f"{first}: {ours[first:first + 4]} vs {reference[first:first + 4]} (the "
-                f"reference prefers its token by {margin:.3g}, > tolerance {tolerance:g})"
-            )
-        log.info("verified: max |logit diff| %.3g; greedy tokens match up to token %d, "
-                 "where the reference's top two are %.3g apart (a near tie)",
-                 diff, first, margin)
-        return Verification(diff, tolerance, n, False, near_tie_at=first)
-    log.info("verified: max |logit diff| %.3g, %d greedy tokens match", diff, n)
-    return Verification(diff, tolerance, n, True)

@@ -33,15 +33,18 @@ def fake_quantize_blocks(x, block_size: int):
 
 
 def quantize_linear_inputs(model, weight_names: Iterable[str], block_size: int) -> int:
-    """Make every nn.Linear whose `<module>.weight` is named see int8-block inputs.
+    """Make every linear (nn.Linear, BlockQuantizedLinear) whose `<module>.weight` is named
+    see int8-block inputs.
 
     Returns how many linears were hooked; names of other modules are skipped."""
     from torch import nn
 
+    from exporter.llm.quantized_linear import BlockQuantizedLinear
+
     wanted = {name.removesuffix(".weight") for name in weight_names if name.endswith(".weight")}
     hooked = 0
     for name, module in model.named_modules():
-        if name in wanted and isinstance(module, nn.Linear):
+        if name in wanted and isinstance(module, (nn.Linear, BlockQuantizedLinear)):
             module.register_forward_pre_hook(
                 lambda _module, args: (fake_quantize_blocks(args[0], block_size), *args[1:])
             )

@@ -1,5 +1,11 @@
 """Builds the ONNX decoder graph of a LLaMA/Gemma-family LLM from its weights.
 
+The families' differences (decoder_spec.py) are a few switches here: per-head q/k
+RMSNorm (Qwen3, Gemma 3), norms after attention and around the FFN (Gemma 2/3),
+attention and final-logit soft-capping (Gemma 2), sliding-window layers (a second
+mask), a rotary table per layer type, partial rotary (Phi-3) and layers without it
+(SmolLM3).
+
 The graph is written node by node (as onnxruntime-genai's builder does) rather than
 traced, so every layer can have its own FFN width and the graph stays plain ONNX
 (opset 17) that both onnxruntime and TensorRT's parser accept.
@@ -13,7 +19,8 @@ IO (B: batch, S: new tokens, P: past length, T = P + S):
     present.{i}.key             (B, n_kv_heads, T, head_dim) float32   (value alike)
 
 Folded at export time, so they cost nothing at run time: the attention scale
-1/sqrt(head_dim) into the query projection, Gemma's (1 + weight) RMSNorm offset into
+(1/sqrt(head_dim), Gemma 2/3: query_pre_attn_scalar^-0.5) into the query projection (or,
+with q/k norms, into the query norm's weights), Gemma's (1 + weight) RMSNorm offset into
 the norm weights, and gate+up into one matmul per layer.
 
 Weight storage (one place: `float_weight`, `matmul`, `_embed`): float32 initializers;
@@ -26,42 +33,23 @@ embedding and lm_head; norms, biases and the rotary tables stay float32.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from exporter.llm.checkpoint import DecoderSpec
-from exporter.llm.weight_quant import WeightQuantConfig, dequantize_blockwise, quantize_blockwise
+from exporter.llm.decoder_spec import DecoderSpec
+from exporter.llm.weight_quant import EffectiveWeights, WeightQuantConfig, quantize_blockwise
 from exporter.onnx_builder import GraphBuilder
 
 MASK_VALUE = -3.0e38  # finite, so a fully masked (padding) row gives no NaN after softmax
 
 
-def rope_tables(spec: DecoderSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(max_positions, head_dim) cos and sin tables, the layout HF's rotate_half expects."""
-    dim = spec.head_dim
-    inv_freq = 1.0 / (spec.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
-    scaling = spec.rope_scaling or {}
-    if scaling.get("rope_type") == "linear":
-        inv_freq = inv_freq / float(scaling["factor"])
-    elif scaling.get("rope_type") == "llama3":
-        inv_freq = _llama3_inv_freq(inv_freq, scaling)
-    positions = np.arange(spec.max_position_embeddings, dtype=np.float64)
-    freqs = np.outer(positions, inv_freq)  # (max_pos, head_dim/2)
-    emb = np.concatenate([freqs, freqs], axis=1)  # (max_pos, head_dim)
-    return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
-
-
-def _llama3_inv_freq(inv_freq: np.ndarray, s: dict) -> np.ndarray:
-    factor = float(s["factor"])
-    low, high = float(s["low_freq_factor"]), float(s["high_freq_factor"])
-    old_len = float(s["original_max_position_embeddings"])
-    wavelen = 2 * math.pi / inv_freq
-    smooth = (old_len / wavelen - low) / (high - low)
-    scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
-    mid = (wavelen <= old_len / low) & (wavelen >= old_len / high)
-    return np.where(mid, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+def rotary_names(index: int) -> tuple[str, str]:
+    """The (cos, sin) table initializers of rotary `index`: rope_cos, rope_sin, rope_cos_1..."""
+    suffix = f"_{index}" if index else ""
+    return f"rope_cos{suffix}", f"rope_sin{suffix}"
 
 
 class _DecoderGraph(GraphBuilder):
@@ -79,7 +67,7 @@ class DecoderGraphBuilder:
     def __init__(
         self,
         spec: DecoderSpec,
-        weights: dict[str, np.ndarray],
+        weights: Mapping[str, np.ndarray],
         quant: WeightQuantConfig | None = None,
         weight_dtype: type = np.float32,
     ):
@@ -91,8 +79,8 @@ class DecoderGraphBuilder:
         self.weight_dtype = weight_dtype  # storage of the float weight matrices
         self.g = _DecoderGraph()
         # HF name -> the float32 weight the graph really computes with, where it differs
-        # from the checkpoint's (quantised or fp16-rounded ones)
-        self.effective: dict[str, np.ndarray] = {}
+        # from the checkpoint's (quantised or fp16-rounded ones), computed when read
+        self.effective = EffectiveWeights(weights, quant, weight_dtype)
         self._widened: dict[str, str] = {}  # fp16 initializer -> its Cast to float32
 
     # ---- weight storage -------------------------------------------------------------
@@ -107,30 +95,20 @@ class DecoderGraphBuilder:
             self._widened[name] = self.g.op("Cast", [stored], "widened", to=TensorProto.FLOAT)
         return self._widened[name]
 
-    def _record_rounded(self, name: str, weight: np.ndarray) -> None:
-        """Note the rounded float32 value of an fp16-stored checkpoint weight."""
-        if self.weight_dtype != np.float32:
-            self.effective[name] = weight.astype(self.weight_dtype).astype(np.float32)
-
-    def _unfuse_effective(self, fused_name: str, parts: list[tuple[str, int]]) -> None:
-        """Split a fused weight's effective value back into the checkpoint's weights
-        (name, rows each, in order), for the PyTorch reference; nothing when it has none."""
-        if fused_name not in self.effective:
-            return
-        fused, start = self.effective.pop(fused_name), 0
-        for name, rows in parts:
-            self.effective[name] = fused[start:start + rows]
-            start += rows
-
     # ---- small blocks -------------------------------------------------------------
-    def matmul(self, x: str, weight: np.ndarray, name: str, hint: str) -> str:
-        """x @ weight.T for a (out, in) weight: MatMul over W.T, or MatMulNBits when quantised."""
+    def matmul(self, x: str, weight: np.ndarray, name: str, hint: str,
+               parts: tuple[str, ...] | None = None, scale: float = 1.0) -> str:
+        """x @ weight.T for a (out, in) weight: MatMul over W.T, or MatMulNBits when quantised.
+
+        `weight` stacks the rows of the checkpoint weights `parts` (default: `name`), times
+        `scale`; the rounding of each is noted in `effective` (rows round independently).
+        """
+        for part in (name,) if parts is None else parts:
+            self.effective.add(part, quantized=self.quant is not None, scale=scale)
         if self.quant is None:
-            self._record_rounded(name, weight)
             return self.g.op("MatMul", [x, self.float_weight(name, weight.T)], hint)
         q = self.quant
         packed, scales = quantize_blockwise(weight, q)
-        self.effective[name] = dequantize_blockwise(packed, scales, weight.shape[1], q.bits)
         inputs = [x, self.g.const(f"{name}.q{q.bits}", packed),
                   self.g.const(f"{name}.scales", scales.reshape(-1))]
         return self.g.op(
@@ -142,17 +120,16 @@ class DecoderGraphBuilder:
     def linear(self, x: str, weight_name: str, hint: str, scale: float = 1.0) -> str:
         """x @ W.T (+ bias) for the checkpoint's weight `weight_name`, times `scale`."""
         weight = self.w[weight_name] * scale  # (out, in)
-        out = self.matmul(x, weight, weight_name, hint)
-        if weight_name in self.effective and scale != 1.0:
-            self.effective[weight_name] /= scale
+        out = self.matmul(x, weight, weight_name, hint, scale=scale)
         bias_name = weight_name.replace(".weight", ".bias")
         if bias_name in self.w:
             out = self.g.op("Add", [out, self.g.const(bias_name, self.w[bias_name] * scale)], hint)
         return out
 
-    def rms_norm(self, x: str, weight_name: str) -> str:
+    def rms_norm(self, x: str, weight_name: str, scale: float = 1.0) -> str:
+        """RMSNorm over the last axis, times the weight (and `scale`, folded into it)."""
         s, g = self.spec, self.g
-        weight = self.w[weight_name] + s.norm_offset  # Gemma: (1 + w), folded
+        weight = (self.w[weight_name] + s.norm_offset) * scale  # Gemma: (1 + w), folded
         squared = g.op("Mul", [x, x], "sq")
         mean = g.op("ReduceMean", [squared], "ms", axes=[-1], keepdims=1)
         denom = g.op("Sqrt", [g.op("Add", [mean, "rms_eps"], "mse")], "rms")
@@ -174,39 +151,58 @@ class DecoderGraphBuilder:
         t = g.op("Tanh", [g.op("Mul", [inner, "gelu_c"])])
         return g.op("Mul", [g.op("Mul", [x, "half"]), g.op("Add", [t, "one"])], "gelu")
 
-    def rotate(self, x: str, cos: str, sin: str) -> str:
-        """RoPE: x * cos + rotate_half(x) * sin, x (B, heads, S, head_dim)."""
-        g = self.g
-        x1, x2 = g.op("Split", [x, "rope_split"], "half", n_out=2, axis=-1)
+    def rotate(self, x: str, cos: str, sin: str, dim: int) -> str:
+        """RoPE on the first `dim` dims of each head: x * cos + rotate_half(x) * sin,
+        x (B, heads, S, head_dim), cos and sin (B, 1, S, dim); the other dims pass."""
+        s, g = self.spec, self.g
+        rest = s.head_dim - dim
+        if rest:  # partial rotary (Phi-3 / Phi-4-mini): rotate a leading slice
+            split = g.const(f"rope_part_{dim}", np.array([dim, rest], dtype=np.int64))
+            x, passed = g.op("Split", [x, split], "rope_part", n_out=2, axis=-1)
+        halves = g.const(f"rope_split_{dim}", np.array([dim // 2, dim // 2], dtype=np.int64))
+        x1, x2 = g.op("Split", [x, halves], "half", n_out=2, axis=-1)
         rotated = g.op("Concat", [g.op("Neg", [x2]), x1], "rot", axis=-1)
-        return g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [rotated, sin])], "roped")
+        roped = g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [rotated, sin])], "roped")
+        return g.op("Concat", [roped, passed], "roped", axis=-1) if rest else roped
 
     # ---- the decoder ----------------------------------------------------------------
     def build(self) -> onnx.ModelProto:
         s, g = self.spec, self.g
         self._shared_constants()
-        cos_table, sin_table = rope_tables(s)
-        g.const("rope_cos", cos_table)  # (max_pos, head_dim)
-        g.const("rope_sin", sin_table)
-        # (B, 1, S, head_dim): rows of the tables at each token's position
-        cos = g.op("Unsqueeze", [g.op("Gather", ["rope_cos", "position_ids"]), "axis_1"], "cos")
-        sin = g.op("Unsqueeze", [g.op("Gather", ["rope_sin", "position_ids"]), "axis_1"], "sin")
-        mask_bias = self._attention_bias()  # (B, 1, 1, S, T)
+        rotaries = []
+        for index, rotary in enumerate(s.rotaries):
+            cos_name, sin_name = rotary_names(index)
+            cos_table, sin_table = rotary.tables(s.context_length)  # (positions, dim)
+            g.const(cos_name, cos_table)
+            g.const(sin_name, sin_table)
+            # (B, 1, S, dim): rows of the tables at each token's position
+            cos = g.op("Unsqueeze", [g.op("Gather", [cos_name, "position_ids"]), "axis_1"], "cos")
+            sin = g.op("Unsqueeze", [g.op("Gather", [sin_name, "position_ids"]), "axis_1"], "sin")
+            rotaries.append((cos, sin, rotary.dim))
+        masks = self._attention_bias()  # window (None: full) -> (B, 1, 1, S, T)
 
         x = self._embed()  # (B, S, hidden)
         for i in range(s.num_layers):
-            x = self._layer(i, x, cos, sin, mask_bias)
+            x = self._layer(i, x, rotaries, masks)
         x = self.rms_norm(x, "model.norm.weight")
-        logits = self._lm_head(x)
+        logits = self.softcap(self._lm_head(x), s.final_softcap)
         g.node("Identity", [logits], ["logits"], "logits_out")
         return self._model()
+
+    def softcap(self, x: str, cap: float | None) -> str:
+        """cap * tanh(x / cap) (Gemma 2's attention and logit soft-capping); x without a cap."""
+        if not cap:
+            return x
+        g = self.g
+        c = g.const(f"softcap_{cap:g}", np.array(cap, dtype=np.float32))
+        return g.op("Mul", [g.op("Tanh", [g.op("Div", [x, c])]), c], "capped")
 
     def _embed(self) -> str:
         """(B, S, hidden) float32 embedding rows of input_ids (Gemma: times sqrt(hidden))."""
         s, g = self.spec, self.g
         name = "model.embed_tokens.weight"
         table = self.w[name]  # (vocab, hidden)
-        self._record_rounded(name, table)
+        self.effective.add(name, quantized=False)
         if self.weight_dtype == np.float32 or s.tie_word_embeddings:
             # tied: the lm_head's float32 Cast of the table also feeds the Gather, so an
             # onnxruntime session holds one folded float32 copy, not a float16 one beside it
@@ -217,7 +213,7 @@ class DecoderGraphBuilder:
             rows = g.op("Gather", [g.const(name, table.astype(self.weight_dtype)), "input_ids"],
                         "embed_rows")
             x = g.op("Cast", [rows], "embed", to=TensorProto.FLOAT)
-        if s.embed_scale:
+        if s.family.embed_scale:
             scale = np.array(math.sqrt(s.hidden_size), dtype=np.float32)
             x = g.op("Mul", [x, g.const("embed_scale", scale)], "embed_scaled")
         return x
@@ -228,7 +224,6 @@ class DecoderGraphBuilder:
         g.const("axes_last", np.array([-1], dtype=np.int64))
         g.const("axis_1", np.array([1], dtype=np.int64))
         g.const("rms_eps", np.array(s.rms_norm_eps, dtype=f32))
-        g.const("rope_split", np.array([s.head_dim // 2, s.head_dim // 2], dtype=np.int64))
         g.const("zero_f", np.array(0.0, dtype=f32))
         g.const("mask_value", np.array(MASK_VALUE, dtype=f32))
         g.const("zero_i", np.array(0, dtype=np.int64))
@@ -242,11 +237,13 @@ class DecoderGraphBuilder:
         g.const("group_shape", np.array([0, s.num_kv_heads, -1, s.head_dim], dtype=np.int64))
         g.const("merge_shape", np.array([0, 0, s.num_heads * s.head_dim], dtype=np.int64))
 
-    def _attention_bias(self) -> str:
-        """(B, 1, 1, S, T) additive bias: 0 where a query may attend, MASK_VALUE elsewhere.
+    def _attention_bias(self) -> dict[int | None, str]:
+        """Additive (B, 1, 1, S, T) biases, 0 where a query may attend and MASK_VALUE
+        elsewhere: for full attention (key None) and for each sliding window.
 
         Query i sits at absolute index P + i; it sees key j when j <= P + i and the
-        key is not padding (attention_mask[b, j] == 1).
+        key is not padding (attention_mask[b, j] == 1); in a window of w also only when
+        j > P + i - w (the w latest keys, itself included, as transformers masks).
         """
         g = self.g
         total = g.op("Gather", [g.op("Shape", ["attention_mask"]), "one_i"], "T")
@@ -254,19 +251,21 @@ class DecoderGraphBuilder:
         past = g.op("Sub", [total, new], "P")
         q_index = g.op("Range", [past, total, "one_i"], "q_index")  # (S,)
         k_index = g.op("Range", ["zero_i", total, "one_i"], "k_index")  # (T,)
-        causal = g.op(
-            "LessOrEqual",
-            [
-                g.op("Unsqueeze", [k_index, "zero_i_axes"]),
-                g.op("Unsqueeze", [q_index, "axes_last"]),
-            ],
-            "causal",
-        )  # (S, T)
+        keys = g.op("Unsqueeze", [k_index, "zero_i_axes"], "keys")  # (1, T)
+        queries = g.op("Unsqueeze", [q_index, "axes_last"], "queries")  # (S, 1)
+        causal = g.op("LessOrEqual", [keys, queries], "causal")  # (S, T)
         keep = g.op("Cast", ["attention_mask"], "keep", to=TensorProto.BOOL)
         keep = g.op("Unsqueeze", [keep, "pad_axes"], "keep4")  # (B, 1, 1, 1, T)
         allowed = g.op("And", [causal, keep], "allowed")  # (B, 1, 1, S, T)
         self._score_shapes(new, total)
-        return g.op("Where", [allowed, "zero_f", "mask_value"], "mask_bias")
+        biases = {None: g.op("Where", [allowed, "zero_f", "mask_value"], "mask_bias")}
+        for window in self.spec.windows:
+            start = g.op("Sub", [queries, g.const(f"window_{window}",
+                                                  np.array(window, dtype=np.int64))])
+            recent = g.op("Greater", [keys, start], "in_window")  # (S, T)
+            windowed = g.op("And", [allowed, recent], "allowed_local")
+            biases[window] = g.op("Where", [windowed, "zero_f", "mask_value"], "mask_local")
+        return biases
 
     def _score_shapes(self, new: str, total: str) -> None:
         """Dynamic Reshape targets between (B, n_kv, rep*S, T) and (B, n_kv, rep, S, T)."""
@@ -284,15 +283,24 @@ class DecoderGraphBuilder:
         """(B, S, heads*hd) -> (B, heads, S, hd)."""
         return self.g.op("Transpose", [self.g.op("Reshape", [x, shape])], perm=[0, 2, 1, 3])
 
-    def _layer(self, i: int, x: str, cos: str, sin: str, mask_bias: str) -> str:
+    def _layer(self, i: int, x: str, rotaries: list[tuple[str, str, int]],
+               masks: dict[int | None, str]) -> str:
         s, g = self.spec, self.g
         p = f"model.layers.{i}"
+        layer = s.layers[i]
         h = self.rms_norm(x, f"{p}.input_layernorm.weight")
-        scale = 1.0 / math.sqrt(s.head_dim)
-        q = self._heads(self.linear(h, f"{p}.self_attn.q_proj.weight", "q", scale), "q_shape")
+        # the attention scale rides on the query: its projection, or its norm when it has
+        # one (a norm would undo a scaled projection)
+        q_scale = 1.0 if s.family.qk_norm else s.attention_scale
+        q = self._heads(self.linear(h, f"{p}.self_attn.q_proj.weight", "q", q_scale), "q_shape")
         k = self._heads(self.linear(h, f"{p}.self_attn.k_proj.weight", "k"), "kv_shape")
         v = self._heads(self.linear(h, f"{p}.self_attn.v_proj.weight", "v"), "kv_shape")
-        q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
+        if s.family.qk_norm:  # over each head's head_dim values
+            q = self.rms_norm(q, f"{p}.self_attn.q_norm.weight", s.attention_scale)
+            k = self.rms_norm(k, f"{p}.self_attn.k_norm.weight")
+        if layer.rotary is not None:
+            cos, sin, dim = rotaries[layer.rotary]
+            q, k = self.rotate(q, cos, sin, dim), self.rotate(k, cos, sin, dim)
         # the KV cache: (B, n_kv, P, hd) ++ (B, n_kv, S, hd) -> (B, n_kv, T, hd)
         present_k = f"present.{i}.key"
         present_v = f"present.{i}.value"
@@ -301,31 +309,36 @@ class DecoderGraphBuilder:
         # grouped-query attention without repeating K/V: (B, n_kv, rep*S, hd)
         qg = g.op("Reshape", [q, "group_shape"], "q_grouped")
         scores = g.op("MatMul", [qg, g.op("Transpose", [present_k], perm=[0, 1, 3, 2])])
+        scores = self.softcap(scores, s.attn_softcap)
         scores = g.op("Reshape", [scores, "scores_shape"], "scores")  # (B, n_kv, rep, S, T)
-        probs = g.op("Softmax", [g.op("Add", [scores, mask_bias])], "probs", axis=-1)
+        probs = g.op("Softmax", [g.op("Add", [scores, masks[layer.window]])], "probs", axis=-1)
         probs = g.op("Reshape", [probs, "group_scores_shape"], "probs_grouped")
         context = g.op("MatMul", [probs, present_v], "ctx")  # (B, n_kv, rep*S, hd)
         context = g.op("Reshape", [context, "heads_shape"], "ctx_heads")  # (B, heads, S, hd)
         context = g.op("Transpose", [context], perm=[0, 2, 1, 3])
         context = g.op("Reshape", [context, "merge_shape"], "ctx_merged")
-        x = g.op("Add", [x, self.linear(context, f"{p}.self_attn.o_proj.weight", "o")], "resid")
+        attention = self.linear(context, f"{p}.self_attn.o_proj.weight", "o")
+        if s.family.sandwich_norms:
+            attention = self.rms_norm(attention, f"{p}.post_attention_layernorm.weight")
+        x = g.op("Add", [x, attention], "resid")
         return g.op("Add", [x, self._ffn(i, x)], "resid")
 
     def _ffn(self, i: int, x: str) -> str:
-        h = self.rms_norm(x, f"model.layers.{i}.post_attention_layernorm.weight")
-        return self._gated_ffn(i, h)
+        p = f"model.layers.{i}"
+        if not self.spec.family.sandwich_norms:
+            return self._gated_ffn(i, self.rms_norm(x, f"{p}.post_attention_layernorm.weight"))
+        h = self.rms_norm(x, f"{p}.pre_feedforward_layernorm.weight")
+        return self.rms_norm(self._gated_ffn(i, h), f"{p}.post_feedforward_layernorm.weight")
 
     def _gated_ffn(self, i: int, h: str) -> str:
         """down(act(gate(h)) * up(h)) on the normalised input h, gate and up in one matmul."""
         g = self.g
         p = f"model.layers.{i}"
         width = self.spec.ffn_widths[i]
-        gate_up = np.concatenate(
-            [self.w[f"{p}.mlp.gate_proj.weight"], self.w[f"{p}.mlp.up_proj.weight"]], axis=0
-        )  # (2 * width, hidden)
-        both = self.matmul(h, gate_up, f"{p}.mlp.gate_up_proj.weight", "gate_up")  # (B,S,2w)
-        self._unfuse_effective(f"{p}.mlp.gate_up_proj.weight", [
-            (f"{p}.mlp.gate_proj.weight", width), (f"{p}.mlp.up_proj.weight", width)])
+        parts = (f"{p}.mlp.gate_proj.weight", f"{p}.mlp.up_proj.weight")
+        gate_up = np.concatenate([self.w[part] for part in parts], axis=0)  # (2 * width, hidden)
+        both = self.matmul(h, gate_up, f"{p}.mlp.gate_up_proj.weight", "gate_up",
+                           parts)  # (B, S, 2 * width)
         g.const(f"{p}.mlp.split", np.array([width, width], dtype=np.int64))
         gate, up = g.op("Split", [both, f"{p}.mlp.split"], "gate", n_out=2, axis=-1)
         product = g.op("Mul", [self.activation(gate), up], "ffn_act")  # (B, S, width)
@@ -337,8 +350,9 @@ class DecoderGraphBuilder:
             return self.linear(x, "lm_head.weight", "logits_raw")
         if self.quant is not None:
             # a quantised copy of the tied matrix: decode reads 4 or 8 bits per weight
-            return self.matmul(x, self.w["model.embed_tokens.weight"], "lm_head.weight",
-                               "logits_raw")
+            embedding = "model.embed_tokens.weight"
+            self.effective.add("lm_head.weight", quantized=True, source=embedding)
+            return self.matmul(x, self.w[embedding], "lm_head.weight", "logits_raw", ())
         # tied: reuse the embedding matrix through Gemm(transB) instead of storing W.T twice
         g.const("flat_shape", np.array([-1, s.hidden_size], dtype=np.int64))
         flat = g.op("Reshape", [x, "flat_shape"])

@@ -22,17 +22,43 @@ IO (B: batch, S: new tokens, M: the cache buffer's length, fixed per session):
 
 A row's new tokens sit at positions seqlens_k + 1 - S .. seqlens_k, so rows of one
 batch may have different lengths (continuous batching), without a mask input.
+
+The families' extras map onto GroupQueryAttention's attributes: `scale` (Gemma 2/3's
+query_pre_attn_scalar), `softcap` (Gemma 2), `local_window_size` (sliding-window layers),
+`do_rotary` off for layers without rotary (SmolLM3), and a cos/sin cache of rotary_dim/2
+columns for partial rotary (Phi-3). Per-head q/k norms (Qwen3, Gemma 3) run on q and k
+before the op, which then takes them unpacked.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from exporter.llm.onnx_graph import DecoderGraphBuilder, rope_tables
+from exporter.errors import CheckpointError
+from exporter.llm.decoder_spec import DecoderSpec
+from exporter.llm.onnx_graph import DecoderGraphBuilder, rotary_names
+
+# onnxruntime's GroupQueryAttention kernels take heads of a multiple of 16 values and a
+# cos/sin cache of a multiple of 8 columns (rotary_dim / 2)
+HEAD_MULTIPLE = 16
+ROTARY_HALF_MULTIPLE = 8
+
+
+def check_gqa(spec: DecoderSpec) -> None:
+    """CheckpointError naming the feature GroupQueryAttention cannot run for this model."""
+    feature = None
+    if spec.head_dim % HEAD_MULTIPLE:
+        feature = f"head_dim {spec.head_dim} (a multiple of {HEAD_MULTIPLE} is needed)"
+    for rotary in spec.rotaries:
+        if rotary.dim < spec.head_dim and (rotary.dim // 2) % ROTARY_HALF_MULTIPLE:
+            feature = (f"partial rotary over {rotary.dim} of {spec.head_dim} dims (a multiple "
+                       f"of {2 * ROTARY_HALF_MULTIPLE} is needed)")
+    if feature:
+        raise CheckpointError(f"cannot export {spec.model_type} with --attention gqa: "
+                              f"GroupQueryAttention does not take {feature}; use "
+                              "--attention standard")
 
 
 class GqaDecoderGraphBuilder(DecoderGraphBuilder):
@@ -42,26 +68,34 @@ class GqaDecoderGraphBuilder(DecoderGraphBuilder):
 
     def build(self) -> onnx.ModelProto:
         s, g = self.spec, self.g
+        check_gqa(s)
         self._shared_constants()
-        cos_table, sin_table = rope_tables(s)
-        half = s.head_dim // 2  # the tables repeat their halves; GQA wants one half
-        g.const("rope_cos_half", np.ascontiguousarray(cos_table[:, :half]))
-        g.const("rope_sin_half", np.ascontiguousarray(sin_table[:, :half]))
+        for index, rotary in enumerate(s.rotaries):
+            cos_table, sin_table = rotary.tables(s.context_length)
+            half = rotary.dim // 2  # the tables repeat their halves; GQA wants one half
+            cos_name, sin_name = rotary_names(index)
+            g.const(f"{cos_name}_half", np.ascontiguousarray(cos_table[:, :half]))
+            g.const(f"{sin_name}_half", np.ascontiguousarray(sin_table[:, :half]))
+        sandwich = s.family.sandwich_norms
         x = self._embed()  # (B, S, hidden)
         h = self.rms_norm(x, "model.layers.0.input_layernorm.weight")
         residual = x
         for i in range(s.num_layers):
+            p = f"model.layers.{i}"
             attn = self._attention(i, h)
-            h, residual = self._skip_norm(
-                attn, residual, f"model.layers.{i}.post_attention_layernorm.weight"
-            )
+            if sandwich:  # Gemma 2/3: the attention output is normalised before the residual
+                attn = self.rms_norm(attn, f"{p}.post_attention_layernorm.weight")
+            ffn_norm = "pre_feedforward_layernorm" if sandwich else "post_attention_layernorm"
+            h, residual = self._skip_norm(attn, residual, f"{p}.{ffn_norm}.weight")
             ffn = self._gated_ffn(i, h)  # the norm is fused with the residual
+            if sandwich:
+                ffn = self.rms_norm(ffn, f"{p}.post_feedforward_layernorm.weight")
             following = (
                 f"model.layers.{i + 1}.input_layernorm.weight"
                 if i + 1 < s.num_layers else "model.norm.weight"
             )
             h, residual = self._skip_norm(ffn, residual, following)
-        logits = self._lm_head(h)
+        logits = self.softcap(self._lm_head(h), s.final_softcap)
         g.node("Identity", [logits], ["logits"], "logits_out")
         return self._model()
 
@@ -85,7 +119,7 @@ class GqaDecoderGraphBuilder(DecoderGraphBuilder):
     def _skip_norm(self, x: str, residual: str, weight_name: str) -> tuple[str, str]:
         """(RMSNorm(x + residual) * w, x + residual) in one fused kernel."""
         s, g = self.spec, self.g
-        weight = (self.w[weight_name] + s.norm_offset).astype(np.float32)
+        weight = (self.w[weight_name] + s.norm_offset).astype(np.float32)  # Gemma: 1 + w
         normed, total = g.unique("norm"), g.unique("resid")
         g.node(
             "SkipSimplifiedLayerNormalization",
@@ -109,29 +143,54 @@ class GqaDecoderGraphBuilder(DecoderGraphBuilder):
     def _attention(self, i: int, h: str) -> str:
         s, g = self.spec, self.g
         p = f"model.layers.{i}.self_attn"
+        layer = s.layers[i]
         weight, bias = self._qkv_weight(i)
-        qkv = self.matmul(h, weight, f"{p}.qkv_proj.weight", "qkv")  # (B, S, q + 2 kv)
-        q_rows, kv_rows = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
-        self._unfuse_effective(f"{p}.qkv_proj.weight", [
-            (f"{p}.q_proj.weight", q_rows), (f"{p}.k_proj.weight", kv_rows),
-            (f"{p}.v_proj.weight", kv_rows)])
+        parts = tuple(f"{p}.{n}_proj.weight" for n in ("q", "k", "v"))
+        qkv = self.matmul(h, weight, f"{p}.qkv_proj.weight", "qkv", parts)  # (B, S, q + 2 kv)
         if bias is not None:
             qkv = g.op("Add", [qkv, g.const(f"{p}.qkv_proj.bias", bias)], "qkv_bias")
+        inputs = [qkv, "", ""]
+        if s.family.qk_norm:
+            inputs = self._normed_qkv(i, qkv)
+        attrs = {"scale": s.attention_scale, "do_rotary": int(layer.rotary is not None)}
+        if layer.rotary is not None:
+            cos_name, sin_name = rotary_names(layer.rotary)
+            rotary_inputs = [f"{cos_name}_half", f"{sin_name}_half"]
+            attrs["rotary_interleaved"] = 0
+        else:
+            rotary_inputs = []
+        if layer.window:
+            attrs["local_window_size"] = layer.window
+        if s.attn_softcap:
+            attrs["softcap"] = float(s.attn_softcap)
         context = g.unique("attn")
         g.node(
             "GroupQueryAttention",
-            [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value",
-             "seqlens_k", "total_sequence_length", "rope_cos_half", "rope_sin_half"],
+            [*inputs, f"past_key_values.{i}.key", f"past_key_values.{i}.value",
+             "seqlens_k", "total_sequence_length", *rotary_inputs],
             [context, f"present.{i}.key", f"present.{i}.value"],
             f"gqa_{i}",
             domain="com.microsoft",
             num_heads=s.num_heads,
             kv_num_heads=s.num_kv_heads,
-            scale=1.0 / math.sqrt(s.head_dim),
-            do_rotary=1,
-            rotary_interleaved=0,
+            **attrs,
         )
         return self.linear(context, f"{p}.o_proj.weight", "o")
+
+    def _normed_qkv(self, i: int, qkv: str) -> list[str]:
+        """[q, k, v] (B, S, heads * hd) each, q and k RMS-normalised per head."""
+        s, g = self.spec, self.g
+        p = f"model.layers.{i}.self_attn"
+        q_rows, kv_rows = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+        g.const("qkv_split", np.array([q_rows, kv_rows, kv_rows], dtype=np.int64))
+        g.const("merge_last", np.array([0, 0, -1], dtype=np.int64))
+        q, k, v = g.op("Split", [qkv, "qkv_split"], "qkv_part", n_out=3, axis=-1)
+        normed = []
+        for x, part, shape in ((q, "q", "q_shape"), (k, "k", "kv_shape")):
+            heads = g.op("Reshape", [x, shape], f"{part}_heads")  # (B, S, heads, hd)
+            heads = self.rms_norm(heads, f"{p}.{part}_norm.weight")
+            normed.append(g.op("Reshape", [heads, "merge_last"], f"{part}_normed"))
+        return [*normed, v]
 
     def _model(self) -> onnx.ModelProto:
         s, g = self.spec, self.g

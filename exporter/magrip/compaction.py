@@ -3,7 +3,8 @@
 Neuron i owns gate_proj row i, up_proj row i and down_proj column i; selecting (and
 permuting) those three together changes no output of the kept network. Putting the
 kept neurons in descending saliency order makes "keep the first k neurons" of a layer
-the saliency-best k: elastic width works on the weights as they are.
+the saliency-best k: elastic width works on the weights as they are. (Phi-3's fused
+gate_up_proj holds gate row i at i and up row i at width + i.)
 """
 
 from __future__ import annotations
@@ -50,8 +51,12 @@ def compact(model: nn.Module, order: Sequence[np.ndarray]) -> list[int]:
         ):
             raise ValueError(f"layer {layer}: the kept neurons must be distinct indices in "
                              f"[0, {width}) and at least one")
-        mlp.gate_proj = _take(mlp.gate_proj, index, 0)  # (K, hidden)
-        mlp.up_proj = _take(mlp.up_proj, index, 0)  # (K, hidden)
+        if hasattr(mlp, "gate_up_proj"):
+            both = torch.cat([index, index + width])
+            mlp.gate_up_proj = _take(mlp.gate_up_proj, both, 0)  # (2K, hidden)
+        else:
+            mlp.gate_proj = _take(mlp.gate_proj, index, 0)  # (K, hidden)
+            mlp.up_proj = _take(mlp.up_proj, index, 0)  # (K, hidden)
         mlp.down_proj = _take(mlp.down_proj, index, 1)  # (hidden, K)
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = len(index)

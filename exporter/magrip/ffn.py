@@ -2,6 +2,7 @@
 
 A mask multiplies u = act(gate(h)) * up(h) on its way into `down_proj`, so masking
 neuron i has exactly the effect of deleting gate row i, up row i and down column i.
+Phi-3 keeps gate and up in one `gate_up_proj` (gate rows, then up rows).
 """
 
 from __future__ import annotations
@@ -12,9 +13,15 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from exporter.llm.checkpoint import CheckpointError
+from exporter.errors import CheckpointError
 
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+FUSED_PROJECTIONS = ("gate_up_proj", "down_proj")  # Phi-3
+
+
+def projections(mlp: nn.Module) -> tuple[str, ...]:
+    """The names of a gated MLP's linear projections (separate or fused gate and up)."""
+    return FUSED_PROJECTIONS if hasattr(mlp, "gate_up_proj") else PROJECTIONS
 
 
 def find_ffns(model: nn.Module) -> list[nn.Module]:
@@ -29,10 +36,11 @@ def find_ffns(model: nn.Module) -> list[nn.Module]:
     for index, layer in enumerate(layers):
         mlp = getattr(layer, "mlp", None)
         if mlp is None or not all(isinstance(getattr(mlp, p, None), nn.Linear)
-                                  for p in PROJECTIONS):
+                                  for p in projections(mlp)):
             raise CheckpointError(
                 f"layer {index} has no recognisable gated FFN (mlp.gate_proj, mlp.up_proj, "
-                "mlp.down_proj): MAGRIP prunes LLaMA/Gemma-style SwiGLU/GeGLU FFNs"
+                "mlp.down_proj, or mlp.gate_up_proj): MAGRIP prunes LLaMA/Gemma-style "
+                "SwiGLU/GeGLU FFNs"
             )
         ffns.append(mlp)
     return ffns

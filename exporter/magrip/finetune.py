@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from exporter.magrip.ffn import PROJECTIONS, find_ffns
+from exporter.magrip.ffn import find_ffns, projections
 from exporter.magrip.options import FinetuneOptions
 from exporter.schedule import warmup_cosine
 from exporter.text import TokenStream
@@ -108,7 +108,7 @@ def finetune(model: nn.Module, stream: TokenStream, options: FinetuneOptions,
 def _prepare(ffns, options: FinetuneOptions) -> list[nn.Parameter]:
     trainable = []
     for mlp in ffns:
-        for name in PROJECTIONS:
+        for name in projections(mlp):
             linear = getattr(mlp, name)
             if options.params == "ffn":
                 linear.weight.requires_grad_(True)
@@ -122,7 +122,7 @@ def _prepare(ffns, options: FinetuneOptions) -> list[nn.Parameter]:
 
 def _merge(ffns) -> None:
     for mlp in ffns:
-        for name in PROJECTIONS:
+        for name in projections(mlp):
             module = getattr(mlp, name)
             if isinstance(module, LoRALinear):
                 setattr(mlp, name, module.merged())

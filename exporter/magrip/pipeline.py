@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import resource
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -40,6 +39,7 @@ from exporter.magrip.finetune import finetune
 from exporter.magrip.mask import harden, initial_logits, train_logits
 from exporter.magrip.options import PruneOptions, SaliencyOptions
 from exporter.magrip.saliency import neuron_saliency
+from exporter.memory import peak_rss_mib
 from exporter.text import TextError, TokenStream, read_text, text_stream, token_windows
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,6 @@ class Selection:
     keep: list[np.ndarray]  # per layer (W,) bool
     stages: list[dict[str, Any]]
     mask: dict[str, Any] | None
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def count_parameters(model: nn.Module) -> int:

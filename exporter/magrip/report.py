@@ -43,12 +43,12 @@ from exporter.magrip.options import METHODS, PruneOptions, SweepOptions
 from exporter.magrip.pipeline import (
     finetune_pruned,
     fit_to_context,
-    peak_rss_mib,
     prune_loaded,
     save,
     with_ratio,
 )
 from exporter.magrip.saliency import neuron_saliency
+from exporter.memory import peak_rss_mib
 from exporter.text import TokenStream, read_text, text_stream, token_windows
 from runtime.llm.tokenizer import Tokenizer
 
