@@ -37,7 +37,7 @@ from runtime.llm.engine import GenerationEvent, LLMEngine, Prompt
 from runtime.llm.kv_buffer import SharedKVBuffer
 from runtime.llm.sampling import SamplingParams
 from runtime.llm.sequence import SequenceState
-from runtime.server.core.scheduler import UNGATED, StepGate
+from runtime.step_gate import UNGATED, StepGate
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from runtime.llm.sampling import SamplingParams
 from runtime.llm.sequence import GenerationEvent, GenerationStats, SequenceState
 from runtime.llm.tokenizer import Tokenizer
 from runtime.package import ModelPackage, load_package
-from runtime.server.core.scheduler import UNGATED, StepGate
+from runtime.step_gate import UNGATED, StepGate
 
 __all__ = ["DecoderLayout", "GenerationEvent", "GenerationStats", "LLMEngine", "Prompt"]
 CACHE_MODES = ("concat", "shared_buffer")

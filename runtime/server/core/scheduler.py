@@ -33,45 +33,17 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager
-from typing import Protocol
 
+from runtime.backends.onnxruntime_backend import GPU_PROVIDERS
 from runtime.host_facts import usable_cores
 from runtime.server.core.fair_queue import FairQueue, Schedule, Usage
+from runtime.step_gate import UNGATED, StepGate
+
+__all__ = ["UNGATED", "ModelGate", "Scheduler", "StepGate", "host_capacity", "placement"]
 
 # A waiting unit re-checks `expired` this often: a StopCondition has no way to wake
 # the condition when its deadline passes or its client leaves.
 EXPIRY_POLL_S = 0.02
-GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-
-
-class StepGate(Protocol):
-    """Where a served model's units of work wait for their turn on the box."""
-
-    def turn(self, expired: Callable[[], bool] | None = None,
-             more: Callable[[], bool] | None = None) -> AbstractContextManager[bool]:
-        """Wait for the turn; the value says whether to run (False: `expired()` while it
-        waited, and the unit is dropped). Leaving the block ends the unit; `more()`, asked
-        then, says the model has work ready for its next unit."""
-        ...
-
-    def shed(self, requests: int = 1) -> None:
-        """Count requests dropped before they ran."""
-        ...
-
-
-class _Ungated:
-    """Alone on the box: every unit runs at once, nothing is counted."""
-
-    def turn(self, expired: Callable[[], bool] | None = None,
-             more: Callable[[], bool] | None = None) -> AbstractContextManager[bool]:
-        return contextlib.nullcontext(True)
-
-    def shed(self, requests: int = 1) -> None:
-        pass
-
-
-UNGATED: StepGate = _Ungated()
 
 
 def host_capacity() -> dict[str, int]:
