@@ -75,18 +75,11 @@ def make_bpe_tokenizer(out: Path, vocab_size: int = 300,
     by tokenizer.json's post-processor, as Llama 3's and Gemma's tokenizers do with BOS;
     `config`: tokenizer_config.json's token fields (default: <s>, </s>, <unk>, <pad>).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
 
-    tokenizer = Tokenizer(models.BPE(unk_token=None))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(special_tokens),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(TOKENIZER_TEXT, trainer)
+    from exporter.llm.tokenizer import byte_level_bpe
+
+    tokenizer = byte_level_bpe(list(TOKENIZER_TEXT), vocab_size, list(special_tokens))
     ids = {token: tokenizer.token_to_id(token) for token in special_tokens}
     if prepend is not None:
         tokenizer.post_processor = processors.TemplateProcessing(

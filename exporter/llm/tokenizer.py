@@ -92,18 +92,25 @@ def build_tokenizer(choice: TokenizerChoice, train_text: str) -> tuple[Tokenizer
     return convert_sentencepiece(choice.spm_model), SPM_SPECIALS
 
 
-def train_bpe(text: str, vocab_size: int) -> Tokenizer:
-    """A GPT-2 style byte-level BPE with `vocab_size` entries, specials first (ids 0..3)."""
+def byte_level_bpe(texts: list[str], vocab_size: int, special_tokens: list[str]) -> Tokenizer:
+    """A GPT-2 style byte-level BPE trained on `texts`: `vocab_size` entries, the special
+    tokens first (ids 0, 1, ...); any text round-trips through it."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(BPE_SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator([text], trainer=trainer)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def train_bpe(text: str, vocab_size: int) -> Tokenizer:
+    """A byte-level BPE with `vocab_size` entries, specials first (ids 0..3), BOS prepended."""
+    tokenizer = byte_level_bpe([text], vocab_size, list(BPE_SPECIAL_TOKENS))
     _add_bos(tokenizer, BPE_SPECIALS.bos)
     return tokenizer
 
