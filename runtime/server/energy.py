@@ -2,9 +2,9 @@
 
     accounting = EnergyAccounting(config.power or PowerConfig(), metrics.power)
     await accounting.start()         # source opened, idle baseline measured
-    with accounting.measure(request_id) as measured:    # when the request starts running
-        ...run it...
-    response.energy.CopyFrom(measured.energy)           # pb.Energy; the source is always named
+    span = accounting.begin(request_id)      # when the request starts running
+    ...run it...
+    response.energy.CopyFrom(energy_to_proto(accounting.end(span)))  # the source is named
     await accounting.stop()
 
 A request's energy window opens when it starts running (after admission, not while it
@@ -23,10 +23,7 @@ Two choices a reader should know:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,24 +58,6 @@ def fill_generation_energy(stats: pb.GenerationStats, report: EnergyReport) -> N
     tokens_per_joule = report.items_per_joule(stats.completion_tokens)
     if tokens_per_joule is not None:
         stats.tokens_per_joule = tokens_per_joule
-
-
-@dataclass
-class Measured:
-    """What `EnergyAccounting.measure` yields; `report` is filled when the block ends."""
-
-    source: str
-    report: EnergyReport | None = None
-
-    @property
-    def energy(self) -> pb.Energy:
-        if self.report is None:
-            raise RuntimeError("the energy is known once the measured block has ended")
-        return energy_to_proto(self.report)
-
-    def joules_per_item(self, count: int) -> float | None:
-        """Joules per image (or token); None when the energy is unknown."""
-        return self.report.per_item(count) if self.report is not None else None
 
 
 class EnergyAccounting:
@@ -136,13 +115,3 @@ class EnergyAccounting:
         if span is None:
             return None
         return span.report if span.end is not None else self.end(span)
-
-    @contextlib.contextmanager
-    def measure(self, request_id: str) -> Iterator[Measured]:
-        """Measure the block as one request's window; see the module doc for the use."""
-        measured = Measured(self.source_name)
-        span = self.begin(request_id)
-        try:
-            yield measured
-        finally:
-            measured.report = self.end(span)
