@@ -1,4 +1,4 @@
-"""Prune the FFN neurons of a LLaMA/Gemma checkpoint with MAGRIP into a smaller dense one.
+"""Prune the FFN neurons of a decoder LLM checkpoint with MAGRIP into a smaller dense one.
 
 MAGRIP scores every FFN neuron by its activation magnitude and the loss's sensitivity
 to it on calibration text, prunes in a coarse pass and a few fine passes, refines
