@@ -23,19 +23,6 @@ from runtime import config as daemon_config
 from runtime.backends import selection
 from runtime.config_field import DEFAULT_DOC, EXAMPLE, doc_of
 
-# Where each section's keys live in the file, and the dataclass that defines them.
-SECTIONS: list[tuple[str, type]] = [
-    ("top level", daemon_config.DaemonConfig),
-    ("models[]", daemon_config.ModelConfig),
-    ("models[].batching", daemon_config.BatchingConfig),
-    ("models[].image_limits", daemon_config.ImageLimits),
-    ("logging", daemon_config.LoggingConfig),
-    ("power", daemon_config.PowerConfig),
-    ("metrics", daemon_config.MetricsConfig),
-    ("tls", daemon_config.TLSConfig),
-    ("auth", daemon_config.AuthConfig),
-    ("repository", daemon_config.RepositoryConfig),
-]
 # A second model for the example: a vision model with batching (every other key of
 # it takes its default, which the first model shows).
 VISION_EXAMPLE = {"name": "retina", "path": "/var/lib/e2edge/models/retina-vit",
@@ -49,6 +36,22 @@ def keys(cls: type) -> list[dataclasses.Field]:
 
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def sections(cls: type = daemon_config.DaemonConfig,
+             where: str = "top level") -> list[tuple[str, type]]:
+    """(where its keys live in the file, the dataclass that defines them) of every
+    section, depth first: top level, models[], models[].batching, ..., repository."""
+    found = [(where, cls)]
+    hints = _hints(cls)
+    for f in keys(cls):
+        path = f.name if where == "top level" else f"{where}.{f.name}"
+        inner, _ = _optional_inner(hints[f.name])
+        if typing.get_origin(inner) in (tuple, list):
+            inner, path = typing.get_args(inner)[0], path + "[]"
+        if dataclasses.is_dataclass(inner):
+            found += sections(inner, path)
+    return found
 
 
 def _optional_inner(hint: Any) -> tuple[Any, bool]:
@@ -175,7 +178,7 @@ def render() -> str:
         "key is documented: runtime/config.py, runtime/vision/serving_config.py, "
         "runtime/power/config.py, runtime/security_config.py, runtime/repository.py.",
     ]
-    for where, cls in SECTIONS:
+    for where, cls in sections():
         heading = "Top level" if where == "top level" else f"`{where}`"
         intro = prose(cls.__doc__ or "") if cls.__doc__ and not cls.__doc__.startswith(
             cls.__name__ + "(") else ""
