@@ -215,7 +215,7 @@ def kv_buffer_providers(root: Path, backend: str, providers: Sequence[str] | Non
 def _shared_kv_buffer(model: Any, package: ModelPackage, host: BackendHost) -> BackendChoice:
     """A gqa package: the configured providers, else CUDA when it can run there, else CPU."""
     providers = kv_buffer_providers(package.root, model.backend, model.providers)
-    if model.providers:
+    if model.providers and list(model.providers) != ["auto"]:  # ["auto"] means choose
         _need_onnxruntime(host, providers)
         where = "device" if providers[0] == CUDA else "host"
         return BackendChoice("onnxruntime", tuple(providers),

@@ -142,6 +142,15 @@ def test_a_gqa_package_takes_onnxruntime_cuda_with_the_buffer_in_device_memory(t
     assert "onnxruntime-gpu sees Orin" in choice.reason and "device memory" in choice.reason
 
 
+def test_a_gqa_package_given_providers_auto_chooses_as_with_none(tmp_path):
+    package = _package(tmp_path / "gqa", "llm", "shared_buffer")
+    for host in (ORIN, CPU_BOX):
+        chosen = choose_backend(_model("onnxruntime", ("auto",)), package, host)
+        assert chosen == choose_backend(_model("onnxruntime"), package, host)
+    assert choose_backend(_model("auto", ("auto",)), package, ORIN).providers[0] == \
+        "CUDAExecutionProvider"
+
+
 def test_a_gqa_package_stays_on_the_cpu_where_the_gpu_path_lacks_a_part(tmp_path):
     package = _package(tmp_path / "gqa", "llm", "shared_buffer")
     here = choose_backend(_model("auto"), package, CPU_BOX)
