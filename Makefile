@@ -13,7 +13,7 @@ export E2EDGE_DATA_DIR := $(SHARED_DATA)
 endif
 endif
 
-.PHONY: install demo test lint gpu-check proto clean
+.PHONY: install demo test lint gpu-check proto docs clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ gpu-check:
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py
+
+# docs/reference/{cli,config,grpc}.md from the CLI parser, the config dataclasses and the
+# .proto files (tests/docs/test_references.py fails when they are stale).
+docs: $(STAMP)
+	$(BIN)/python -m e2edge.reference
 
 clean:
 	rm -rf $(ARTIFACTS) .pytest_cache

@@ -48,10 +48,11 @@ COMMANDS: dict[str, str] = {
 }
 
 GROUP_HELP = {
-    "train": "train a model from local data",
-    "export": "export a checkpoint to a model package",
-    "eval": "evaluate a checkpoint or package",
-    "bench": "benchmarks that write JSON",
+    "train": "train a small LLM or a ViT from local data, or write a random-weight LLM",
+    "export": "export a checkpoint to a model package (LLM or ViT)",
+    "eval": "evaluate a checkpoint or package: perplexity, multiple choice, ViT accuracy, "
+            "saliency scorers",
+    "bench": "benchmarks that write JSON: LLM decode, ViT, the daemon, load, CUDA kernels",
 }
 
 EXIT_ERROR = 1
@@ -96,21 +97,29 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         subparsers = top
         if len(words) == 2:
             if words[0] not in groups:
-                group = top.add_parser(words[0], help=GROUP_HELP.get(words[0]))
+                group = top.add_parser(words[0], help=GROUP_HELP.get(words[0]),
+                                       description=GROUP_HELP.get(words[0]))
                 groups[words[0]] = group.add_subparsers(
                     dest=f"{words[0]}_command", metavar="WHAT", required=True
                 )
             subparsers = groups[words[0]]
-        summary = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else None
         sub = subparsers.add_parser(
             words[-1],
-            help=summary,
+            help=summary(module.__doc__),
             description=(module.__doc__ or "").strip(),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(sub)
         sub.set_defaults(handler=module.run, command_path=path)
     return parser
+
+
+def summary(docstring: str | None) -> str | None:
+    """A command's one-line help in `e2edge --help`: its docstring's first paragraph,
+    joined (a summary that wraps onto a second line must not be cut)."""
+    if not docstring:
+        return None
+    return " ".join(docstring.strip().split("\n\n")[0].split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,7 +29,9 @@
     metrics:                       # optional: Prometheus metrics at http://LISTEN/metrics
       listen: 127.0.0.1:9400       # host:port (port 0 = any free port); no section = no endpoint
 
-The file is composed (not just loaded) so every node keeps its line: any error names
+Every key, its default and what it does: docs/reference/config.md, generated from the
+fields' documentation below (runtime/config_field.py). The file is composed (not just
+loaded) so every node keeps its line: any error names
 the file, the line and the key, e.g. `daemon.yaml:7: models[0].threads: expected an
 integer >= 0, got 'four'`. Unknown keys are errors too: a typo must not silently fall
 back to a default.
@@ -39,17 +41,24 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from runtime.config_field import section, setting
 from runtime.errors import ConfigError
 from runtime.power.config import PowerConfig
 from runtime.repository import RepositoryConfig
 from runtime.security_config import AuthConfig, TLSConfig
-from runtime.vision.serving_config import MAX_DELAY_MS_LIMIT, BatchingConfig, ImageLimits
+from runtime.vision.serving_config import (
+    MAX_BATCH_LIMIT,
+    MAX_DELAY_MS_LIMIT,
+    MAX_IMAGES_LIMIT,
+    BatchingConfig,
+    ImageLimits,
+)
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 # Where the systemd service listens (systemd/e2edge.yaml): under /run/e2edge, the one
@@ -59,9 +68,7 @@ DEFAULT_GRACE_PERIOD_S = 10.0
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9400"
 MAX_MESSAGE_BYTES_LIMIT = 2**31 - 1  # gRPC keeps message sizes in an int32
-MAX_BATCH_LIMIT = 1024  # images per model run
 DEFAULT_INLINE_MAX_PIXELS = 128 * 128  # per request: a 128 px image, or 20 of 28 px
-MAX_IMAGES_LIMIT = 4096  # images per Classify request
 MAX_SHARE = 1e6  # shares are relative: past this ratio a model may as well have it all
 MAX_PRIORITY = 100
 BACKENDS = ("onnxruntime", "tensorrt", "auto")
@@ -73,50 +80,125 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str
-    path: Path
-    backend: str = "onnxruntime"
-    threads: int = 0
-    providers: tuple[str, ...] = ()
-    max_concurrent: int = 1
-    max_queue: int = 16
-    # LLM packages with a shared KV buffer: tokens (prompt + new) one stream may hold;
-    # the buffer is max_concurrent x this long. 0 = min(context length, 2048)
-    max_sequence_length: int = 0
-    # The box-wide scheduler (runtime/server/core/fair_queue.py): this model's weight
-    # of the execution time when every slot is wanted, and its priority (higher first).
-    share: float = 1.0
-    priority: int = 0
-    batching: BatchingConfig = BatchingConfig()  # vision models only
-    image_limits: ImageLimits = ImageLimits()  # vision models only
+    """One served model: its package, its backend, and how its requests are admitted."""
+
+    name: str = setting(example="demo", doc="""
+        The model's name in requests (`GenerateRequest.model`, `e2edge generate --model`)
+        and its gRPC health service name: letters, digits, `.`, `_`, `-`, starting with a
+        letter or digit, at most 64 characters; unique in the file. Required.""")
+    path: Path = setting(example="/var/lib/e2edge/models/demo-llm", doc="""
+        The model package's folder (manifest.json, model.onnx, ...); a relative path
+        starts at the config file's folder, `~` is expanded. Required. The package is
+        checked when the model loads: a package that is missing or does not match its
+        manifest fails that model alone (NOT_SERVING), the others are served.""")
+    backend: str = setting("onnxruntime", doc=f"""
+        One of {", ".join(BACKENDS)}. `onnxruntime`: onnxruntime with `providers`.
+        `tensorrt`: the package's engine built for this GPU and TensorRT version (`e2edge
+        build-engine`), else the model fails to load naming what is missing. `auto`: that
+        engine when one fits, else onnxruntime's CUDA provider when onnxruntime-gpu sees a
+        GPU, else its CPU provider. `e2edge doctor --config FILE` and `GetModel`'s
+        `backend_reason` say what was chosen and why.""")
+    threads: int = setting(0, doc="""
+        onnxruntime intra-op threads of this model, >= 0; 0 = onnxruntime's default (every
+        core). The box-wide scheduler counts a model as holding this many cores while it
+        runs.""")
+    providers: tuple[str, ...] = setting((), doc="""
+        onnxruntime execution providers in order of preference, e.g.
+        `[CUDAExecutionProvider, CPUExecutionProvider]`; a provider this onnxruntime lacks
+        fails the model's load, naming the missing one. `[]` leaves the choice to the
+        daemon: an LLM gets the best providers onnxruntime has here
+        (TensorRT, CUDA, CPU, those present), a vision model the CPU provider, and an LLM
+        exported with `--attention gqa` the CUDA provider when onnxruntime-gpu sees a GPU
+        and cuda-python is installed, else the CPU (such a package takes only the CUDA
+        and CPU providers). With `backend: auto` the providers apply when no TensorRT
+        engine fits; `backend: tensorrt` ignores them.""")
+    max_concurrent: int = setting(1, doc="""
+        Requests of this model running at once, >= 1: LLM generation slots (an LLM
+        exported with `--attention gqa` decodes its streams together in one batched step),
+        or a vision model's worker threads.""")
+    max_queue: int = setting(16, doc="""
+        Requests that may wait for a slot, >= 0; one more is refused with
+        RESOURCE_EXHAUSTED ("queue full", retry later).""")
+    max_sequence_length: int = setting(0, doc="""
+        LLMs exported with `--attention gqa` and `max_concurrent` > 1: the tokens (prompt +
+        generated) one stream may hold; the shared KV buffer is `max_concurrent` x this
+        long. 0 = min(the model's context length, 2048). Other models ignore it.""")
+    share: float = setting(1.0, doc=f"""
+        This model's weight of the box's execution time when several models have work
+        waiting, a number > 0 and <= {int(MAX_SHARE)}, relative to the other models' shares:
+        with shares 3 and 1 the first gets three quarters of the busy time. A share an
+        idle model does not use goes to the others.""")
+    priority: int = setting(0, doc=f"""
+        0 to {MAX_PRIORITY}; a model of higher priority is served first, within a bound:
+        once it is ahead of its share by a fixed lead per priority level it takes turns
+        with the others again (runtime/server/core/fair_queue.py).""")
+    batching: BatchingConfig = setting(BatchingConfig(), doc="""
+        Vision models: dynamic batching; absent = off. LLMs accept it and ignore it.""")
+    image_limits: ImageLimits = setting(ImageLimits(), doc="""
+        Vision models: what one Classify request may send; a request over a limit is
+        INVALID_ARGUMENT naming the limit. LLMs accept it and ignore it.""")
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    level: str = "INFO"
-    format: str = "text"
+    """The daemon's log on stderr (journald under systemd)."""
+
+    level: str = setting("INFO", doc=f"""
+        {" | ".join(LOG_LEVELS)} (any case). Each request is logged at INFO.""")
+    format: str = setting("text", doc="""
+        `text` (one readable line per record) or `json` (one JSON object per line, for
+        journald and log shippers).""")
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    listen: str = DEFAULT_METRICS_LISTEN  # host:port of the Prometheus HTTP endpoint
+    """The Prometheus endpoint."""
+
+    listen: str = setting(DEFAULT_METRICS_LISTEN, doc="""
+        host:port of the HTTP endpoint; metrics are at http://LISTEN/metrics (port 0 = any
+        free port). A unix socket is refused: Prometheus scrapes over TCP.""")
 
 
 @dataclass(frozen=True)
 class DaemonConfig:
-    models: tuple[ModelConfig, ...]
-    listen: str = DEFAULT_LISTEN
-    grace_period_s: float = DEFAULT_GRACE_PERIOD_S
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    decode_threads: int = 0  # 0: half the cores (runtime/server/core/decode_pool.py)
-    decode_inline_max_pixels: int = DEFAULT_INLINE_MAX_PIXELS  # 0: always on a thread
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    power: PowerConfig | None = None  # None: the file has no power section
-    metrics: MetricsConfig | None = None  # None: no metrics endpoint
-    tls: TLSConfig | None = None  # None: plaintext (runtime/security_config.py)
-    auth: AuthConfig | None = None  # None: no bearer tokens asked
-    repository: RepositoryConfig | None = None  # None: KServe repository load/unload off
-    source: str = "<config>"  # the file it was read from, for messages
+    """The whole file."""
+
+    models: tuple[ModelConfig, ...] = setting(doc="""
+        The models to serve: a non-empty list of mappings, keys below. Required.""")
+    listen: str = setting(DEFAULT_LISTEN, doc=f"""
+        Where the daemon serves gRPC: host:port (`[v6]:port` too; port 0 = any free port)
+        or `unix:/path` for a unix socket (the systemd service uses
+        `unix:{SYSTEMD_SOCKET}`). `e2edge serve --listen` overrides it.""")
+    grace_period_s: float = setting(DEFAULT_GRACE_PERIOD_S, doc="""
+        Seconds >= 0 that in-flight requests get to finish on SIGTERM/SIGINT before the
+        daemon exits; new requests get UNAVAILABLE meanwhile.""")
+    max_message_bytes: int = setting(DEFAULT_MAX_MESSAGE_BYTES, doc=f"""
+        gRPC send and receive limit in bytes, 1024 to {MAX_MESSAGE_BYTES_LIMIT}; a bigger
+        request gets RESOURCE_EXHAUSTED.""")
+    decode_threads: int = setting(0, doc="""
+        Threads that decode and preprocess images for the vision models, 0 to 256; 0 =
+        half the cores, at least 1.""")
+    decode_inline_max_pixels: int = setting(DEFAULT_INLINE_MAX_PIXELS, doc="""
+        Requests whose images hold at most this many pixels in all are decoded on the
+        event loop itself (cheaper than a hand-off for small images); 0 = every request
+        on a decoding thread.""")
+    logging: LoggingConfig = section(LoggingConfig, doc="The daemon's log; keys below.")
+    power: PowerConfig | None = setting(None, doc="""
+        Where power readings come from, for the energy in every response; keys below.
+        Absent = every key's default (`source: auto`).""")
+    metrics: MetricsConfig | None = setting(None, doc="""
+        A Prometheus endpoint; absent = none.""")
+    tls: TLSConfig | None = setting(None, doc="""
+        TLS, or mutual TLS with `client_ca`; absent = plaintext (fine on loopback or a unix
+        socket).""")
+    auth: AuthConfig | None = setting(None, doc="""
+        Bearer tokens every call must carry (`authorization: Bearer TOKEN` metadata), but
+        the health checks; absent = no token asked. Use it with TLS, or on loopback / a
+        unix socket only.""")
+    repository: RepositoryConfig | None = setting(None, doc="""
+        Folders of packages that KServe's RepositoryModelLoad / RepositoryModelUnload may
+        load and unload by name; absent = repository load/unload off.""")
+    source: str = "<config>"  # the file it was read from, for messages (not a key)
 
 
 # ---- values ------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.config_field import setting
 from runtime.errors import ConfigError, InvalidRequest, ModelNotFound
 
 MANIFEST = "manifest.json"
@@ -27,7 +28,13 @@ PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 @dataclass(frozen=True)
 class RepositoryConfig:
-    directories: tuple[Path, ...]
+    """The folders KServe's repository calls may load packages from."""
+
+    directories: tuple[Path, ...] = setting(example=("/var/lib/e2edge/models",), doc="""
+        A non-empty list of folders, each holding packages as `FOLDER/NAME/`; a model name
+        is one plain path component, and a package must resolve inside its folder
+        (`..`, absolute paths and symlinks that leave it are refused). Relative paths
+        start at the config file's folder. Required.""")
 
     @classmethod
     def from_dict(cls, data: Mapping, base_dir: Path) -> RepositoryConfig:

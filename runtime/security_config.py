@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.config_field import setting
 from runtime.errors import ConfigError
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -28,10 +29,22 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 @dataclass(frozen=True)
 class TLSConfig:
-    cert: Path
-    key: Path
-    client_ca: Path | None = None
-    require_client_cert: bool = False
+    """The daemon's TLS credentials (runtime/server/guard/security.py)."""
+
+    cert: Path = setting(example="/etc/e2edge/tls/server.crt", doc="""
+        PEM certificate chain the daemon presents. Required. Relative paths here start at
+        the config file's folder; the files are read at start and on every reload, so a
+        missing one is an error naming it at start.""")
+    key: Path = setting(example="/etc/e2edge/tls/server.key", doc="""
+        Its PEM private key. Required.""")
+    client_ca: Path | None = setting(None, example="/etc/e2edge/tls/clients-ca.crt", doc="""
+        PEM CA certificate(s) that sign the client certificates: mutual TLS. Absent = the
+        daemon asks no client certificate.""")
+    require_client_cert: bool = setting(
+        False, example=True, default_doc="true with `client_ca`, else false", doc="""
+        true: a client without a certificate signed by `client_ca` fails the handshake
+        before any call runs; false: a client certificate is verified when one is
+        presented. true needs `client_ca`.""")
 
     @classmethod
     def from_dict(cls, data: Mapping, base_dir: Path) -> TLSConfig:
@@ -53,8 +66,16 @@ class TLSConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    tokens_file: Path | None = None
-    token_env: str | None = None
+    """Where the bearer tokens come from: a file, an environment variable, or both."""
+
+    tokens_file: Path | None = setting(None, example="/etc/e2edge/tokens", doc="""
+        File of tokens, one a line; `#` starts a comment. Relative paths start at the
+        config file's folder. Read at start and on every reload (SIGHUP), so tokens
+        change without a restart.""")
+    token_env: str | None = setting(None, example="E2EDGE_TOKEN", doc="""
+        Name of an environment variable that holds one more token; it must be set and not
+        empty when the daemon starts. At least one of `tokens_file` and `token_env` is
+        required.""")
 
     @classmethod
     def from_dict(cls, data: Mapping, base_dir: Path) -> AuthConfig:

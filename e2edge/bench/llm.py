@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--streams", default="1,4,8",
                         help="concurrent Generate streams through the daemon, e.g. 1,4,8 "
                              "(default); '' or 0 skips it")
-    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--prompt-tokens", type=int, default=32,
+                        help="prompt length in tokens, the same ids for every side")
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens per run (>= 2)")
     parser.add_argument("--runs", type=int, default=5,
                         help="timed runs per side and round (after one warm-up run)")

@@ -355,15 +355,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="request kinds and weights, e.g. generate=3:classify=1")
     parser.add_argument("--generate-model", help="LLM to load (default: the first ready)")
     parser.add_argument("--classify-model", help="vision model (default: the first ready)")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--prompt", default="To be, or not to be, that is the question.")
+    parser.add_argument("--max-new-tokens", type=int, default=32,
+                        help="tokens per Generate stream")
+    parser.add_argument("--prompt", default="To be, or not to be, that is the question.",
+                        help="prompt text of every Generate")
     parser.add_argument("--image", help="image file to classify (default: 64x64 noise)")
     parser.add_argument("--pid", type=int, help="the daemon's pid, for its memory")
     parser.add_argument("--metrics", metavar="URL",
                         help="the daemon's /metrics (e.g. http://127.0.0.1:9400/metrics), "
                              "for its scheduler's busy time per model (--config: its own)")
-    parser.add_argument("--ready-timeout", type=float, default=120.0, metavar="S")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ready-timeout", type=float, default=120.0, metavar="S",
+                        help="how long to wait for the daemon's models to be loaded")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the clients' choice of request kind")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--out", help="also write the JSON report here")
     client_security.add_arguments(parser)

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens per run (default 128)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per side (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per side first")
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt text of every run")
     parser.add_argument("--threads", type=int, default=0, help="backend threads (0 = default)")
     parser.add_argument("--daemon", choices=("process", "thread"), default="process",
                         help="run the daemon as a child process (default) or a thread")

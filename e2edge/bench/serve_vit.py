@@ -74,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "data-file name such as retinamnist.npz (default: random)")
     parser.add_argument("--threads", type=int, default=0,
                         help="onnxruntime threads per model (0 = all cores)")
-    parser.add_argument("--daemon", choices=("process", "thread"), default="process")
+    parser.add_argument("--daemon", choices=("process", "thread"), default="process",
+                        help="run the daemon as a child process (default) or a thread")
     parser.add_argument("--ceiling", action="store_true",
                         help="also serve a no-op copy of the package, batched: what the "
                              "daemon serves when the model costs nothing")

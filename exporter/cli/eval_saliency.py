@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=_layers,
                         help="comma-separated (default: first, middle, last)")
     parser.add_argument("--neurons", type=int, default=96, help="neurons checked per layer")
-    parser.add_argument("--windows", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--windows", type=int, default=8, help="calibration windows")
+    parser.add_argument("--seq-len", type=int, default=256, help="calibration window tokens")
     parser.add_argument("--out", help="JSON file for the result")
 
 

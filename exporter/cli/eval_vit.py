@@ -21,10 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "checkpoints' mean logits (a teacher ensemble)")
     source.add_argument("--package", help="vision package directory from export vit")
     parser.add_argument("--data", help="MedMNIST-style npz (default: the one it was trained on)")
-    parser.add_argument("--split", choices=("val", "test", "both"), default="both")
+    parser.add_argument("--split", choices=("val", "test", "both"), default="both",
+                        help="which split(s) of the data to score")
     parser.add_argument("--execution", default="auto",
                         help="package execution mode: auto | packed | fp32 | int8")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument("--out", help="also write the JSON result to this file")
 
 

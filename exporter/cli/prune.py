@@ -1,4 +1,4 @@
-"""Prune the FFN neurons of a LLaMA/Gemma checkpoint with MAGRIP into a smaller dense one.
+"""Prune the FFN neurons of a decoder LLM checkpoint with MAGRIP into a smaller dense one.
 
 MAGRIP scores every FFN neuron by its activation magnitude and the loss's sensitivity
 to it on calibration text, prunes in a coarse pass and a few fine passes, refines
@@ -44,13 +44,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib", required=True, help="calibration text (path, name, or FILE@A:B)")
     parser.add_argument("--ratio", type=float, help="fraction of FFN neurons to remove, in (0, 1)")
     parser.add_argument("--out", help="directory of the pruned checkpoint")
-    parser.add_argument("--method", default=SaliencyOptions.method, choices=METHODS)
+    parser.add_argument("--method", default=SaliencyOptions.method, choices=METHODS,
+                        help="neuron scores: magrip (magnitude and sensitivity, then the "
+                             "trained mask) or one ablation: magnitude, gradient, random")
     parser.add_argument("--sensitivity", default=SaliencyOptions.sensitivity, choices=SENSITIVITIES,
                         help="taylor: |sum u dL/du| (default); jacobian: ||dL/du||_2")
-    parser.add_argument("--magnitude-weight", type=float, default=SaliencyOptions.magnitude_weight)
+    parser.add_argument("--magnitude-weight", type=float, default=SaliencyOptions.magnitude_weight,
+                        help="MAGRIP's weight of the activation-magnitude signal")
     parser.add_argument("--sensitivity-weight", type=float,
-                        default=SaliencyOptions.sensitivity_weight)
-    parser.add_argument("--allocation", default=PruneOptions.allocation, choices=ALLOCATIONS)
+                        default=SaliencyOptions.sensitivity_weight,
+                        help="MAGRIP's weight of the loss-sensitivity signal")
+    parser.add_argument("--allocation", default=PruneOptions.allocation, choices=ALLOCATIONS,
+                        help="global: one ranking over all layers; uniform: every layer "
+                             "keeps the same fraction of its width")
     parser.add_argument("--min-width", type=int,
                         help="neurons every layer keeps (global allocation; default 10%% of it)")
     parser.add_argument("--seq-len", type=int, default=PruneOptions.seq_len,
@@ -59,8 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="calibration windows")
     parser.add_argument("--batch-size", type=int, default=SaliencyOptions.batch_size,
                         help="windows per pass")
-    parser.add_argument("--coarse-fraction", type=float, default=PruneOptions.coarse_fraction)
-    parser.add_argument("--fine-steps", type=int, default=PruneOptions.fine_steps)
+    parser.add_argument("--coarse-fraction", type=float, default=PruneOptions.coarse_fraction,
+                        help="fraction of the neurons to remove that the first pass removes")
+    parser.add_argument("--fine-steps", type=int, default=PruneOptions.fine_steps,
+                        help="re-scored passes that remove the rest")
     parser.add_argument("--mask-steps", type=int, default=MaskOptions.steps,
                         help="most mask refinement steps (MAGRIP only; 0 = off); held-out "
                              "calibration loss picks the best step and stops early")
@@ -72,11 +80,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"fine-tune steps (default {DEFAULT_STEPS} when --train-text is "
                              "given)")
     parser.add_argument("--finetune-params", default=FinetuneOptions.params,
-                        choices=FINETUNE_PARAMS)
-    parser.add_argument("--finetune-lr", type=float)
-    parser.add_argument("--finetune-batch-size", type=int, default=FinetuneOptions.batch_size)
-    parser.add_argument("--finetune-seq-len", type=int, default=FinetuneOptions.seq_len)
-    parser.add_argument("--seed", type=int, default=PruneOptions.seed)
+                        choices=FINETUNE_PARAMS,
+                        help="what the fine-tune trains: the pruned FFN weights, or LoRA "
+                             "adapters merged back into them")
+    parser.add_argument("--finetune-lr", type=float,
+                        help="fine-tune learning rate (default: 1e-4 for ffn, 1e-3 for lora)")
+    parser.add_argument("--finetune-batch-size", type=int, default=FinetuneOptions.batch_size,
+                        help="fine-tune windows per step")
+    parser.add_argument("--finetune-seq-len", type=int, default=FinetuneOptions.seq_len,
+                        help="fine-tune window tokens")
+    parser.add_argument("--seed", type=int, default=PruneOptions.seed,
+                        help="seed of the run's random choices (the random method's scores, "
+                             "the fine-tune's data order)")
     parser.add_argument("--torch-threads", type=int,
                         help="PyTorch CPU threads (default: PyTorch's; 1 is much faster on a "
                              "machine whose cores are busy with other work)")
@@ -85,10 +100,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--report", help="directory for sweep.json and sweep.png")
     sweep.add_argument("--eval-text", action="append", default=[],
                        help="perplexity text (repeatable)")
-    sweep.add_argument("--eval-max-tokens", type=int, default=SweepOptions.eval_max_tokens)
-    sweep.add_argument("--methods", default=",".join(SweepOptions.methods))
-    sweep.add_argument("--decode-tokens", type=int, default=SweepOptions.decode_tokens)
-    sweep.add_argument("--decode-rounds", type=int, default=SweepOptions.decode_rounds)
+    sweep.add_argument("--eval-max-tokens", type=int, default=SweepOptions.eval_max_tokens,
+                       help="score only the first N tokens of each --eval-text")
+    sweep.add_argument("--methods", default=",".join(SweepOptions.methods),
+                       help="comma-separated methods the sweep compares")
+    sweep.add_argument("--decode-tokens", type=int, default=SweepOptions.decode_tokens,
+                       help="greedy tokens per decode-speed timing of each package")
+    sweep.add_argument("--decode-rounds", type=int, default=SweepOptions.decode_rounds,
+                       help="round-robin timing rounds over the packages (the best counts)")
     sweep.add_argument("--threads", type=int, default=SweepOptions.threads,
                        help="onnxruntime threads (0: auto)")
     sweep.add_argument("--keep-artifacts", action="store_true",

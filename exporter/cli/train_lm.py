@@ -3,9 +3,10 @@
 Splits the corpus by characters (first 90 % train, last 10 % held out; a corpus given as
 several --corpus parts splits each part so), builds the tokenizer
 (a byte-level BPE trained on the train part, or a LLaMA-2 SentencePiece model), trains the
-preset's model on CPU, prints the held-out perplexity beside a unigram baseline, and writes
-config.json, model.safetensors, generation_config.json, tokenizer.json and train_report.json
-to --out atomically. Same seed, arguments and --threads give identical weights.
+preset's model on the CPU (or the --device cuda GPU), prints the held-out perplexity beside
+a unigram baseline, and writes config.json, model.safetensors, generation_config.json,
+tokenizer.json and train_report.json to --out atomically. On the CPU, the same seed,
+arguments and --threads give identical weights.
 
 example:
   e2edge train lm --corpus tinyshakespeare.txt --arch llama --preset demo --out artifacts/demo-llama

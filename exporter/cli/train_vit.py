@@ -23,7 +23,10 @@ from exporter.vit.config import ROLES, DistillConfig, get_preset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--role", required=True, choices=ROLES)
+    parser.add_argument("--role", required=True, choices=ROLES,
+                        help="teacher: full-precision multi-head ViT; student: ternary "
+                             "multi-query ViT distilled from --teacher; fp-student: the "
+                             "student's shape in full precision")
     parser.add_argument("--preset", default="mnist28", help="bitmedvit | mnist28 (default)")
     parser.add_argument("--data", required=True, help="MedMNIST-style .npz (path or file name)")
     parser.add_argument("--out", required=True, help="checkpoint directory to write")
@@ -41,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", action="append", default=[], metavar="KEY=VALUE",
                         help="override any training setting of the preset, e.g. "
                              "--recipe vflip=true --recipe weight_decay=0.1 (repeatable)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed for init and data order")
     parser.add_argument("--time-budget-s", type=float,
                         help="stop after the epochs that fit in this many seconds")
     parser.add_argument("--threads", type=int,
@@ -57,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weight of T^2 * KL(teacher || student) at --temperature")
     parser.add_argument("--feature-weight", type=float, default=DistillConfig.feature_weight,
                         help="weight of the pooled-feature MSE to the teacher")
-    parser.add_argument("--temperature", type=float, default=DistillConfig.temperature)
+    parser.add_argument("--temperature", type=float, default=DistillConfig.temperature,
+                        help="distillation temperature T of the KL term")
 
 
 def parse_recipe(items: list[str], base) -> dict:

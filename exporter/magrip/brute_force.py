@@ -4,8 +4,8 @@
 
 For a random subset of neurons in a few layers, each neuron is masked alone and the
 calibration loss is measured again; every scorer's ranking of those neurons is then
-compared with |loss change| by Spearman rank correlation. This is how the README's
-choice of the default sensitivity form (taylor) was measured.
+compared with |loss change| by Spearman rank correlation. This is how the default
+sensitivity form (taylor) was chosen (docs/magrip.md).
 """
 
 from __future__ import annotations

@@ -14,14 +14,17 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("package", type=Path, help="model package directory")
-    parser.add_argument("--precision", choices=("fp16", "fp32"), default="fp16")
+    parser.add_argument("--precision", choices=("fp16", "fp32"), default="fp16",
+                        help="fp16 lets TensorRT pick half-precision kernels; fp32 keeps "
+                             "every layer in full precision")
     parser.add_argument(
         "--timing-cache",
         type=Path,
         metavar="FILE",
         help="TensorRT timing cache to read and update (faster rebuilds)",
     )
-    parser.add_argument("--max-batch", type=int, default=1, metavar="N")
+    parser.add_argument("--max-batch", type=int, default=1, metavar="N",
+                        help="largest batch the engine accepts (vision: images per run)")
     parser.add_argument(
         "--max-seq",
         type=int,

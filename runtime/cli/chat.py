@@ -1,4 +1,4 @@
-"""Chat with a model of a running daemon: each line read is your turn, the reply streams back.
+r"""Chat with a model of a running daemon: each line read is your turn, the reply streams back.
 
     e2edge chat --target 127.0.0.1:50051 --model demo [--system "Be brief."]
     printf 'Hi\nAnd then?\n' | e2edge chat --model demo     # stdin may be a pipe

@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=1, help="labels per file (default 1)")
     parser.add_argument("--format", choices=("png", "jpeg", "dicom"),
                         help="the files' format (default: detected from each file's bytes)")
-    parser.add_argument("--timeout", type=float, metavar="S", help="deadline for all files")
+    parser.add_argument("--timeout", type=float, metavar="S",
+                        help="deadline in seconds for all the files together (default: none)")
 
 
 def run(args: argparse.Namespace) -> int:

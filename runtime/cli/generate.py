@@ -30,18 +30,31 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
     connection.add_arguments(parser)  # --target, --tls-ca, --tls-cert, --tls-key, --token
     parser.add_argument("--model", required=True, help="model name (see `e2edge models`)")
-    parser.add_argument("--max-new-tokens", type=int, help="default 128")
-    parser.add_argument("--temperature", type=float, help="0 = greedy (the default)")
-    parser.add_argument("--top-k", type=int, help="0 = off (the default)")
-    parser.add_argument("--top-p", type=float, help="1 = off (the default)")
-    parser.add_argument("--repetition-penalty", type=float, help="1 = off (the default)")
-    parser.add_argument("--seed", type=int, help="same seed + same prompt -> same text")
+    parser.add_argument("--max-new-tokens", type=int,
+                        help="most tokens to generate (default 128; prompt + these must fit "
+                             "the model's context)")
+    parser.add_argument("--temperature", type=float,
+                        help="sampling temperature; 0 = greedy (the default)")
+    parser.add_argument("--top-k", type=int,
+                        help="sample from the K most likely tokens; 0 = off (the default)")
+    parser.add_argument("--top-p", type=float,
+                        help="sample from the most likely tokens whose probabilities add up "
+                             "to P, in (0, 1]; 1 = off (the default)")
+    parser.add_argument("--repetition-penalty", type=float,
+                        help="> 1 makes tokens already seen less likely; 1 = off (the default)")
+    parser.add_argument("--seed", type=int,
+                        help="sampling seed: same seed + same prompt -> same text (default: "
+                             "a fresh one per request)")
     parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
                         help="stop before this text (repeatable)")
     parser.add_argument("--ignore-eos", action="store_true",
                         help="always generate --max-new-tokens tokens")
-    parser.add_argument("--timeout", type=float, metavar="S", help="deadline in seconds")
-    parser.add_argument("--request-id", default="", help="id for the daemon's request log")
+    parser.add_argument("--timeout", type=float, metavar="S",
+                        help="deadline in seconds (default: none); past it the call ends "
+                             "with DEADLINE_EXCEEDED")
+    parser.add_argument("--request-id", default="",
+                        help="id for the daemon's request log and the responses (default: "
+                             "the daemon makes one up)")
 
 
 def chat_message(text: str) -> tuple[str, str]:

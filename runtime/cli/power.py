@@ -20,10 +20,13 @@ from runtime.power.config import MAX_INTERVAL_MS, MIN_INTERVAL_MS, SOURCE_NAMES,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--source", choices=SOURCE_NAMES, default="auto", help="power source (default: auto)"
+        "--source", choices=SOURCE_NAMES, default="auto",
+        help="power source (default: auto, the first of tegrastats, jtop, hwmon, nvml that "
+             "this box has, else none)"
     )
     parser.add_argument(
-        "--interval", type=int, default=1000, metavar="MS", help="sampling interval (ms)"
+        "--interval", type=int, default=1000, metavar="MS",
+        help=f"sampling interval in milliseconds, {MIN_INTERVAL_MS} to {MAX_INTERVAL_MS}"
     )
     parser.add_argument(
         "--count", type=int, default=0, metavar="N", help="stop after N readings (0: never)"

@@ -16,8 +16,11 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="daemon config YAML")
-    parser.add_argument("--listen", help="override the config's listen address")
+    parser.add_argument("--config", required=True,
+                        help="the daemon's YAML config (every key: docs/reference/config.md)")
+    parser.add_argument("--listen",
+                        help="host:port or unix:/path to serve on instead of the config's "
+                             "`listen`")
 
 
 def run(args: argparse.Namespace) -> int:

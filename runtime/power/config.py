@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from runtime.config_field import setting
 from runtime.errors import ConfigError
 
 SOURCE_NAMES: tuple[str, ...] = ("auto", "tegrastats", "jtop", "hwmon", "nvml", "none")
@@ -26,13 +27,29 @@ MAX_INTERVAL_MS = 60_000
 class PowerConfig:
     """Where power comes from, how often it is read, and where it is logged."""
 
-    source: str = "auto"
-    interval_ms: int = 100
-    log: str | None = None
-    log_max_bytes: int = 10 * 1024 * 1024
-    log_backups: int = 3
-    idle_window_s: float = 2.0
-    history_s: float = 600.0
+    source: str = setting("auto", doc=f"""
+        {" | ".join(SOURCE_NAMES)}. `auto` takes the first this box has, in this order:
+        tegrastats on PATH, jtop (jetson-stats installed and its service running), an
+        INA3221 power monitor in hwmon sysfs, NVML with a GPU that reports power, else
+        `none`. With `none` responses carry no joules (the fields are absent, never 0)
+        and WatchPower is FAILED_PRECONDITION.""")
+    interval_ms: int = setting(100, doc=f"""
+        Sampling interval in milliseconds, {MIN_INTERVAL_MS} to {MAX_INTERVAL_MS}.""")
+    log: str | None = setting(None, example="/var/log/e2edge/power.jsonl", doc="""
+        A JSON-lines power log (time, total and rails, the requests running), rotated by
+        size; absent = no log.""")
+    log_max_bytes: int = setting(10 * 1024 * 1024, doc="""
+        Size at which the power log is rotated, >= 1024 bytes.""")
+    log_backups: int = setting(3, doc="""
+        Rotated power-log files kept, 0 to 100.""")
+    idle_window_s: float = setting(2.0, doc="""
+        Seconds (0 to 600) of readings at start-up that make the idle baseline, from which
+        `joules_above_idle` is counted; 0 = no baseline.""")
+    history_s: float = setting(600.0, doc="""
+        Seconds of readings the daemon keeps in memory (a ring buffer), 1 to 86400 and
+        at least one sampling interval. A request's energy is integrated from them; for
+        a request longer than this, the oldest reading held stands in for the part of
+        its window before it.""")
 
     def __post_init__(self):
         if self.source not in SOURCE_NAMES:

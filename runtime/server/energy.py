@@ -10,7 +10,7 @@
 A request's energy window opens when it starts running (after admission, not while it
 waits in a queue) and closes when it finishes. runtime/power/energy.py integrates the
 board's power over the window and shares it equally among the requests running at
-each instant (the attribution rule, in that module's docstring and the README).
+each instant (the attribution rule, in that module's docstring).
 
 Two choices a reader should know:
 - The window's end holds the latest reading instead of waiting for the next one, so

@@ -9,7 +9,7 @@ batch, and returns softmax probabilities. Ternary packages are executed as chose
 by `execution` (runtime/vision/ternary_exec.py); "auto" unpacks the 2-bit weights
 once at load time to int8 codes for an integer GEMM fed with the graph's own int8
 activation codes: the fastest exact mode measured on x86 CPUs, faster than the fp32
-model (see the README's BitMed ViT section); with GPU providers it unpacks them to
+model (docs/bitmedvit.md); with GPU providers it unpacks them to
 fp16 (onnxruntime's CUDA provider has no 2-bit kernel, and fp16 runs on tensor
 cores). With backend "tensorrt" it runs the package's engine for this GPU, built by
 `e2edge build-engine`, whose 2-bit layers are the packed-ternary plugin over the same

@@ -21,13 +21,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from runtime.config_field import setting
+
 MAX_DELAY_MS_LIMIT = 1000.0  # a batch window longer than a second is a misconfiguration
+MAX_BATCH_LIMIT = 1024  # images per model run
+MAX_IMAGES_LIMIT = 4096  # images per Classify request
 
 
 @dataclass(frozen=True)
 class BatchingConfig:
-    max_batch: int = 1  # 1: off
-    max_delay_ms: float = 0.0
+    """Dynamic batching of one vision model (runtime/server/core/batcher.py)."""
+
+    max_batch: int = setting(1, doc=f"""
+        Images per model run, 1 to {MAX_BATCH_LIMIT}: requests that arrive close together
+        run as one batch up to this many images (a request is never split). 1 = off:
+        every request runs alone.""")
+    max_delay_ms: float = setting(0.0, doc=f"""
+        How long, in milliseconds (0 to {MAX_DELAY_MS_LIMIT:g}), the oldest waiting request
+        waits for others to join its batch while a worker is free; under load a batch
+        starts as soon as a worker frees up, so the delay is paid only when the model is
+        idle.""")
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -47,11 +60,15 @@ class ImageLimits:
 
     # 16 MiB: the daemon's default gRPC message limit, so by default a single image
     # may fill a message; a 4096 x 4096 16-bit DICOM is 32 MiB and needs both raised.
-    max_bytes: int = 16 * 1024 * 1024
+    max_bytes: int = setting(16 * 1024 * 1024, doc="""
+        Bytes of one encoded image or raw tensor. A 4096 x 4096 16-bit DICOM is 32 MiB:
+        raise this and the top-level `max_message_bytes` together.""")
     # 25 MP covers mammograms (about 4000 x 5000) and 4K camera frames, and bounds a
     # decoded image to 25e6 x 4 channels x 4 bytes = 400 MB of float32.
-    max_pixels: int = 25_000_000
-    max_images: int = 64
+    max_pixels: int = setting(25_000_000, doc="""
+        Width x height of one image, read from its header before it is decoded.""")
+    max_images: int = setting(64, doc=f"""
+        Images in one Classify request, 1 to {MAX_IMAGES_LIMIT}.""")
 
     def __post_init__(self) -> None:
         for name in ("max_bytes", "max_pixels", "max_images"):

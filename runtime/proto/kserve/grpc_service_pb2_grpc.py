@@ -26,7 +26,11 @@ if _version_not_supported:
 
 
 class GRPCInferenceServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Triton's inference service over the daemon's models, with the same slots, queues,
+    errors and drain as EdgeRuntime. Every model has one version, "1" ("" means it).
+    An LLM package is a decoupled model: BYTES `text_input` in, BYTES `text_output` out.
+    A vision package takes one input `image` and answers FP32 `probabilities`.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -97,7 +101,11 @@ class GRPCInferenceServiceStub:
 
 
 class GRPCInferenceServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Triton's inference service over the daemon's models, with the same slots, queues,
+    errors and drain as EdgeRuntime. Every model has one version, "1" ("" means it).
+    An LLM package is a decoupled model: BYTES `text_input` in, BYTES `text_output` out.
+    A vision package takes one input `image` and answers FP32 `probabilities`.
+    """
 
     def ServerLive(self, request, context):
         """Liveness of the server (true while the process runs, draining included).
@@ -114,62 +122,89 @@ class GRPCInferenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ModelReady(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Whether the model is loaded and ready (false while the daemon drains).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ServerMetadata(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Name "e2edge", its version, and the protocol extensions it serves.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ModelMetadata(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A model's inputs and outputs (names, datatypes, shapes).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ModelInfer(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One inference, answered whole. LLM inputs, as Triton's LLM models take them:
+        BYTES `text_input` (the prompt; no chat template is applied), optional scalars
+        `max_tokens`, `temperature`, `top_k`, `top_p`, `repetition_penalty`,
+        `random_seed`, `ignore_eos`, `stream`, and BYTES `stop_words`; the same names also
+        work as request parameters (an input wins over a parameter). Vision input `image`:
+        BYTES encoded images ([n]: PNG, JPEG, DICOM) or UINT8 / FP32 pixels ([H, W],
+        [H, W, C] or [N, H, W, C]; FP32 in [0, 1]); output FP32 `probabilities`
+        [n, classes], or with the requested output's parameter `classification: k`
+        Triton's BYTES "score:index:label" strings, most likely first.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ModelStreamInfer(self, request_iterator, context):
-        """Decoupled streaming: an LLM request gets one response per generated piece.
+        """Decoupled streaming: an LLM request gets one response per generated piece of
+        text, each with the parameter `triton_final_response` false, then a last one
+        marked true that carries `finish_reason`, token counts and timings as parameters
+        (without outputs when the request set `triton_enable_empty_final_response`). A
+        failed request becomes a response with `error_message` and the stream goes on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ModelConfig(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The model's configuration as Triton reports one: platform e2edge_llm or
+        e2edge_vision, its inputs and outputs, decoupled for an LLM.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ModelStatistics(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """What this service served, per model, since the daemon started.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RepositoryIndex(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The daemon's models with their state and, unless `ready` is set, the packages of
+        the repository folders that are not loaded.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RepositoryModelLoad(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Loads a model by name: a configured one from its own path, another from
+        FOLDER/NAME/ of the config's `repository:` folders. FAILED_PRECONDITION without a
+        `repository:` section; parameters (Triton's config and file overrides) are
+        INVALID_ARGUMENT.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RepositoryModelUnload(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Takes a model out of service once its running requests finish. Needs the
+        config's `repository:` section, as RepositoryModelLoad does.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -246,7 +281,11 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class GRPCInferenceService:
-    """Missing associated documentation comment in .proto file."""
+    """Triton's inference service over the daemon's models, with the same slots, queues,
+    errors and drain as EdgeRuntime. Every model has one version, "1" ("" means it).
+    An LLM package is a decoupled model: BYTES `text_input` in, BYTES `text_output` out.
+    A vision package takes one input `image` and answers FP32 `probabilities`.
+    """
 
     @staticmethod
     def ServerLive(request,
