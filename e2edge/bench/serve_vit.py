@@ -70,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", choices=("png", "tensor"), default="png",
                         help="how images are sent (default png)")
     parser.add_argument("--images", metavar="NPZ",
-                        help="MedMNIST-style npz whose test_images are sent (default: random)")
+                        help="MedMNIST-style npz whose test_images are sent: a path, or a "
+                             "data-file name such as retinamnist.npz (default: random)")
     parser.add_argument("--threads", type=int, default=0,
                         help="onnxruntime threads per model (0 = all cores)")
     parser.add_argument("--daemon", choices=("process", "thread"), default="process",
@@ -82,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="also write the JSON result to this file")
 
 
-def _images(package, npz: str | None, kind: str, count: int = 64) -> list:
+def _images(package, npz: Path | None, kind: str, count: int = 64) -> list:
     """`count` Image messages of the model's input size."""
     import io
 
@@ -247,6 +248,7 @@ def _summary(runs: list, seconds: float) -> dict:
 
 
 def bench_serve_vit(args: argparse.Namespace) -> dict:
+    from e2edge.data import resolve_data_file
     from runtime.client import EdgeClient
     from runtime.host_facts import machine_facts
     from runtime.package import load_package
@@ -259,7 +261,9 @@ def bench_serve_vit(args: argparse.Namespace) -> dict:
     package = load_package(path)
     if package.kind != "vision":
         raise ValueError(f"{path}: kind {package.kind!r}; serve-vit needs a vision package")
-    images = _images(package, args.images, args.input)
+    # A name resolves as every data file does (E2EDGE_DATA_DIR, then the download cache).
+    npz = resolve_data_file(args.images) if args.images else None
+    images = _images(package, npz, args.input)
     sides = {**MODES, **(CEILING if args.ceiling else {})}
     results = []
     with contextlib.ExitStack() as stack:
@@ -292,7 +296,7 @@ def bench_serve_vit(args: argparse.Namespace) -> dict:
         "package_name": package.name,
         "image_size": package.manifest["preprocessing"]["size"],
         "input": args.input,
-        "images": args.images or "random",
+        "images": str(npz) if npz else "random",
         "daemon_mode": args.daemon,
         "threads": args.threads,
         "batched": {"max_batch": args.max_batch, "max_delay_ms": args.max_delay_ms},

@@ -14,18 +14,27 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def test_bench_serve_vit_reports_both_sides_at_each_client_count(tmp_path_factory, tmp_path):
+    import numpy as np
+
     package = tiny_vision_package(tmp_path_factory)
     out = tmp_path / "serve-vit.json"
+    # --images by data-file name, found in $E2EDGE_DATA_DIR as `train vit --data` finds it
+    data = tmp_path / "data"
+    data.mkdir()
+    pixels = np.random.default_rng(1).integers(0, 256, (8, 12, 12, 3), dtype=np.uint8)
+    np.savez(data / "tinymnist.npz", test_images=pixels)
     result = subprocess.run(
         [sys.executable, "-m", "e2edge.cli", "bench", "serve-vit", "--package", str(package),
          "--clients", "1,6", "--duration", "0.4", "--rounds", "2", "--warmup", "0.1",
          "--max-batch", "4", "--max-delay-ms", "3", "--input", "tensor", "--threads", "1",
-         "--ceiling", "--out", str(out)],
+         "--images", "tinymnist.npz", "--ceiling", "--out", str(out)],
         capture_output=True, text=True, timeout=100,
+        env={**os.environ, "E2EDGE_DATA_DIR": str(data)},
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert report["package_name"] == "tiny-vision" and report["input"] == "tensor"
+    assert report["images"] == str(data / "tinymnist.npz")
     rows = {(r["batching"], r["clients"]): r for r in report["results"]}
     assert set(rows) == {(b, c) for b in ("off", "on", "ceiling") for c in (1, 6)}
     for (batching, clients), row in rows.items():
