@@ -226,8 +226,10 @@ def test_a_fresh_clone_reaches_a_streamed_answer_in_four_commands(tmp_path_facto
     script. `make demo` is stood in for by what it leaves (e2edge/demo.py writes the same
     config over the demo's model names; .venv/bin holds this checkout's commands); the
     other commands run as the page writes them, the script being the page's next
-    runnable Python block."""
+    runnable Python block. Only the daemon's default port is swapped for a free one (and
+    E2EDGE_TARGET names it), so that nothing else on this machine can be in the way."""
     from e2edge.demo import write_daemon_config
+    from runtime.config import DEFAULT_LISTEN
 
     page = REPO_ROOT / "docs" / "clients.md"
     blocks = code_blocks(page)
@@ -247,10 +249,21 @@ def test_a_fresh_clone_reaches_a_streamed_answer_in_four_commands(tmp_path_facto
     _shim(clone / ".venv" / "bin" / "python", sys.executable)
     (clone / script).write_text(client.text)
     env = _client_env(clone / ".venv" / "bin")
+    free = f"127.0.0.1:{_free_port()}"
+    env["E2EDGE_TARGET"] = free  # where the client looks by default: DEFAULT_LISTEN
     # The background daemon goes when the script is done (as `kill %1` would).
-    shell = "trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n" + "\n".join(commands[1:]) + "\n"
+    shell = "trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n" + "\n".join(
+        command.replace(DEFAULT_LISTEN, free) for command in commands[1:]) + "\n"
     result = subprocess.run(["bash", "-e", "-c", shell], cwd=clone, env=env,
                             capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "tokens, first after" in result.stdout, output
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
