@@ -19,6 +19,8 @@ from runtime.package import load_package
 
 E2EDGE = [sys.executable, "-m", "e2edge.cli"]
 PROMPT = "ROMEO:"
+CONFIG = "demo-daemon.yaml"  # under --artifacts, kept: the daemon's config
+SOCKET = "demo.sock"  # under --artifacts: where that daemon listens
 
 
 def step(title: str, args: list[str]) -> None:
@@ -87,20 +89,28 @@ def write_test_images(artifacts: Path, count: int = 4) -> list[Path]:
     return paths
 
 
-def serve_and_generate(artifacts: Path, models: dict[str, Path]) -> None:
-    """Start `e2edge serve` on a unix socket, stream an answer, classify a few images."""
-    from runtime.client import EdgeClient
+def write_daemon_config(artifacts: Path, models: dict[str, Path]) -> Path:
+    """ARTIFACTS/demo-daemon.yaml: the models on the unix socket ARTIFACTS/demo.sock.
 
-    socket_path = artifacts / "demo.sock"
-    config = artifacts / "demo-daemon.yaml"
-    lines = [f"listen: unix:{socket_path}", "grace_period_s: 5", "models:"]
+    It stays after the demo, so `e2edge serve --config artifacts/demo-daemon.yaml`
+    serves the same models again (docs/quickstart.md)."""
+    lines = [f"listen: unix:{artifacts / SOCKET}", "grace_period_s: 5", "models:"]
     for name, path in models.items():
         # vision: dynamic batching; LLM: 4 streams share each decode step
         batching = (", batching: {max_batch: 16, max_delay_ms: 2}" if "vit" in name
                     else ", max_concurrent: 4, max_sequence_length: 512")
         lines.append(f"  - {{name: {name}, path: {path}{batching}}}")
+    config = artifacts / CONFIG
     config.write_text("\n".join(lines) + "\n")
-    target = f"unix:{socket_path}"
+    return config
+
+
+def serve_and_generate(artifacts: Path, models: dict[str, Path]) -> None:
+    """Start `e2edge serve` on a unix socket, stream an answer, classify a few images."""
+    from runtime.client import EdgeClient
+
+    config = write_daemon_config(artifacts, models)
+    target = f"unix:{artifacts / SOCKET}"
     print(f"\n== start the daemon\n$ e2edge serve --config {config}", flush=True)
     daemon = subprocess.Popen([*E2EDGE, "serve", "--config", str(config)])
     try:
@@ -134,7 +144,19 @@ def main() -> int:
     llm_package = build_llm(artifacts, "llama")
     vit_package = build_vit(artifacts)
     serve_and_generate(artifacts, {"demo-llama": llm_package, "demo-vit": vit_package})
+    where = os.path.relpath(artifacts)
+    print(f"\n== the models and the daemon's config stay in {where}/; serve them again with\n"
+          f"$ {e2edge_command()} serve --config {where}/{CONFIG}\n"
+          f"and point the clients at it: export E2EDGE_TARGET=unix:{where}/{SOCKET}")
     return 0
+
+
+def e2edge_command() -> str:
+    """How to run `e2edge` from here: this venv's console script, else this Python."""
+    script = Path(sys.executable).parent / "e2edge"
+    if script.is_file():
+        return os.path.relpath(script)
+    return f"{os.path.relpath(sys.executable)} -m e2edge.cli"
 
 
 if __name__ == "__main__":

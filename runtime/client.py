@@ -1,6 +1,6 @@
 """A small synchronous client of the daemon, for the CLI, the benchmarks and scripts.
 
-    with EdgeClient("127.0.0.1:50051") as client:
+    with EdgeClient() as client:   # or EdgeClient("jetson.local:50051"), "unix:/path"
         for message in client.generate("demo", "Hello", max_new_tokens=32):
             print(message.text, end="", flush=True)
         final = message            # the last message carries finish_reason and stats
@@ -8,6 +8,10 @@
         # chat messages, rendered by the package's chat template on the daemon
         for message in client.chat("demo", [("system", "Be brief."), ("user", "Hi")]):
             ...
+
+With no target the client finds the daemon as the `e2edge` commands do:
+$E2EDGE_TARGET, else the systemd service's socket when it exists, else 127.0.0.1:50051
+(runtime/cli/connection.local_target).
 
 A failed call raises RemoteError: its message starts with the gRPC status code name
 (`NOT_FOUND: model 'x' is not served here (models: demo)`), and `field` names the
@@ -22,6 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from runtime.cli.connection import local_target
 from runtime.client_security import ClientSecurity
 from runtime.config import DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE_BYTES
 from runtime.errors import E2edgeError
@@ -113,11 +118,12 @@ class PowerStream(GenerateStream):
 
 
 class EdgeClient:
-    def __init__(self, target: str = DEFAULT_TARGET,
+    def __init__(self, target: str | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  security: ClientSecurity | None = None):  # TLS, token: client_security.py
-        self.target = target
-        self.channel = (security or ClientSecurity()).channel(target, options=[
+        """`target`: host:port or unix:/path; None: where the CLI looks (module doc)."""
+        self.target = local_target() if target is None else target
+        self.channel = (security or ClientSecurity()).channel(self.target, options=[
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ])

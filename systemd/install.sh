@@ -1,6 +1,7 @@
 #!/bin/sh
 # Install e2edge as a systemd service: the `e2edge` user, /etc/e2edge/e2edge.yaml, the
-# unit, enabled. Safe to run again (it changes only what differs); --uninstall undoes it.
+# models directory /var/lib/e2edge/models, the unit, enabled. Safe to run again (it
+# changes only what differs); --uninstall undoes it.
 #
 #   sudo systemd/install.sh                       # uses the `e2edge` found on PATH
 #   sudo systemd/install.sh --bin /opt/e2edge/venv/bin/e2edge
@@ -9,9 +10,9 @@
 #   sudo systemd/install.sh --uninstall [--purge] # --purge: also config, state, logs, user
 #   sudo systemd/install.sh --no-enable           # install, but do not enable or start it
 #
-# The config is installed once and never overwritten: edit it, then
-# `systemctl start e2edge` (or `systemctl reload e2edge` after later edits).
-# DESTDIR=/tmp/img works like --root /tmp/img.
+# The config is installed once and never overwritten: edit it, copy the packages into
+# /var/lib/e2edge/models, then `systemctl start e2edge` (`systemctl reload e2edge` after
+# later edits). DESTDIR=/tmp/img works like --root /tmp/img.
 set -eu
 
 NAME=e2edge
@@ -23,7 +24,7 @@ UNINSTALL=0
 PURGE=0
 ENABLE=1
 
-usage() { sed -n '2,14s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,16s/^# \{0,1\}//p' "$0"; }
 
 while [ $# -gt 0 ]; do
     case $1 in
@@ -67,13 +68,21 @@ systemctl_() {
     if [ -n "$P" ]; then run systemctl --root="$ROOT" "$@"; else run systemctl "$@"; fi
 }
 
-# Numeric id of the e2edge group inside ROOT (the host may not know that name).
+# Numeric ids of the e2edge user and group inside ROOT (the host may not know the name).
+user_id() { awk -F: -v n="$NAME" '$1 == n { print $3 }' "$P/etc/passwd" 2>/dev/null || true; }
 group_id() { awk -F: -v n="$NAME" '$1 == n { print $3 }' "$P/etc/group" 2>/dev/null || true; }
 
 # chown only as root; a non-root --root install (a test, an image build) keeps owners.
 chown_() {
     gid=$(group_id)
     if [ "$(id -u)" = 0 ] && [ -n "$gid" ]; then run chown "root:$gid" "$@"; fi
+}
+
+# The daemon's own files (its StateDirectory) belong to it; again only as root.
+chown_daemon() {
+    uid=$(user_id)
+    gid=$(group_id)
+    if [ "$(id -u)" = 0 ] && [ -n "$uid" ] && [ -n "$gid" ]; then run chown "$uid:$gid" "$@"; fi
 }
 
 uninstall() {
@@ -137,6 +146,20 @@ install_config() {
     fi
 }
 
+install_models_dir() {
+    # Where the example config's packages live: /var/lib/e2edge is the unit's
+    # StateDirectory, the one place besides the runtime and log folders that
+    # ProtectSystem=strict leaves writable for the daemon (and ProtectHome hides /home).
+    state=$P/var/lib/$NAME
+    if [ -d "$state/models" ]; then
+        say "kept the existing $state/models"
+        return
+    fi
+    run mkdir -p "$state/models"
+    run chmod 0750 "$state" "$state/models"
+    chown_daemon "$state" "$state/models"
+}
+
 install_unit() {
     if [ -z "$BIN" ]; then
         BIN=$(command -v e2edge || true)
@@ -168,5 +191,6 @@ fi
 command -v systemctl >/dev/null || [ "$ENABLE" = 0 ] || die "systemctl not found (--no-enable skips it)"
 install_user
 install_config
+install_models_dir
 install_unit
-say "done. Edit $CONF_DIR/$NAME.yaml (models under /var/lib/$NAME/models), then: systemctl start $NAME"
+say "done. Copy the model packages into $P/var/lib/$NAME/models, edit $CONF_DIR/$NAME.yaml, then: systemctl start $NAME"

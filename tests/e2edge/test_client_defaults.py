@@ -29,6 +29,20 @@ def test_the_client_target_is_the_env_then_the_service_socket_then_the_default(
     assert connection.local_target() == "10.0.0.5:50051"
 
 
+def test_a_python_client_without_a_target_looks_where_the_commands_look(tmp_path, monkeypatch):
+    from runtime.client import EdgeClient
+
+    monkeypatch.setattr(connection, "SYSTEMD_SOCKET", str(tmp_path / "absent.sock"))
+    monkeypatch.delenv(connection.TARGET_ENV, raising=False)
+    with EdgeClient() as client:
+        assert client.target == DEFAULT_LISTEN
+    monkeypatch.setenv(connection.TARGET_ENV, "unix:/tmp/elsewhere.sock")
+    with EdgeClient() as client:
+        assert client.target == "unix:/tmp/elsewhere.sock"
+    with EdgeClient("10.0.0.5:50051") as client:  # an explicit target wins
+        assert client.target == "10.0.0.5:50051"
+
+
 def test_the_models_command_uses_it_and_says_so_in_its_help(monkeypatch):
     from e2edge.cli import build_parser
 
