@@ -308,3 +308,31 @@ def test_the_read_ceiling_is_the_best_reader():
     rates = {name: r["best_gb_s"] for name, r in readers.items() if "best_gb_s" in r}
     assert {"reduction", "ort_gemv"} <= set(rates)
     assert best.to_json()["best_gb_s"] == max(rates.values()) > 0
+
+
+def test_the_same_process_check_alternates_a_b_b_a(monkeypatch):
+    """Neither side always runs first after the other: the order flips every round."""
+    import e2edge.bench.llm as bench_llm
+    import e2edge.bench.ortgenai as ortgenai
+    import e2edge.bench.same_process as same_process
+
+    calls: list[str] = []
+
+    class Side:
+        def __init__(self, name: str, speed: float):
+            self.name, self.speed = name, speed
+
+        def run_once(self):
+            calls.append(self.name)
+            return 0.0, self.speed, None
+
+    monkeypatch.setattr(bench_llm, "RuntimeSide", lambda *a: Side("e2edge", 90.0))
+    monkeypatch.setattr(ortgenai, "OrtGenaiSide", lambda *a: Side("ortgenai", 100.0))
+    monkeypatch.setattr(ortgenai, "builder_arguments", lambda q: (["args"], None))
+    monkeypatch.setattr(ortgenai, "build_model", lambda *a: ("dir", False))
+    monkeypatch.setattr(ortgenai, "import_ortgenai", lambda: type("M", (), {"__version__": "0"}))
+    monkeypatch.setattr(same_process, "PAUSE_S", 0.0)
+    check = same_process.alternate_in_one_process("pkg", "ckpt", None, [1], 4, 3, 2)
+    assert calls == ["e2edge", "ortgenai", "ortgenai", "e2edge", "e2edge", "ortgenai",
+                     "ortgenai", "e2edge"]
+    assert check["decode_speedup"] == 0.9 and len(check["decode_runs"]["e2edge"]) == 3
