@@ -11,6 +11,7 @@ import numpy as np
 
 from runtime.backends.base import DeviceTensor
 from runtime.backends.device_buffer import BufferView, DeviceBuffer, host_copy
+from runtime.backends.selection import names_providers
 from runtime.errors import BackendUnavailable, PackageError
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def choose_providers(requested: Sequence[str] | None) -> list[str]:
 def pick_providers(requested: Sequence[str] | None, available: Sequence[str]) -> list[str]:
     """choose_providers over a given list of the providers onnxruntime has."""
     available = list(available)
-    if not requested or list(requested) == ["auto"]:
+    if not names_providers(requested):
         return [p for p in AUTO_PROVIDERS if p in available]
     missing = [p for p in requested if p not in available]
     if missing:

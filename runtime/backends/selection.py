@@ -192,6 +192,12 @@ def shares_kv_buffer(package: ModelPackage) -> bool:
 KV_BUFFER_PROVIDERS = (CUDA, CPU)  # where GroupQueryAttention updates the buffer in place
 
 
+def names_providers(providers: Sequence[str] | None) -> bool:
+    """Whether a config names its providers: not when it gives none, or `[auto]` (the
+    best this onnxruntime has, as for none where the daemon picks)."""
+    return bool(providers) and list(providers) != ["auto"]
+
+
 def kv_buffer_providers(root: Path, backend: str, providers: Sequence[str] | None) -> list[str]:
     """The providers for a shared-KV-buffer package: onnxruntime's CUDA or CPU provider.
 
@@ -203,7 +209,7 @@ def kv_buffer_providers(root: Path, backend: str, providers: Sequence[str] | Non
         raise PackageError(f"{root}: a --attention gqa package runs on onnxruntime (CPU or "
                            "CUDA provider); for a TensorRT engine, export with `e2edge export "
                            "llm --attention standard`")
-    if not providers or list(providers) == ["auto"]:
+    if not names_providers(providers):
         return [CPU]
     others = [p for p in providers if p not in KV_BUFFER_PROVIDERS]
     if others:
@@ -215,7 +221,7 @@ def kv_buffer_providers(root: Path, backend: str, providers: Sequence[str] | Non
 def _shared_kv_buffer(model: Any, package: ModelPackage, host: BackendHost) -> BackendChoice:
     """A gqa package: the configured providers, else CUDA when it can run there, else CPU."""
     providers = kv_buffer_providers(package.root, model.backend, model.providers)
-    if model.providers and list(model.providers) != ["auto"]:  # ["auto"] means choose
+    if names_providers(model.providers):
         _need_onnxruntime(host, providers)
         where = "device" if providers[0] == CUDA else "host"
         return BackendChoice("onnxruntime", tuple(providers),
