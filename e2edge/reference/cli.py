@@ -18,22 +18,25 @@ from e2edge.reference.markdown import anchor, cell, code, fenced, generated_noti
 WIDTH = 88  # usage lines are wrapped here, whatever the terminal
 
 
+def subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction | None:
+    """The parser's subcommands (a group's or e2edge's own), or None for a command."""
+    return next((action for action in parser._actions
+                 if isinstance(action, argparse._SubParsersAction)), None)
+
+
 def commands(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.ArgumentParser]]:
     """(command path, parser) of the top level and every group and command, in order."""
     yield "", parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                for path, found in commands(sub):
-                    yield f"{name} {path}".strip(), found
+    subcommands = subparsers(parser)
+    for name, sub in (subcommands.choices.items() if subcommands else ()):
+        for path, found in commands(sub):
+            yield f"{name} {path}".strip(), found
 
 
 def subcommand_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     """The help entries (one per subcommand) of a parser that has subcommands."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return list(action._choices_actions)
-    return []
+    subcommands = subparsers(parser)
+    return list(subcommands._choices_actions) if subcommands else []
 
 
 def usage(parser: argparse.ArgumentParser) -> str:

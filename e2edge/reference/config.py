@@ -46,12 +46,20 @@ def sections(cls: type = daemon_config.DaemonConfig,
     hints = _hints(cls)
     for f in keys(cls):
         path = f.name if where == "top level" else f"{where}.{f.name}"
-        inner, _ = _optional_inner(hints[f.name])
-        if typing.get_origin(inner) in (tuple, list):
-            inner, path = typing.get_args(inner)[0], path + "[]"
-        if dataclasses.is_dataclass(inner):
-            found += sections(inner, path)
+        linked = section_of(path, hints[f.name])
+        if linked is not None:
+            found += sections(nested_section(hints[f.name])[0], linked)
     return found
+
+
+def nested_section(hint: Any) -> tuple[type, bool] | None:
+    """(the dataclass, whether the key holds a list of them) for a key whose value is a
+    mapping or a list of mappings; None for a plain value."""
+    inner, _ = _optional_inner(hint)
+    if typing.get_origin(inner) in (tuple, list):
+        item = typing.get_args(inner)[0]
+        return (item, True) if dataclasses.is_dataclass(item) else None
+    return (inner, False) if dataclasses.is_dataclass(inner) else None
 
 
 def _optional_inner(hint: Any) -> tuple[Any, bool]:
@@ -107,10 +115,10 @@ def default_text(f: dataclasses.Field, hint: Any) -> str:
 
 def section_of(key_path: str, hint: Any) -> str | None:
     """The section a mapping-valued key's keys are listed in (`models[]` for a list)."""
-    inner, _ = _optional_inner(hint)
-    if typing.get_origin(inner) in (tuple, list):
-        return key_path + "[]" if dataclasses.is_dataclass(typing.get_args(inner)[0]) else None
-    return key_path if dataclasses.is_dataclass(inner) else None
+    nested = nested_section(hint)
+    if nested is None:
+        return None
+    return key_path + "[]" if nested[1] else key_path
 
 
 def key_table(where: str, cls: type) -> str:
@@ -132,12 +140,11 @@ def example_data(cls: type) -> dict[str, Any]:
     hints = _hints(cls)
     data: dict[str, Any] = {}
     for f in keys(cls):
-        inner, _ = _optional_inner(hints[f.name])
-        if typing.get_origin(inner) in (tuple, list) and dataclasses.is_dataclass(
-                typing.get_args(inner)[0]):
-            data[f.name] = [example_data(typing.get_args(inner)[0]), VISION_EXAMPLE]
-        elif dataclasses.is_dataclass(inner):
-            data[f.name] = example_data(inner)
+        nested = nested_section(hints[f.name])
+        if nested is not None:
+            section_cls, is_list = nested
+            data[f.name] = ([example_data(section_cls), VISION_EXAMPLE] if is_list
+                            else example_data(section_cls))
         elif EXAMPLE in f.metadata:
             data[f.name] = yaml_value(f.metadata[EXAMPLE])
         else:
