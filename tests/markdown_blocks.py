@@ -56,6 +56,17 @@ def code_blocks(path: Path) -> list[CodeBlock]:
     return blocks
 
 
+def prose(path: Path) -> str:
+    """The file's text with its fenced blocks blanked out, fences included, so that line
+    numbers stay those of the file."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for block in code_blocks(path):
+        last = block.line + block.text.count("\n")  # the closing fence, 1-based
+        for index in range(block.line - 1, min(last, len(lines))):
+            lines[index] = ""
+    return "\n".join(lines)
+
+
 def doc_files() -> list[Path]:
     """The README and every Markdown page under docs/ (results records included)."""
     return [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").rglob("*.md"))]

@@ -50,9 +50,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from markdown_blocks import REPO_ROOT, CodeBlock, code_blocks, doc_files, shell_commands
+from markdown_blocks import REPO_ROOT, CodeBlock, code_blocks, doc_files, prose, shell_commands
 
 from e2edge.cli import build_parser
+from e2edge.reference.cli import subparsers
 
 SHELL_LANGUAGES = {"sh", "bash", "shell", "console", ""}
 KEYWORDS = {"do", "then", "else", "elif", "if", "while", "until", "!", "{"}
@@ -181,12 +182,7 @@ def fenced_commands(path: Path) -> tuple[list[Command], list[str]]:
 
 def inline_commands(path: Path) -> list[Command]:
     """The e2edge commands of the file's inline code spans (outside fenced blocks)."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for block in code_blocks(path):  # blank the fenced blocks out, keeping line numbers
-        last = block.line + block.text.count("\n")  # the closing fence
-        for index in range(block.line - 1, min(last, len(lines))):
-            lines[index] = ""
-    text = "\n".join(lines)
+    text = prose(path)
     found: list[Command] = []
     for span in CODE_SPAN.finditer(text):
         content = " ".join(span.group(2).split())
@@ -241,10 +237,8 @@ def parse_error(parser: argparse.ArgumentParser, words: tuple[str, ...]) -> str 
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser] | None:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action.choices
-    return None
+    found = subparsers(parser)
+    return found.choices if found is not None else None
 
 
 def _option_error(parser: argparse.ArgumentParser, words: list[str], i: int) -> str | None:

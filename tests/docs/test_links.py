@@ -4,31 +4,25 @@ section breaks the build instead of the reader's click."""
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
 import pytest
-from markdown_blocks import REPO_ROOT, doc_files
+from markdown_blocks import REPO_ROOT, doc_files, prose
 
-_FENCED = re.compile(r"^(`{3,}|~{3,}).*?^\1", re.S | re.M)
+from e2edge.reference.markdown import anchor
+
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 _HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$", re.M)
 
 
-def _prose(path: Path) -> str:
-    return _FENCED.sub("", path.read_text(encoding="utf-8"))
-
-
-def anchor(heading: str) -> str:
-    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to dashes."""
-    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
-
-
+@functools.cache
 def anchors(path: Path) -> set[str]:
     found: set[str] = set()
     counts: dict[str, int] = {}
-    for heading in _HEADING.findall(_prose(path)):
-        slug = anchor(heading)
+    for heading in _HEADING.findall(prose(path)):
+        slug = anchor(heading).removeprefix("#")
         counts[slug] = counts.get(slug, -1) + 1
         found.add(f"{slug}-{counts[slug]}" if counts[slug] else slug)
     return found
@@ -36,7 +30,7 @@ def anchors(path: Path) -> set[str]:
 
 def broken_links(path: Path) -> list[str]:
     broken = []
-    for target in _LINK.findall(_prose(path)):
+    for target in _LINK.findall(prose(path)):
         if re.match(r"[a-z]+:", target):  # http(s), mailto: not ours to check
             continue
         file_part, _, fragment = target.partition("#")
@@ -49,8 +43,8 @@ def broken_links(path: Path) -> list[str]:
 
 
 def test_anchor_follows_githubs_rule():
-    assert anchor("Runtime (`runtime/`, no torch)") == "runtime-runtime-no-torch"
-    assert anchor("CUDA kernels: `e2edge bench kernels`") == "cuda-kernels-e2edge-bench-kernels"
+    assert anchor("Runtime (`runtime/`, no torch)") == "#runtime-runtime-no-torch"
+    assert anchor("CUDA kernels: `e2edge bench kernels`") == "#cuda-kernels-e2edge-bench-kernels"
 
 
 def test_a_broken_link_is_caught(tmp_path):

@@ -228,6 +228,7 @@ def test_a_fresh_clone_reaches_a_streamed_answer_in_four_commands(tmp_path_facto
     other commands run as the page writes them, the script being the page's next
     runnable Python block. Only the daemon's default port is swapped for a free one (and
     E2EDGE_TARGET names it), so that nothing else on this machine can be in the way."""
+    from e2edge.bench.load import free_port
     from e2edge.demo import write_daemon_config
     from runtime.config import DEFAULT_LISTEN
 
@@ -249,7 +250,7 @@ def test_a_fresh_clone_reaches_a_streamed_answer_in_four_commands(tmp_path_facto
     _shim(clone / ".venv" / "bin" / "python", sys.executable)
     (clone / script).write_text(client.text)
     env = _client_env(clone / ".venv" / "bin")
-    free = f"127.0.0.1:{_free_port()}"
+    free = f"127.0.0.1:{free_port()}"
     env["E2EDGE_TARGET"] = free  # where the client looks by default: DEFAULT_LISTEN
     # The background daemon goes when the script is done (as `kill %1` would).
     shell = "trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n" + "\n".join(
@@ -259,11 +260,3 @@ def test_a_fresh_clone_reaches_a_streamed_answer_in_four_commands(tmp_path_facto
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "tokens, first after" in result.stdout, output
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
