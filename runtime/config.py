@@ -10,6 +10,7 @@
         path: ../artifacts/demo-llm    # relative paths start at this file's folder
         backend: onnxruntime           # onnxruntime | tensorrt | auto (see e2edge doctor)
         threads: 0                     # intra-op threads; 0 = the backend's choice
+        spin: auto                     # threads busy-wait between ops: true | false | auto
         providers: []                  # e.g. [CUDAExecutionProvider]; [] = the default
         max_concurrent: 1              # generations running at once
         max_queue: 16                  # requests waiting for a slot; more -> RESOURCE_EXHAUSTED
@@ -102,6 +103,13 @@ class ModelConfig:
         onnxruntime intra-op threads of this model, >= 0; 0 = onnxruntime's default (every
         core). The box-wide scheduler counts a model as holding this many cores while it
         runs.""")
+    spin: bool | None = setting(None, default_doc="auto", doc="""
+        onnxruntime's intra-op threads between two ops: `true` busy-wait (the fastest
+        decode for a model that has the cores to itself), `false` sleep, `auto` (null or
+        absent): busy-wait when the daemon serves this model alone, sleep when it serves
+        several, whose runs take turns on the cores with the daemon's request handling
+        (runtime/backends/cpu_threads.py has the measurements). Decided as the model
+        loads.""")
     providers: tuple[str, ...] = setting((), doc="""
         onnxruntime execution providers in order of preference, e.g.
         `[CUDAExecutionProvider, CPUExecutionProvider]`; a provider this onnxruntime lacks
@@ -254,6 +262,16 @@ def _seconds(node: yaml.Node) -> float:
     return float(value)
 
 
+def _bool_or_auto(node: yaml.Node) -> bool | None:
+    """true | false | auto or null (None: the daemon decides)."""
+    value = _scalar(node)
+    if value is None or value == "auto":
+        return None
+    if not isinstance(value, bool):
+        raise _BadValue(f"expected true, false or auto, got {value!r}")
+    return value
+
+
 def _share(node: yaml.Node) -> float:
     value = _scalar(node)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
@@ -390,6 +408,7 @@ def _model(node: yaml.Node, where: str, source: str, base_dir: Path) -> ModelCon
         path=path if path.is_absolute() else (base_dir / path).resolve(),
         backend=m.take("backend", _one_of(BACKENDS), defaults.backend),
         threads=m.take("threads", _int_at_least(0), defaults.threads),
+        spin=m.take("spin", _bool_or_auto, defaults.spin),
         providers=m.take("providers", _string_list, defaults.providers),
         max_concurrent=m.take("max_concurrent", _int_at_least(1), defaults.max_concurrent),
         max_queue=m.take("max_queue", _int_at_least(0), defaults.max_queue),

@@ -63,14 +63,15 @@ class Backend(Protocol):
 
 
 def create_backend(name: str, onnx_path, *, threads: int = 0, providers=None, package=None,
-                   rewrite=None):
+                   rewrite=None, spin: bool = True):
     """Build a backend by name; imports its library only when asked for. `rewrite`
-    (onnxruntime only) adapts the graph in memory once the providers are known."""
+    (onnxruntime only) adapts the graph in memory once the providers are known; `spin`
+    (onnxruntime only): its threads busy-wait between ops (cpu_threads.py)."""
     if name == "onnxruntime":
         from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(onnx_path, threads=threads, providers=providers,
-                                  rewrite=rewrite)
+                                  rewrite=rewrite, spin=spin)
     if name == "tensorrt":
         from runtime.backends.tensorrt_backend import TensorRTBackend
 

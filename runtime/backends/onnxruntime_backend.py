@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.base import DeviceTensor
+from runtime.backends.cpu_threads import apply_cpu_threads
 from runtime.backends.device_buffer import BufferView, DeviceBuffer, host_copy
 from runtime.backends.selection import names_providers
 from runtime.errors import BackendUnavailable, PackageError
@@ -65,14 +66,14 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, onnx_path: Path, threads: int = 0, providers: Sequence[str] | None = None,
-                 rewrite: Callable[[Any, list[str]], Any] | None = None):
+                 rewrite: Callable[[Any, list[str]], Any] | None = None, spin: bool = True):
         """`rewrite(model, providers)` may return an adapted onnx.ModelProto (external data
         not loaded: it stays in the package's files), or None to run the file as it is."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
+        apply_cpu_threads(options, threads, spin)  # cpu_threads.py: spin unless sharing
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # no warnings about initializers the optimiser folded
         chosen = choose_providers(providers)

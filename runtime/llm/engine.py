@@ -137,10 +137,12 @@ class LLMEngine:
         threads: int = 0,
         providers: Sequence[str] | None = None,
         fp16_attention: bool | None = None,
+        spin: bool = True,
     ) -> LLMEngine:
         """`fp16_attention` (gqa packages): GroupQueryAttention and the KV buffer in fp16
         (runtime/llm/gqa_fp16.py); None = when onnxruntime's CUDA provider runs the graph,
-        whose attention kernel has no fp32 version."""
+        whose attention kernel has no fp32 version. `spin`: onnxruntime's threads
+        busy-wait between ops (runtime/backends/cpu_threads.py)."""
         package = load_package(package_path)
         if package.kind != "llm":
             raise PackageError(f"{package.root}: kind is {package.kind!r}, not 'llm'")
@@ -155,7 +157,8 @@ class LLMEngine:
             providers = kv_buffer_providers(package.root, backend, providers)
             rewrite = partial(_attention_precision, fp16=fp16_attention)
         runner = create_backend(backend, package.onnx_path, threads=threads,
-                                providers=providers, package=package, rewrite=rewrite)
+                                providers=providers, package=package, rewrite=rewrite,
+                                spin=spin)
         return cls(package, runner, tokenizer,
                    ChatTemplate.from_manifest(package.root, package.manifest))
 

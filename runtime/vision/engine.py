@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.backends.cpu_threads import apply_cpu_threads
 from runtime.backends.onnxruntime_backend import choose_providers
 from runtime.errors import BackendUnavailable, InvalidRequest, PackageError
 from runtime.numerics import softmax
@@ -54,6 +55,7 @@ class VisionEngine:
         threads: int = 0,
         providers: list[str] | None = None,
         backend: str = "onnxruntime",
+        spin: bool = True,
     ):
         self.package = package if isinstance(package, ModelPackage) else load_package(package)
         manifest = self.package.manifest
@@ -84,10 +86,10 @@ class VisionEngine:
             self.execution = "packed"
             self.providers = list(self.tensorrt.providers)
             return
-        self._start_onnxruntime(execution, ternary, threads, providers)
+        self._start_onnxruntime(execution, ternary, threads, providers, spin)
 
     def _start_onnxruntime(self, execution: str, ternary: bool, threads: int,
-                           providers: list[str] | None) -> None:
+                           providers: list[str] | None, spin: bool) -> None:
         import onnxruntime as ort
 
         # Asked-for providers must exist here (one clear line naming what is missing, e.g.
@@ -97,7 +99,7 @@ class VisionEngine:
             execution = auto_execution(providers)
         self.execution = execution if ternary else "fp32"
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        apply_cpu_threads(options, threads, spin)  # spin: busy-wait between ops
         options.log_severity_level = 3
         if ternary and self.execution != "packed":
             try:

@@ -56,13 +56,14 @@ def test_every_key_is_read(tmp_path):
             path: /opt/models/chat
             backend: tensorrt
             threads: 4
+            spin: false
             providers: [CUDAExecutionProvider, CPUExecutionProvider]
             max_concurrent: 2
             max_queue: 0
             max_sequence_length: 1024
             share: 3
             priority: 2
-          - {name: other, path: ~/other, share: 0.5}
+          - {name: other, path: ~/other, share: 0.5, spin: auto}
         logging:
           level: debug
           format: JSON
@@ -79,6 +80,7 @@ def test_every_key_is_read(tmp_path):
     assert (chat.max_sequence_length, other.max_sequence_length) == (1024, 0)
     assert (chat.share, chat.priority, other.share, other.priority) == (3.0, 2, 0.5, 0)
     assert other.path == Path("~/other").expanduser()
+    assert (chat.spin, other.spin) == (False, None)  # None: the daemon decides as it loads
     assert (config.logging.level, config.logging.format) == ("DEBUG", "json")
 
 
@@ -104,6 +106,8 @@ BAD_CONFIGS = [
     (ONE + "    priority: high\n", 4, "models[0].priority: expected an integer"),
     (ONE + "    priority: 1.5\n", 4, "models[0].priority: expected an integer"),
     (ONE + "    shares: 2\n", 4, "models[0].shares: unknown key"),
+    (ONE + "    spin: sometimes\n", 4, "models[0].spin: expected true, false or auto"),
+    (ONE + "    spin: 1\n", 4, "models[0].spin: expected true, false or auto"),
     ("models:\n  - name: a\n", 2, "models[0]: missing required key 'path'"),
     ("models:\n  - path: p\n", 2, "models[0]: missing required key 'name'"),
     ("models:\n  - {name: 'a b', path: p}\n", 2, "models[0].name: 'a b' is not a plain name"),

@@ -108,7 +108,8 @@ class ModelLifecycle:
     async def _load(self, config: ModelConfig) -> ModelEntry:
         await self._loaded()
         loader = ModelRegistry([config], loader=self.registry._loader,
-                               scheduler=self.registry.scheduler)
+                               scheduler=self.registry.scheduler,
+                               models_on_box=len(set(self.registry.entries) | {config.name}))
         fresh = loader.entries[config.name]
         old = self.registry.entries.get(config.name)
         if old is None:

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import cast
 
 from runtime.backends.selection import BackendChoice, BackendHost, choose_backend
@@ -63,6 +63,7 @@ def _load_llm(config: ModelConfig, choice: BackendChoice) -> TextGenerator:
         backend=choice.name,
         threads=config.threads,
         providers=list(choice.providers) or None,
+        spin=config.spin is not False,
     )
     engine.backend_reason = choice.reason
     if not engine.shared_cache or config.max_concurrent == 1:
@@ -143,16 +144,28 @@ class ModelEntry:
             self.executor.shutdown(wait=wait)
 
 
+def with_spin_decided(config: ModelConfig, models_on_box: int) -> ModelConfig:
+    """`spin: auto` made true or false: threads busy-wait between ops only when the model
+    has the daemon to itself. The entry keeps the config as written (reload compares it)."""
+    if config.spin is not None:
+        return config
+    return replace(config, spin=models_on_box <= 1)
+
+
 class ModelRegistry:
     def __init__(
         self,
         models: Sequence[ModelConfig],
         loader: Callable[[ModelConfig], ServedModel] = load_model,
         scheduler: Scheduler | None = None,
+        models_on_box: int | None = None,
     ):
+        """`models_on_box`: how many models the daemon serves with these (default: these),
+        which decides `spin: auto` as each loads (runtime/backends/cpu_threads.py)."""
         self._loader = loader
         self.scheduler = scheduler or Scheduler.for_host()  # one per box: share it
         self.entries: dict[str, ModelEntry] = {m.name: self._entry(m) for m in models}
+        self.models_on_box = models_on_box or len(self.entries)
 
     def _entry(self, config: ModelConfig) -> ModelEntry:
         gate = self.scheduler.gate(config.name)  # a request that leaves its queue is shed
@@ -194,7 +207,8 @@ class ModelRegistry:
         for entry in self.entries.values():
             started = time.monotonic()
             try:
-                model = await loop.run_in_executor(None, self._loader, entry.config)
+                model = await loop.run_in_executor(
+                    None, self._loader, with_spin_decided(entry.config, self.models_on_box))
             except Exception as e:  # any failure marks this model FAILED; the daemon goes on
                 entry.state = ModelState.FAILED
                 entry.error = " ".join(str(e).split()) or type(e).__name__

@@ -104,7 +104,8 @@ def load_vision(config: ModelConfig, choice: BackendChoice) -> VisionModel:
     A TensorRT engine takes at most its optimisation profile's batch: dynamic batching
     is capped there."""
     engine = VisionEngine(config.path, threads=config.threads,
-                          providers=list(choice.providers) or None, backend=choice.name)
+                          providers=list(choice.providers) or None, backend=choice.name,
+                          spin=config.spin is not False)
     if engine.max_batch is not None and config.batching.max_batch > engine.max_batch:
         config = replace(config, batching=replace(config.batching, max_batch=engine.max_batch))
     model = VisionModel(engine, config)
