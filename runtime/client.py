@@ -32,7 +32,7 @@ from runtime.config import DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE_BYTES
 from runtime.errors import E2edgeError
 from runtime.proto.e2edge.v1 import runtime_pb2 as pb
 from runtime.proto.e2edge.v1 import runtime_pb2_grpc as pb_grpc
-from runtime.server.guard.errors import FIELD_METADATA_KEY
+from runtime.server.guard.errors import FIELD_METADATA_KEY, PUSHBACK_METADATA_KEY
 
 DEFAULT_TARGET = DEFAULT_LISTEN  # where a daemon listens unless told otherwise
 SAMPLING_FIELDS = (
@@ -45,19 +45,25 @@ Message = tuple[str, str] | Mapping[str, str]
 class RemoteError(E2edgeError):
     """The daemon answered with an error status (or could not be reached)."""
 
-    def __init__(self, code: grpc.StatusCode, details: str, field: str | None = None):
+    def __init__(self, code: grpc.StatusCode, details: str, field: str | None = None,
+                 retry_after_s: float | None = None):
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
         self.field = field
+        # RESOURCE_EXHAUSTED: when the daemon expects a place in the model's queue to
+        # free (its gRPC retry pushback); None when it did not say.
+        self.retry_after_s = retry_after_s
 
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> RemoteError:
-        field = None
+        field = retry_after_s = None
         for key, value in error.trailing_metadata() or ():
             if key == FIELD_METADATA_KEY:
                 field = value
-        return cls(error.code(), error.details() or "", field)
+            elif key == PUSHBACK_METADATA_KEY and value.isdigit():  # gRFC A6: else no hint
+                retry_after_s = int(value) / 1e3
+        return cls(error.code(), error.details() or "", field, retry_after_s)
 
 
 def build_request(

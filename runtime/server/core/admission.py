@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+from runtime.server.core.retry_pushback import FreeingPace
 from runtime.server.guard.errors import QueueFull
 
 
@@ -32,6 +34,8 @@ class Admission:
         self.max_queue = max_queue
         self.active = 0
         self.on_shed = on_shed
+        self.pace = FreeingPace()  # how often a place frees under load: the retry hint
+        self._last_freed: float | None = None
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     @property
@@ -46,7 +50,8 @@ class Admission:
         if len(self._waiters) >= self.max_queue:
             raise QueueFull(
                 f"model {self.model!r} is busy: {self.active} running and {len(self._waiters)} "
-                f"queued (max_queue {self.max_queue}); retry later"
+                f"queued (max_queue {self.max_queue}); retry later",
+                self.pace.retry_after_s(),
             )
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -63,6 +68,10 @@ class Admission:
 
     def release(self) -> None:
         """Give the slot to the first waiter, or free it."""
+        now = time.monotonic()
+        if self._waiters and self._last_freed is not None:
+            self.pace.add(now - self._last_freed)  # saturated: a place frees this often
+        self._last_freed = now if self._waiters else None
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():

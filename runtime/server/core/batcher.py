@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.server.core.retry_pushback import FreeingPace
 from runtime.server.core.scheduler import UNGATED, StepGate
 from runtime.server.guard.errors import QueueFull
 from runtime.vision.serving_config import BatchingConfig
@@ -106,6 +107,8 @@ class Batcher:
         self.max_queue = max_queue
         self.run_window = run_window
         self.gate = gate  # where each batch waits for the model's turn on the box
+        self.pace = FreeingPace()  # between two full batches: how often places free
+        self._last_full_take: float | None = None
         self.active = 0  # requests in running batches
         self.batches = 0  # batches started so far
         # Shared by the event loop and the workers: everything below, under _changed.
@@ -139,7 +142,8 @@ class Batcher:
             if len(self._waiting) >= capacity:
                 raise QueueFull(
                     f"model {self.name!r} is busy: {self.active} requests in batches and "
-                    f"{len(self._waiting)} queued (max_queue {self.max_queue}); retry later"
+                    f"{len(self._waiting)} queued (max_queue {self.max_queue}); retry later",
+                    self.pace.retry_after_s(),
                 )
             if self._free <= len(self._waiting) and self._workers < self.max_concurrent:
                 self.executor.submit(self._work)  # RuntimeError once the executor is shut
@@ -239,6 +243,10 @@ class Batcher:
             self.active += len(batch)
             self.batches += bool(batch)
             self._full = rows >= self.max_batch
+            now = time.monotonic()
+            if self._full and self._last_full_take is not None:
+                self.pace.add(now - self._last_full_take)  # saturated: places free this often
+            self._last_full_take = now if self._full else None
         if shed:
             self.gate.shed(shed)
         return batch

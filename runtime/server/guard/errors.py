@@ -28,10 +28,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("e2edge.server")
 
 FIELD_METADATA_KEY = "e2edge-field"
+PUSHBACK_METADATA_KEY = "grpc-retry-pushback-ms"  # gRFC A6: retry a refusal after this
 
 
 class QueueFull(E2edgeError):
-    """The model's slots are busy and its queue is full."""
+    """The model's slots are busy and its queue is full; `retry_after_s`: when a place is
+    likely to free (sent as gRPC retry pushback), None when not known yet."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class Draining(E2edgeError):
@@ -73,6 +79,8 @@ def status_for(
             metadata: tuple[tuple[str, str], ...] = ()
             if isinstance(error, InvalidRequest):
                 metadata = ((FIELD_METADATA_KEY, error.field),)
+            elif isinstance(error, QueueFull) and error.retry_after_s is not None:
+                metadata = ((PUSHBACK_METADATA_KEY, str(round(error.retry_after_s * 1e3))),)
             return code, " ".join(str(error).split()), metadata
     where = f" (request {request_id})" if request_id else ""
     return (

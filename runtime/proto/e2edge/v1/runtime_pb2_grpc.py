@@ -77,7 +77,9 @@ class EdgeRuntimeServicer:
         carries the finish reason and the stats.
         Errors: NOT_FOUND (unknown model), INVALID_ARGUMENT (bad field, named in the
         message and in the `e2edge-field` trailing metadata), RESOURCE_EXHAUSTED (the
-        model's queue is full), UNAVAILABLE (model not loaded, or the daemon is
+        model's queue is full; once the daemon has seen the model free places under
+        load, the `grpc-retry-pushback-ms` trailing metadata says when to retry),
+        UNAVAILABLE (model not loaded, or the daemon is
         draining), FAILED_PRECONDITION (chat messages to a package without a chat
         template), DEADLINE_EXCEEDED, CANCELLED.
         """

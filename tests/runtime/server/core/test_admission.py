@@ -104,3 +104,71 @@ def test_bad_limits_are_rejected():
         Admission("m", max_concurrent=0, max_queue=1)
     with pytest.raises(ValueError):
         Admission("m", max_concurrent=1, max_queue=-1)
+
+
+class _FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def monotonic(self):
+        return self.now
+
+
+def test_a_refusal_says_how_often_places_free_under_load(monkeypatch):
+    """The retry hint is the running mean of the intervals between two ends of requests
+    while others wait (retry_pushback.py); an end with nobody waiting starts nothing."""
+    import runtime.server.core.admission as admission_module
+
+    clock = _FakeClock()
+    monkeypatch.setattr(admission_module, "time", clock)
+
+    async def refused_hint(admission):
+        with pytest.raises(QueueFull) as refused:
+            await admission.acquire()
+        return refused.value.retry_after_s
+
+    async def pass_slot_after(admission, seconds):
+        """A waiter queues; `seconds` later the running request ends and it takes over."""
+        waiter = asyncio.create_task(admission.acquire())
+        await asyncio.sleep(0)
+        clock.now += seconds
+        admission.release()
+        await waiter
+
+    async def scenario():
+        admission = Admission("m", max_concurrent=1, max_queue=1)
+        await admission.acquire()
+        admission.release()  # nobody waited: no interval
+        await admission.acquire()
+        waiter = asyncio.create_task(admission.acquire())
+        await asyncio.sleep(0)
+        assert await refused_hint(admission) is None  # nothing learnt yet
+        admission.release()  # under load: the first end starts an interval
+        await waiter
+        await pass_slot_after(admission, 0.3)
+        waiter = asyncio.create_task(admission.acquire())
+        await asyncio.sleep(0)
+        assert await refused_hint(admission) == pytest.approx(0.3)
+        clock.now += 0.5
+        admission.release()
+        await waiter
+        waiter = asyncio.create_task(admission.acquire())
+        await asyncio.sleep(0)
+        assert await refused_hint(admission) == pytest.approx(0.3 + 0.2 * (0.5 - 0.3))
+        admission.release()
+        await waiter
+        admission.release()
+
+    _run(scenario())
+
+
+def test_the_retry_hint_stays_within_bounds():
+    from runtime.server.core.retry_pushback import MAX_PUSHBACK_S, MIN_PUSHBACK_S, FreeingPace
+
+    pace = FreeingPace()
+    assert pace.retry_after_s() is None
+    pace.add(0.0)
+    assert pace.retry_after_s() == MIN_PUSHBACK_S
+    pace = FreeingPace()
+    pace.add(3600.0)
+    assert pace.retry_after_s() == MAX_PUSHBACK_S

@@ -178,6 +178,30 @@ def test_a_full_queue_refuses_at_once():
     assert model.batches == [[1], [2], [3]]
 
 
+def test_a_refusal_says_how_often_full_batches_start():
+    """Under load a queue place frees with each full batch: the refusal's retry hint is
+    the running mean of the time between two (a batch's run here, 50 ms)."""
+
+    def slow(rows: np.ndarray) -> np.ndarray:
+        time.sleep(0.05)
+        return rows
+
+    async def go(batcher):
+        with pytest.raises(QueueFull) as cold:
+            await asyncio.gather(*(batcher.submit(_rows(i)) for i in range(4)))
+        assert cold.value.retry_after_s is None  # no full batches yet
+        await asyncio.sleep(0.3)  # the three admitted run back to back
+        batches = [asyncio.ensure_future(batcher.submit(_rows(i))) for i in range(3)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull) as warm:
+            await batcher.submit(_rows(9))
+        await asyncio.gather(*batches)
+        return warm.value.retry_after_s
+
+    hint = _run(go, slow, BatchingConfig(max_batch=1, max_delay_ms=0), max_queue=2)
+    assert 0.04 <= hint < 0.5
+
+
 def test_batches_run_on_as_many_workers_as_max_concurrent():
     model = Model(hold=True)
 

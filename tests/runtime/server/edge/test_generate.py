@@ -204,11 +204,16 @@ def test_full_queue_is_refused_at_once_and_the_queued_request_is_served(one_slot
                 time.sleep(0.005)
             assert admission.queued == 1
             started = time.monotonic()
-            with pytest.raises(RemoteError) as caught:
+            with pytest.raises(RemoteError) as first:
                 list(c.generate("demo", PROMPT, max_new_tokens=12))
-            assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "busy" in caught.value.details
+            assert first.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "busy" in first.value.details
             assert time.monotonic() - started < 2.0  # refused at once, not after a wait
+            assert first.value.retry_after_s is None  # no place has freed under load yet
+            admission.pace.add(0.25)  # as if places had freed every 250 ms
+            with pytest.raises(RemoteError) as second:
+                list(c.generate("demo", PROMPT, max_new_tokens=12))
+            assert second.value.retry_after_s == 0.25  # the gRPC retry pushback, in ms
         finally:
             one_slot.run_coroutine(give_back_slot())
         waiter.join(30)

@@ -1,0 +1,36 @@
+"""When a refused request is worth retrying: the daemon's hint to the client.
+
+A model whose queue is full refuses the next request with RESOURCE_EXHAUSTED. A client
+that retries at once is refused again until a place frees, and on a small box every
+refusal costs the cores the models run on: measured in docs/results/scheduler, 32
+clients retrying a full LLM queue after 10 ms sent ~500 refused calls a second and
+slowed the LLM's own decode three times. So the refusal says when a place is likely
+to free, in gRPC's standard `grpc-retry-pushback-ms` trailing metadata (gRFC A6, which
+a retry policy honours): the mean interval at which the model frees places while it
+is saturated, learnt as it runs (Admission: between two ends of requests with others
+waiting; a vision batcher: one batch).
+"""
+
+from __future__ import annotations
+
+MIN_PUSHBACK_S = 0.005
+MAX_PUSHBACK_S = 10.0
+WEIGHT = 0.2  # of each new interval in the running mean: follows a change in a few
+
+
+class FreeingPace:
+    """A running (exponentially weighted) mean of the seconds between two freed places."""
+
+    def __init__(self) -> None:
+        self.mean_s: float | None = None
+
+    def add(self, seconds: float) -> None:
+        if seconds >= 0:
+            self.mean_s = seconds if self.mean_s is None else (
+                self.mean_s + WEIGHT * (seconds - self.mean_s))
+
+    def retry_after_s(self) -> float | None:
+        """The pushback to send; None until the model has freed a place under load."""
+        if self.mean_s is None:
+            return None
+        return min(MAX_PUSHBACK_S, max(MIN_PUSHBACK_S, self.mean_s))
