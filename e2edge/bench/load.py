@@ -49,7 +49,10 @@ DELIBERATE = "RESOURCE_EXHAUSTED"  # queue full: load shedding, not a failure
 # After warm-up a daemon's memory should stay flat under load; more growth than this
 # over one run points at a leak.
 MAX_RSS_GROWTH_PCT = 10.0
-SHED_BACKOFF_S = 0.01  # pause after a RESOURCE_EXHAUSTED before the next request
+# Pause after a RESOURCE_EXHAUSTED before the next request: the daemon's retry pushback
+# (when a place in the queue is likely to free), spread by +-50 % so that the refused
+# clients do not all come back at once; this when the daemon gave none.
+SHED_BACKOFF_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,18 @@ def parse_mix(text: str) -> dict[str, float]:
     if not any(mix.values()):
         raise ValueError("--mix: at least one kind needs a weight above 0")
     return mix
+
+
+def kinds_by_client(mix: dict[str, float], clients: int) -> list[str]:
+    """Each client's one request kind, in the --mix proportions (largest remainder):
+    `generate:classify` over 64 clients is 32 of each, as separate applications are."""
+    total = sum(mix.values())
+    exact = {kind: clients * weight / total for kind, weight in mix.items()}
+    counts = {kind: math.floor(share) for kind, share in exact.items()}
+    by_remainder = sorted(exact, key=lambda kind: counts[kind] - exact[kind])
+    for kind in by_remainder[:clients - sum(counts.values())]:
+        counts[kind] += 1
+    return [kind for kind in mix for _ in range(counts[kind])]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -233,8 +248,9 @@ class Workload:
             return Outcome(kind, "OK", started, time.monotonic() - started, images=1)
         except RemoteError as e:
             outcome = Outcome(kind, e.code.name, started, time.monotonic() - started)
-            if outcome.status == DELIBERATE:
-                time.sleep(SHED_BACKOFF_S)  # as a well-behaved client backs off
+            if outcome.status == DELIBERATE:  # as a well-behaved client backs off
+                time.sleep(SHED_BACKOFF_S if e.retry_after_s is None
+                           else e.retry_after_s * random.uniform(0.5, 1.5))
             return outcome
 
 
@@ -251,9 +267,10 @@ def _image(path: str | None):
 
 def run_clients(target: str, security, workload: Workload, clients: int, warmup_s: float,
                 duration_s: float, on_warm=None, seed: int = 0,
-                on_end=None) -> tuple[list[Outcome], float]:
+                on_end=None, mix_by: str = "request") -> tuple[list[Outcome], float]:
     """All clients from now until warm-up + duration; the outcomes after the warm-up.
-    `on_warm` and `on_end` are called as the measured window opens and closes."""
+    `on_warm` and `on_end` are called as the measured window opens and closes.
+    `mix_by`: "request" (each request draws its kind) or "client" (each client keeps one)."""
     from runtime.client import EdgeClient
 
     start = time.monotonic()
@@ -262,13 +279,15 @@ def run_clients(target: str, security, workload: Workload, clients: int, warmup_
     outcomes: list[Outcome] = []
     lock = threading.Lock()
     kinds, weights = zip(*workload.mix.items())
+    fixed = kinds_by_client(workload.mix, clients) if mix_by == "client" else None
 
     def client_loop(index: int) -> None:
         rng = random.Random(seed * 1000 + index)
         mine = []
         with EdgeClient(target, security=security) as client:
             while time.monotonic() < end:
-                outcome = workload.run_one(client, rng.choices(kinds, weights)[0])
+                kind = fixed[index] if fixed else rng.choices(kinds, weights)[0]
+                outcome = workload.run_one(client, kind)
                 if outcome.started >= measure_from:
                     mine.append(outcome)
         with lock:
@@ -353,6 +372,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds of load before measuring (5)")
     parser.add_argument("--mix", default="generate:classify",
                         help="request kinds and weights, e.g. generate=3:classify=1")
+    parser.add_argument("--mix-by", choices=("request", "client"), default="request",
+                        help="request: each request draws its kind by the weights; client: "
+                             "each client keeps one kind, the clients split by the weights "
+                             "(separate applications, e.g. a camera pipeline and a chat)")
     parser.add_argument("--generate-model", help="LLM to load (default: the first ready)")
     parser.add_argument("--classify-model", help="vision model (default: the first ready)")
     parser.add_argument("--max-new-tokens", type=int, default=32,
@@ -401,13 +424,15 @@ def run(args: argparse.Namespace) -> int:
                 scheduler["end"] = scheduler_state(read_metrics(metrics_url))
 
         outcomes, measured = run_clients(target, security, workload, args.clients,
-                                         args.warmup, args.duration, warm, args.seed, end)
+                                         args.warmup, args.duration, warm, args.seed, end,
+                                         args.mix_by)
         if pid is not None:
             memory["end"] = rss_bytes(pid)
     from runtime.host_facts import machine_facts
 
     report = summarize(outcomes, measured)
-    report.update(target=target, clients=args.clients, mix=mix, models=workload.models,
+    report.update(target=target, clients=args.clients, mix=mix, mix_by=args.mix_by,
+                  models=workload.models,
                   max_new_tokens=args.max_new_tokens, machine=machine_facts())
     if scheduler:
         report["scheduler"] = scheduler_window(scheduler["after_warmup"], scheduler["end"],

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
 from e2edge.bench.load import (
     Outcome,
+    kinds_by_client,
     parse_mix,
     percentile,
+    run_clients,
     scheduler_state,
     scheduler_window,
     summarize,
@@ -27,6 +30,34 @@ def test_parse_mix():
     for bad in ("generate:resize", "generate=x", "generate=0", "generate:generate"):
         with pytest.raises(ValueError, match="--mix"):
             parse_mix(bad)
+
+
+def test_kinds_by_client_split_the_clients_by_the_weights():
+    assert kinds_by_client({"generate": 1, "classify": 1}, 64).count("classify") == 32
+    assert kinds_by_client({"generate": 1, "classify": 3}, 7) == ["generate"] * 2 + ["classify"] * 5
+    assert kinds_by_client({"generate": 1}, 3) == ["generate"] * 3
+    assert sorted(kinds_by_client({"generate": 2, "classify": 1}, 1)) == ["generate"]
+
+
+def test_mix_by_client_keeps_each_client_on_its_kind():
+    """run_clients with a workload that only records who asked for what."""
+    asked: dict[int, set[str]] = {}
+
+    class Recording:
+        mix = {"generate": 1.0, "classify": 1.0}
+
+        def run_one(self, client, kind):
+            import threading
+            asked.setdefault(threading.get_ident(), set()).add(kind)
+            time.sleep(0.001)
+            return Outcome(kind, "OK", time.monotonic(), 0.001)
+
+    run_clients("127.0.0.1:1", None, Recording(), 4, 0.0, 0.3, mix_by="client")
+    assert sorted(kind for kinds in asked.values() for kind in kinds) == [
+        "classify", "classify", "generate", "generate"]  # one kind each, half and half
+    asked.clear()
+    run_clients("127.0.0.1:1", None, Recording(), 4, 0.0, 0.3, mix_by="request")
+    assert [len(kinds) for kinds in asked.values()] == [2, 2, 2, 2]  # ~75 draws each
 
 
 def test_percentile_is_nearest_rank():
