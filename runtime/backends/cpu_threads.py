@@ -8,7 +8,7 @@ the daemon serves several models that take turns on the cores, threads spinning 
 one model's run hold cores that the daemon's request handling (gRPC, image decoding,
 sampling on the event loop) needs at that moment, and the run waits for it in turn:
 measured in docs/results/scheduler (64 clients, an LLM and a ViT on 2 cores), the ViT
-classified 60 % more images and the LLM decoded as fast with the threads asleep
+classified 68 % more images and the LLM decoded as fast with the threads asleep
 between ops, while one model alone decodes about 25 % slower that way.
 """
 

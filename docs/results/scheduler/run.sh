@@ -4,13 +4,14 @@
 set -e
 DURATION=${DURATION:-25}
 OUT=${OUT:-docs/results/scheduler}
-run() {  # NAME CONFIG MIX
+run() {  # NAME CONFIG MIX [MIX_BY]
   e2edge bench load --config "docs/results/scheduler/$2.yaml" --clients 64 \
-    --duration "$DURATION" --warmup 5 --mix "$3" --out "$OUT/$1.json"
+    --duration "$DURATION" --warmup 5 --mix "$3" --mix-by "${4:-request}" --out "$OUT/$1.json"
 }
 run llm-alone llm-alone generate
 run vit-alone vit-alone classify
 run share-1-1 share-1-1 generate:classify
+run share-1-1-by-client share-1-1 generate:classify client
 run share-3-1 share-3-1 generate:classify
-run share-3-1-classify-heavy share-3-1 generate=1:classify=3
+run share-3-1-by-client share-3-1 generate:classify client
 run vit-priority-idle-llm vit-priority classify
