@@ -107,8 +107,11 @@ class Batcher:
         self.max_queue = max_queue
         self.run_window = run_window
         self.gate = gate  # where each batch waits for the model's turn on the box
-        self.pace = FreeingPace()  # between two full batches: how often places free
-        self._last_full_take: float | None = None
+        # Between two batches each taken after requests were refused: how often queue
+        # places free under load (the refusals' retry hint).
+        self.pace = FreeingPace()
+        self._last_take: float | None = None
+        self._refused_since_take = False
         self.active = 0  # requests in running batches
         self.batches = 0  # batches started so far
         # Shared by the event loop and the workers: everything below, under _changed.
@@ -140,6 +143,7 @@ class Batcher:
             running = self._workers - self._free
             capacity = self.max_queue + (self.max_concurrent - running) * self.max_batch
             if len(self._waiting) >= capacity:
+                self._refused_since_take = True
                 raise QueueFull(
                     f"model {self.name!r} is busy: {self.active} requests in batches and "
                     f"{len(self._waiting)} queued (max_queue {self.max_queue}); retry later",
@@ -244,9 +248,10 @@ class Batcher:
             self.batches += bool(batch)
             self._full = rows >= self.max_batch
             now = time.monotonic()
-            if self._full and self._last_full_take is not None:
-                self.pace.add(now - self._last_full_take)  # saturated: places free this often
-            self._last_full_take = now if self._full else None
+            if self._refused_since_take and self._last_take is not None:
+                self.pace.add(now - self._last_take)  # saturated: places free this often
+            self._last_take = now if self._refused_since_take else None
+            self._refused_since_take = False
         if shed:
             self.gate.shed(shed)
         return batch
