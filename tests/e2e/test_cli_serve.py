@@ -185,5 +185,5 @@ def test_a_bad_config_fails_start_up_with_one_line(tmp_path):
     assert result.stderr.strip() == (
         f"e2edge serve: error: {config}:5: models[0].thread: unknown key (known keys here: "
         "backend, batching, image_limits, max_concurrent, max_queue, max_sequence_length, "
-        "name, path, priority, providers, share, threads)"
+        "name, path, priority, providers, share, spin, threads)"
     )
