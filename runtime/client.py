@@ -20,6 +20,7 @@ request field an INVALID_ARGUMENT is about.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -35,6 +36,7 @@ from runtime.proto.e2edge.v1 import runtime_pb2_grpc as pb_grpc
 from runtime.server.guard.errors import FIELD_METADATA_KEY, PUSHBACK_METADATA_KEY
 
 DEFAULT_TARGET = DEFAULT_LISTEN  # where a daemon listens unless told otherwise
+MAX_BUSY_RETRIES = 4  # gRPC caps a retry policy's attempts at 5
 SAMPLING_FIELDS = (
     "max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed", "ignore_eos",
 )
@@ -123,15 +125,37 @@ class PowerStream(GenerateStream):
     """The PowerSample messages of one WatchPower call; `cancel()` stops it."""
 
 
+def busy_retry_options(busy_retries: int) -> list[tuple[str, object]]:
+    """Channel options with which gRPC itself retries a Generate or Classify refused with
+    RESOURCE_EXHAUSTED up to `busy_retries` times (gRPC allows 4), after the daemon's
+    `grpc-retry-pushback-ms` when it sent one, else an exponential jittered backoff."""
+    if not 0 <= busy_retries <= MAX_BUSY_RETRIES:
+        raise ValueError(f"busy_retries must be in [0, {MAX_BUSY_RETRIES}], got {busy_retries}")
+    if busy_retries == 0:
+        return []
+    policy = {"maxAttempts": busy_retries + 1, "initialBackoff": "0.05s", "maxBackoff": "5s",
+              "backoffMultiplier": 2, "retryableStatusCodes": ["RESOURCE_EXHAUSTED"]}
+    service = pb.DESCRIPTOR.services_by_name["EdgeRuntime"].full_name
+    config = {"methodConfig": [{"name": [{"service": service, "method": method}
+                                         for method in ("Generate", "Classify")],
+                                "retryPolicy": policy}]}
+    return [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(config))]
+
+
 class EdgeClient:
     def __init__(self, target: str | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 security: ClientSecurity | None = None):  # TLS, token: client_security.py
-        """`target`: host:port or unix:/path; None: where the CLI looks (module doc)."""
+                 security: ClientSecurity | None = None,  # TLS, token: client_security.py
+                 busy_retries: int = 0):
+        """`target`: host:port or unix:/path; None: where the CLI looks (module doc).
+        `busy_retries`: how often a Generate or Classify refused because the model's
+        queue is full is sent again, when the daemon says (busy_retry_options); 0: the
+        caller gets RemoteError(RESOURCE_EXHAUSTED) with its retry_after_s at once."""
         self.target = local_target() if target is None else target
         self.channel = (security or ClientSecurity()).channel(self.target, options=[
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
+            *busy_retry_options(busy_retries),
         ])
         self.stub = pb_grpc.EdgeRuntimeStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)

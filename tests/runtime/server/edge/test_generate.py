@@ -18,6 +18,7 @@ from runtime.config import DaemonConfig, ModelConfig
 from runtime.llm.engine import LLMEngine
 from runtime.llm.sampling import SamplingParams
 from runtime.proto.e2edge.v1 import runtime_pb2 as pb
+from runtime.server.core.retry_pushback import FreeingPace
 from runtime.server.edge import convert
 from runtime.server.guard.request_log import REQUEST_LOGGER, RequestRecord
 from runtime.server.in_process import DaemonThread
@@ -210,6 +211,7 @@ def test_full_queue_is_refused_at_once_and_the_queued_request_is_served(one_slot
             assert "busy" in first.value.details
             assert time.monotonic() - started < 2.0  # refused at once, not after a wait
             assert first.value.retry_after_s is None  # no place has freed under load yet
+            admission.pace = FreeingPace()
             admission.pace.add(0.25)  # as if places had freed every 250 ms
             with pytest.raises(RemoteError) as second:
                 list(c.generate("demo", PROMPT, max_new_tokens=12))
@@ -218,6 +220,47 @@ def test_full_queue_is_refused_at_once_and_the_queued_request_is_served(one_slot
             one_slot.run_coroutine(give_back_slot())
         waiter.join(30)
     _assert_same_stream(queued["messages"], _direct(engine, PROMPT, max_new_tokens=12))
+
+
+def test_a_client_with_busy_retries_waits_the_pushback_and_is_served(one_slot, engine):
+    """EdgeClient(busy_retries=N): gRPC sends a refused Generate again after the daemon's
+    retry pushback, and the caller just gets its stream."""
+    admission = one_slot.daemon.registry.get("demo").admission
+
+    async def take_slot():
+        await admission.acquire()
+
+    async def give_back_slot():
+        admission.release()
+
+    one_slot.run_coroutine(take_slot())
+    admission.pace = FreeingPace()  # what earlier tests taught it goes
+    admission.pace.add(0.3)  # the daemon will say: retry in 300 ms
+    results: dict[str, object] = {}
+    with EdgeClient(one_slot.target) as queued_client, \
+            EdgeClient(one_slot.target, busy_retries=4) as patient:
+        queued = threading.Thread(target=lambda: results.setdefault(
+            "queued", list(queued_client.generate("demo", PROMPT, max_new_tokens=4))))
+        queued.start()
+        deadline = time.monotonic() + 10
+        while admission.queued < 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+        def retrying():
+            started = time.monotonic()
+            results["patient"] = list(patient.generate("demo", PROMPT, max_new_tokens=8))
+            results["waited_s"] = time.monotonic() - started
+
+        thread = threading.Thread(target=retrying)
+        thread.start()
+        time.sleep(0.1)  # its first try is refused by now: the queue is full
+        one_slot.run_coroutine(give_back_slot())  # the queued request runs, then frees all
+        thread.join(30)
+        queued.join(30)
+    _assert_same_stream(results["patient"], _direct(engine, PROMPT, max_new_tokens=8))
+    assert results["waited_s"] >= 0.25  # it waited the pushback, not gRPC's 50 ms backoff
+    with pytest.raises(ValueError, match="busy_retries"):
+        EdgeClient(one_slot.target, busy_retries=5)
 
 
 @pytest.mark.parametrize(("model", "prompt", "options", "code", "field"), [
