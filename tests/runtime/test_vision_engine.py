@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import InvalidRequest, PackageError
-from runtime.vision.preprocess import Preprocessing, preprocess, resize_matrix
+from runtime.vision.preprocess import Preprocessing, preprocess, resize, resize_matrix
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +124,21 @@ def test_runtime_vision_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(("shape", "size"), [((1, 64, 64, 1), 28), ((3, 40, 52, 3), 32),
+                                             ((2, 20, 12, 1), 48)])
+def test_resize_is_the_separable_filter_on_every_plane(shape, size):
+    """resize's matrix products against the plain sum over both axes, per plane."""
+    batch = np.random.default_rng(3).random(shape, dtype=np.float32)
+    rows, cols = resize_matrix(shape[1], size), resize_matrix(shape[2], size)
+    expected = np.zeros((shape[0], size, size, shape[3]), dtype=np.float64)
+    for b in range(shape[0]):
+        for c in range(shape[3]):
+            expected[b, :, :, c] = rows.astype(np.float64) @ batch[b, :, :, c] @ cols.T
+    got = resize(batch, size)
+    assert got.shape == expected.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
 
 
 def test_resize_matrix_identity_and_averaging():
