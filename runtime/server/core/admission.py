@@ -35,7 +35,6 @@ class Admission:
         self.active = 0
         self.on_shed = on_shed
         self.pace = FreeingPace()  # how often a place frees under load: the retry hint
-        self._last_freed: float | None = None
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     @property
@@ -68,10 +67,7 @@ class Admission:
 
     def release(self) -> None:
         """Give the slot to the first waiter, or free it."""
-        now = time.monotonic()
-        if self._waiters and self._last_freed is not None:
-            self.pace.add(now - self._last_freed)  # saturated: a place frees this often
-        self._last_freed = now if self._waiters else None
+        self.pace.freed(time.monotonic(), saturated=bool(self._waiters))
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():

@@ -107,10 +107,9 @@ class Batcher:
         self.max_queue = max_queue
         self.run_window = run_window
         self.gate = gate  # where each batch waits for the model's turn on the box
-        # Between two batches each taken after requests were refused: how often queue
-        # places free under load (the refusals' retry hint).
+        # A batch taken after refusals frees places under load: how often, the refusals'
+        # retry hint.
         self.pace = FreeingPace()
-        self._last_take: float | None = None
         self._refused_since_take = False
         self.active = 0  # requests in running batches
         self.batches = 0  # batches started so far
@@ -247,10 +246,7 @@ class Batcher:
             self.active += len(batch)
             self.batches += bool(batch)
             self._full = rows >= self.max_batch
-            now = time.monotonic()
-            if self._refused_since_take and self._last_take is not None:
-                self.pace.add(now - self._last_take)  # saturated: places free this often
-            self._last_take = now if self._refused_since_take else None
+            self.pace.freed(time.monotonic(), saturated=self._refused_since_take)
             self._refused_since_take = False
         if shed:
             self.gate.shed(shed)

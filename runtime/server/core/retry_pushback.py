@@ -23,6 +23,14 @@ class FreeingPace:
 
     def __init__(self) -> None:
         self.mean_s: float | None = None
+        self._last_saturated: float | None = None  # when a place last freed under load
+
+    def freed(self, now: float, saturated: bool) -> None:
+        """A place freed at `now`; `saturated`: requests were waiting or refused for it.
+        Only the interval between two such frees counts: an idle spell teaches nothing."""
+        if saturated and self._last_saturated is not None:
+            self.add(now - self._last_saturated)
+        self._last_saturated = now if saturated else None
 
     def add(self, seconds: float) -> None:
         if seconds >= 0:
