@@ -9,7 +9,9 @@ one model's run hold cores that the daemon's request handling (gRPC, image decod
 sampling on the event loop) needs at that moment, and the run waits for it in turn:
 measured in docs/results/scheduler (64 clients, an LLM and a ViT on 2 cores), the ViT
 classified 68 % more images and the LLM decoded as fast with the threads asleep
-between ops, while one model alone decodes about 25 % slower that way.
+between ops, while one model alone decodes about 25 % slower that way. A model alone
+that serves many clients at once can gain from sleeping too (a ViT under 64 clients
+on 2 cores: 9-14 % more images/s), which its config's `spin: false` says.
 """
 
 from __future__ import annotations
