@@ -184,26 +184,36 @@ def test_deadline_stops_generation_and_frees_the_slot(one_slot, engine, request_
         _assert_same_stream(messages, _direct(engine, PROMPT, max_new_tokens=8))
 
 
+def _hold_the_slot(daemon, admission, hold: bool) -> None:
+    """Take (as a long generation would) or give back the one-slot model's slot."""
+    async def change():
+        if hold:
+            await admission.acquire()
+        else:
+            admission.release()
+
+    daemon.run_coroutine(change())
+
+
+def _queued(client, admission, results: dict, max_new_tokens: int) -> threading.Thread:
+    """A Generate on its own thread, returned once it waits in the model's queue."""
+    thread = threading.Thread(target=lambda: results.setdefault(
+        "queued", list(client.generate("demo", PROMPT, max_new_tokens=max_new_tokens))))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while admission.queued < 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert admission.queued == 1
+    return thread
+
+
 def test_full_queue_is_refused_at_once_and_the_queued_request_is_served(one_slot, engine):
     admission = one_slot.daemon.registry.get("demo").admission
-
-    async def take_slot():
-        await admission.acquire()
-
-    async def give_back_slot():
-        admission.release()
-
-    one_slot.run_coroutine(take_slot())  # as if a long generation held the only slot
-    queued: dict[str, list] = {}
+    _hold_the_slot(one_slot, admission, True)
+    results: dict[str, list] = {}
     with EdgeClient(one_slot.target) as c:
         try:
-            waiter = threading.Thread(target=lambda: queued.setdefault(
-                "messages", list(c.generate("demo", PROMPT, max_new_tokens=12))))
-            waiter.start()
-            deadline = time.monotonic() + 10
-            while admission.queued < 1 and time.monotonic() < deadline:
-                time.sleep(0.005)
-            assert admission.queued == 1
+            waiter = _queued(c, admission, results, max_new_tokens=12)
             started = time.monotonic()
             with pytest.raises(RemoteError) as first:
                 list(c.generate("demo", PROMPT, max_new_tokens=12))
@@ -217,34 +227,22 @@ def test_full_queue_is_refused_at_once_and_the_queued_request_is_served(one_slot
                 list(c.generate("demo", PROMPT, max_new_tokens=12))
             assert second.value.retry_after_s == 0.25  # the gRPC retry pushback, in ms
         finally:
-            one_slot.run_coroutine(give_back_slot())
+            _hold_the_slot(one_slot, admission, False)
         waiter.join(30)
-    _assert_same_stream(queued["messages"], _direct(engine, PROMPT, max_new_tokens=12))
+    _assert_same_stream(results["queued"], _direct(engine, PROMPT, max_new_tokens=12))
 
 
 def test_a_client_with_busy_retries_waits_the_pushback_and_is_served(one_slot, engine):
     """EdgeClient(busy_retries=N): gRPC sends a refused Generate again after the daemon's
     retry pushback, and the caller just gets its stream."""
     admission = one_slot.daemon.registry.get("demo").admission
-
-    async def take_slot():
-        await admission.acquire()
-
-    async def give_back_slot():
-        admission.release()
-
-    one_slot.run_coroutine(take_slot())
+    _hold_the_slot(one_slot, admission, True)
     admission.pace = FreeingPace()  # what earlier tests taught it goes
     admission.pace.add(0.3)  # the daemon will say: retry in 300 ms
     results: dict[str, object] = {}
     with EdgeClient(one_slot.target) as queued_client, \
             EdgeClient(one_slot.target, busy_retries=4) as patient:
-        queued = threading.Thread(target=lambda: results.setdefault(
-            "queued", list(queued_client.generate("demo", PROMPT, max_new_tokens=4))))
-        queued.start()
-        deadline = time.monotonic() + 10
-        while admission.queued < 1 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        queued = _queued(queued_client, admission, results, max_new_tokens=4)
 
         def retrying():
             started = time.monotonic()
@@ -254,7 +252,7 @@ def test_a_client_with_busy_retries_waits_the_pushback_and_is_served(one_slot, e
         thread = threading.Thread(target=retrying)
         thread.start()
         time.sleep(0.1)  # its first try is refused by now: the queue is full
-        one_slot.run_coroutine(give_back_slot())  # the queued request runs, then frees all
+        _hold_the_slot(one_slot, admission, False)  # the queued one runs, then frees all
         thread.join(30)
         queued.join(30)
     _assert_same_stream(results["patient"], _direct(engine, PROMPT, max_new_tokens=8))
