@@ -133,6 +133,7 @@ def summarize(outcomes: list[Outcome], measured_s: float) -> dict:
 # ---- the daemon's scheduler, from its /metrics -------------------------------------
 SCHEDULER_COUNTERS = {  # Prometheus sample -> report key, per model
     "e2edge_scheduler_busy_seconds_total": "busy_s",
+    "e2edge_scheduler_handling_seconds_total": "handling_s",
     "e2edge_scheduler_queue_seconds_total": "queue_s",
     "e2edge_scheduler_units_total": "units",
     "e2edge_scheduler_shed_requests_total": "shed_requests",
@@ -162,13 +163,28 @@ def scheduler_state(metrics_text: str) -> dict:
     return {"models": models, "capacity": capacity}
 
 
+def charged_s(busy_s: float, handling_s: float, resource: str | None, slots: int) -> float:
+    """What the scheduler divides by the shares: the slots' hold, and on the CPU the
+    requests' handling spread over the slots (runtime/server/core/fair_queue.py)."""
+    if resource != "cpu" or slots < 1:
+        return busy_s
+    return busy_s + handling_s / slots
+
+
 def scheduler_window(before: dict, after: dict, measured_s: float) -> dict:
     """Per model over the measured window: the counters' growth, busy time as a fraction
-    of all models' and of the wall time, and the share as a fraction of all shares."""
+    of all models' and of the wall time, the time charged to its share (busy time and
+    its requests' handling) as a fraction of all models', and the share as a fraction
+    of all shares."""
     models = after["models"]
-    busy = {name: m.get("busy_s", 0.0) - before["models"].get(name, {}).get("busy_s", 0.0)
-            for name, m in models.items()}
-    total_busy = sum(busy.values())
+
+    def grown(name: str, key: str) -> float:
+        return models[name].get(key, 0.0) - before["models"].get(name, {}).get(key, 0.0)
+
+    busy = {name: grown(name, "busy_s") for name in models}
+    charged = {name: charged_s(busy[name], grown(name, "handling_s"), m.get("resource"),
+                               int(m.get("slots", 0))) for name, m in models.items()}
+    total_busy, total_charged = sum(busy.values()), sum(charged.values())
     total_share = sum(m.get("share", 0.0) for m in models.values())
     report: dict = {}
     for name, m in sorted(models.items()):
@@ -180,6 +196,7 @@ def scheduler_window(before: dict, after: dict, measured_s: float) -> dict:
         row.update(
             busy_fraction=round(busy[name] / total_busy, 3) if total_busy else 0.0,
             busy_of_wall=round(busy[name] / measured_s, 3),
+            charged_fraction=round(charged[name] / total_charged, 3) if total_charged else 0.0,
             share=m.get("share"), priority=int(m.get("priority", 0)),
             share_fraction=round(m.get("share", 0.0) / total_share, 3) if total_share else 0.0,
             slots=int(m.get("slots", 0)), resource=m.get("resource"),
@@ -464,6 +481,8 @@ def format_report(report: dict) -> str:
     for name, s in report.get("scheduler", {}).get("models", {}).items():
         lines.append(f"  {name}: busy {s['busy_s']:.1f}s = {100 * s['busy_fraction']:.1f} % "
                      f"of the models' (share {100 * s['share_fraction']:.1f} %, priority "
-                     f"{s['priority']}), {100 * s['busy_of_wall']:.0f} % of the time; waited "
-                     f"{s['queue_s']:.1f}s over {s['units']} units; shed {s['shed_requests']}")
+                     f"{s['priority']}), {100 * s['busy_of_wall']:.0f} % of the time; handling "
+                     f"{s['handling_s']:.1f} CPU s, charged {100 * s['charged_fraction']:.1f} % "
+                     f"of the models'; waited {s['queue_s']:.1f}s over {s['units']} units; "
+                     f"shed {s['shed_requests']}")
     return "\n".join(lines)

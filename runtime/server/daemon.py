@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -30,6 +31,7 @@ from runtime.config import DaemonConfig, load_config, with_listen
 from runtime.errors import ConfigError
 from runtime.power.config import PowerConfig
 from runtime.proto.e2edge.v1 import runtime_pb2_grpc as pb_grpc
+from runtime.server.core import request_cpu
 from runtime.server.core.decode_pool import ImageDecoding
 from runtime.server.core.health import HEALTH_SERVICE_NAME, SERVICE_NAME, DaemonHealth
 from runtime.server.core.lifecycle import ModelLifecycle, ReloadReport
@@ -127,6 +129,7 @@ class Daemon:
             raise ConfigError(f"listen {config.listen}: cannot bind (in use or not permitted)")
         self.target = client_target(config.listen, self.port)
         self._loading: asyncio.Task | None = None
+        self._unmeter: Callable[[], None] = lambda: None
 
     @property
     def config(self) -> DaemonConfig:
@@ -134,6 +137,8 @@ class Daemon:
         return self.lifecycle.config
 
     async def start(self) -> None:
+        # Each call's CPU time on the loop is charged to its model (core/request_cpu.py).
+        self._unmeter = request_cpu.install(asyncio.get_running_loop())
         # First, while nothing runs yet: the idle baseline is measured now.
         await self.energy.start()
         if self.metrics is not None:
@@ -181,6 +186,7 @@ class Daemon:
         if self.metrics is not None:
             await self.metrics.stop()
         await self.energy.stop()
+        self._unmeter()
         log.info("stopped")
 
     async def wait_for_termination(self) -> None:

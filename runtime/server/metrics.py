@@ -128,6 +128,10 @@ class SchedulerMetrics:
         counters = [
             (CounterMetricFamily(f"{p}_busy_seconds", "Seconds the model held its execution "
                                  "slots", labels=["model"]), "busy_s"),
+            (CounterMetricFamily(f"{p}_handling_seconds", "CPU seconds the model's requests "
+                                 "cost the daemon outside its units of work (gRPC, parsing, "
+                                 "image decoding, answers), charged to its share",
+                                 labels=["model"]), "handling_s"),
             (CounterMetricFamily(f"{p}_queue_seconds", "Seconds the model's units of work "
                                  "waited for their turn, summed", labels=["model"]), "queue_s"),
             (CounterMetricFamily(f"{p}_units", "Units of work run (decode steps, prefills, "

@@ -115,6 +115,8 @@ METRICS_BEFORE = """\
 # TYPE e2edge_scheduler_busy_seconds counter
 e2edge_scheduler_busy_seconds_total{model="llm"} 10.0
 e2edge_scheduler_busy_seconds_total{model="vit"} 5.0
+# TYPE e2edge_scheduler_handling_seconds counter
+e2edge_scheduler_handling_seconds_total{model="vit"} 1.0
 # TYPE e2edge_scheduler_units counter
 e2edge_scheduler_units_total{model="llm"} 100.0
 e2edge_scheduler_units_total{model="vit"} 50.0
@@ -135,12 +137,17 @@ e2edge_requests_total{kind="generate",model="llm",status="OK"} 3.0
 def test_the_scheduler_window_is_read_from_two_scrapes():
     before = scheduler_state(METRICS_BEFORE)
     after = scheduler_state(METRICS_BEFORE.replace("10.0", "12.5").replace(" 5.0", " 12.5")
-                            .replace("100.0", "130.0"))
+                            .replace("100.0", "130.0")
+                            .replace('handling_seconds_total{model="vit"} 1.0',
+                                     'handling_seconds_total{model="vit"} 3.0'))
     assert before["capacity"] == {"cpu": 2, "gpu": 1}
     window = scheduler_window(before, after, measured_s=10.0)["models"]
     assert window["llm"]["busy_s"] == 2.5 and window["vit"]["busy_s"] == 7.5
     assert (window["vit"]["busy_fraction"], window["vit"]["share_fraction"]) == (0.75, 0.75)
     assert window["vit"]["busy_of_wall"] == 0.75
+    # 2 CPU seconds of the ViT's request handling, over its 2 slots: charged 7.5 + 1 s
+    assert window["vit"]["handling_s"] == 2.0 and window["llm"]["handling_s"] == 0.0
+    assert window["vit"]["charged_fraction"] == round(8.5 / 11, 3)
     assert (window["llm"]["units"], window["vit"]["units"]) == (30, 0)
     assert window["llm"]["resource"] == "cpu" and window["llm"]["slots"] == 2
 

@@ -42,6 +42,13 @@ The rule:
   behind it on that resource starts (no backfill); running units finish and free the
   slots for it, so a model that needs every core is never starved by smaller ones. The
   CPU and the GPU are ordered apart: a GPU model never waits for cores.
+- Request handling: what a model's requests cost the daemon outside its units (gRPC,
+  parsing, image decoding, the answers: CPU seconds on the event loop, measured per
+  call by request_cpu.py) is charged to it (`charge`): on the CPU its virtual time
+  advances as if it had held its slots for those seconds spread over them, so a model
+  of many cheap requests cannot take more than its share through the handling the
+  others wait behind. A GPU model's handling is counted but moves nothing (it does not
+  take the GPU).
 - Priority: the order compares virtual time minus PRIORITY_LEAD_S per priority level,
   so a model with a higher priority goes first until it is that far ahead of the others
   and then takes turns with them at its share: served first, within a bound. A model
@@ -104,6 +111,7 @@ class Usage:
     """One model's account: what it ran, how long its units waited, what was dropped."""
 
     busy_s: float  # seconds it held its slots (a running hold counted up to now)
+    handling_s: float  # CPU seconds its requests cost outside its units (charge())
     queue_s: float  # its units' waits for their turn, summed
     units: int  # units granted
     shed: int  # requests dropped before they ran (deadline passed, client left)
@@ -121,6 +129,7 @@ class _Model:
     lag: float = 0.0  # as it went idle: the others' floor minus its virtual time (owed > 0)
     waiting: collections.deque[Ticket] = field(default_factory=collections.deque)
     busy_s: float = 0.0
+    handling_s: float = 0.0
     queue_s: float = 0.0
     units: int = 0
     shed: int = 0
@@ -245,6 +254,22 @@ class FairQueue:
         floor = self._active_floor(now, model)
         model.lag = 0.0 if floor is None else floor - model.vtime
 
+    def charge(self, name: str, cpu_s: float, now: float) -> None:
+        """`cpu_s` CPU seconds spent on `name`'s requests outside its units (a model
+        gone meanwhile is ignored). On the CPU they count as a hold of its slots for
+        cpu_s / slots: one core-second of handling weighs what one core-second of its
+        run does."""
+        model = self.models.get(name)
+        if model is None or cpu_s <= 0:
+            return
+        model.handling_s += cpu_s
+        if model.schedule.resource != "cpu":
+            return
+        step = cpu_s / model.schedule.slots / model.schedule.share
+        model.vtime += step
+        if not model.active(now):  # it rejoins where it stood, less what it was charged
+            model.lag -= step
+
     def shed(self, name: str, requests: int = 1) -> None:
         """Count requests dropped before they ran (their deadline passed, their client left)."""
         self.models[name].shed += requests
@@ -282,6 +307,7 @@ class FairQueue:
         return {
             name: Usage(
                 busy_s=m.busy_s + (now - m.held_since if m.running else 0.0),
+                handling_s=m.handling_s,
                 queue_s=m.queue_s + sum(now - t.since for t in m.waiting),
                 units=m.units, shed=m.shed, running=m.running, waiting=len(m.waiting))
             for name, m in self.models.items()

@@ -29,6 +29,7 @@ from runtime.backends.selection import BackendChoice, BackendHost, choose_backen
 from runtime.config import ModelConfig
 from runtime.errors import E2edgeError, InvalidRequest, ModelNotFound, PackageError
 from runtime.package import load_package
+from runtime.server.core import request_cpu
 from runtime.server.core.admission import Admission
 from runtime.server.core.fair_queue import Schedule
 from runtime.server.core.scheduler import Scheduler, placement
@@ -199,6 +200,7 @@ class ModelRegistry:
             raise ModelUnavailable(f"model {name!r} is still loading; retry shortly")
         if entry.state is ModelState.FAILED:
             raise ModelUnavailable(f"model {name!r} failed to load: {entry.error}")
+        request_cpu.bill(self.scheduler.charge, entry.name)  # the call's handling is its
         return entry
 
     async def load_all(self, on_change: Callable[[ModelEntry], Awaitable[None]]) -> None:

@@ -119,6 +119,12 @@ class Scheduler:
         with self._changed:
             self._queue.shed(name, requests)
 
+    def charge(self, name: str, cpu_s: float) -> None:
+        """CPU seconds `name`'s requests cost outside its units (request_cpu.py)."""
+        with self._changed:
+            self._queue.charge(name, cpu_s, self.clock())
+            self._grant()  # its place in the order moved back: another may go first
+
     def _grant(self) -> None:
         if self._queue.grant(self.clock()):
             self._changed.notify_all()

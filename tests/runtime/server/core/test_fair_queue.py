@@ -26,11 +26,13 @@ class Box:
         self.events: list[tuple[float, int, str, str]] = []
         self.order = itertools.count()
         self.waits: dict[str, list[float]] = {}  # per model, each unit's wait for its turn
+        self.handling_s: dict[str, float] = {}  # per unit: its requests' CPU time outside it
 
     def model(self, name: str, unit_s: float, share: float = 1.0, priority: int = 0,
-              slots: int = 2, gap_s: float = 0.0) -> None:
+              slots: int = 2, gap_s: float = 0.0, handling_s: float = 0.0) -> None:
         self.unit_s[name] = unit_s
         self.gap_s[name] = gap_s
+        self.handling_s[name] = handling_s
         self.waits[name] = []
         self.queue.set(name, Schedule(share, priority, "cpu", slots), self.now)
 
@@ -58,6 +60,7 @@ class Box:
                 # hand-off's size); a camera's next frame is not ready as one ends
                 ready = name in self.backlogged and self.gap_s[name] < ANTICIPATE_S
                 self.queue.done(name, self.now, more=ready)
+                self.queue.charge(name, self.handling_s[name], self.now)  # its answers
                 if name in self.backlogged and self.gap_s[name]:
                     self._at(self.now + self.gap_s[name], "ask", name)
                 elif name in self.backlogged:
@@ -275,6 +278,43 @@ def test_a_share_changed_while_running_holds_from_then_on():
     end = box.busy()
     window = {name: end[name] - mark[name] for name in end}
     assert fractions(window)["vit"] == pytest.approx(0.75, abs=0.003)
+
+
+def test_request_handling_is_charged_to_the_models_share():
+    """A ViT whose requests cost the event loop one core for as long as its batch runs on
+    two: at 1:1 its batches get a third less of the box than the LLM's steps, and
+    holds plus handling (spread over its two slots) split 50 / 50."""
+    box = Box()
+    box.model("vit", unit_s=0.006, handling_s=0.006)  # 6 ms of one core per batch
+    box.model("llm", unit_s=0.021)
+    box.start("vit", "llm")
+    box.run_until(60.0)
+    usage = box.queue.usage(box.now)
+    busy = box.busy()
+    assert fractions(busy)["vit"] == pytest.approx(1 / 2.5, abs=0.021 / 60)
+    assert usage["vit"].handling_s == pytest.approx(usage["vit"].units * 0.006)
+    assert usage["llm"].handling_s == 0.0
+    charged = {"vit": busy["vit"] + usage["vit"].handling_s / 2, "llm": busy["llm"]}
+    assert fractions(charged)["vit"] == pytest.approx(0.5, abs=0.021 / 60)
+
+
+def test_handling_charged_while_idle_counts_when_the_model_comes_back():
+    queue = FairQueue({"cpu": 2, "gpu": 1})
+    queue.set("llm", Schedule(slots=2), 0.0)
+    queue.set("vit", Schedule(slots=2), 0.0)
+    queue.set("trt", Schedule(resource="gpu"), 0.0)
+    queue.want("llm", 0.0)
+    queue.grant(0.0)
+    queue.charge("vit", 0.060, 0.0)  # parsing and decoding its first requests, idle
+    queue.want("vit", 0.010)  # level with the LLM (0.010) plus its 0.030 charged: 0.040
+    queue.want("llm", 0.010)
+    queue.done("llm", 0.030)  # llm 0.030: it goes again (uncharged, the ViT would: 0.010)
+    assert [t.model for t in queue.grant(0.030)] == ["llm"]
+    assert queue.models["vit"].vtime == pytest.approx(0.040)
+    queue.charge("trt", 1.0, 0.030)  # a GPU model's handling is counted, moves nothing
+    queue.charge("gone", 1.0, 0.030)  # a model unloaded meanwhile: ignored
+    assert queue.usage(0.030)["trt"].handling_s == 1.0
+    assert queue.models["trt"].vtime == 0.0
 
 
 def test_shed_requests_are_counted_per_model():
