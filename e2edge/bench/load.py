@@ -20,8 +20,10 @@ With --metrics (or --config, which serves the daemon's metrics on a free loopbac
 port whatever its file says) the daemon's /metrics is read after the warm-up and at
 the end, and the report's `scheduler` section has, per model over the measured
 window, what the box-wide scheduler saw: busy seconds and their fraction of all
-models' beside the configured share's fraction, seconds its units waited for a turn,
-units run and requests shed (runtime/server/core/scheduler.py).
+models', the CPU seconds its requests cost outside its units (handling), what the
+shares divide (busy time plus handling over its slots: charged_fraction) beside the
+configured share's fraction, seconds its units waited for a turn, units run and
+requests shed (runtime/server/core/scheduler.py).
 """
 
 from __future__ import annotations

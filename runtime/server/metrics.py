@@ -11,6 +11,10 @@
                                             per image or token is rate(cpu) / rate(images)
   e2edge_scheduler_busy_seconds_total{model}  counter, seconds the model held its execution
                                             slots (runtime/server/core/scheduler.py)
+  e2edge_scheduler_handling_seconds_total{model} counter, CPU seconds its requests cost the
+                                            daemon outside its units (gRPC, parsing, image
+                                            decoding, answers; core/request_cpu.py),
+                                            charged to its share
   e2edge_scheduler_queue_seconds_total{model} counter, seconds its units of work waited for
                                             their turn, summed
   e2edge_scheduler_units_total{model}       counter, units run (decode steps, prefills, batches)
@@ -24,7 +28,8 @@
                                             holds while it runs, of what the box has
   + the power gauges of runtime/power/metrics.py, on the same registry.
 
-A model's share of the box over a window is rate(busy_seconds) over the models' sum.
+A model's share of the box over a window, as the scheduler divides it, is
+rate(busy_seconds) + rate(handling_seconds) / slots (on the CPU) over the models' sum.
 
     endpoint = MetricsEndpoint(config.metrics, is_model, scheduler)   # registry + counters
     monitor = PowerMonitor(..., endpoint.power)            # the sampler feeds the gauges

@@ -33,6 +33,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+_thread_time = time.thread_time  # this thread's CPU seconds: about 0.5 us a read
+
 # A long call (a stream) hands its account over each time this many CPU seconds add up.
 FLUSH_S = 0.005
 
@@ -93,10 +95,32 @@ class MeteredCall(Coroutine):
         self._started = False
 
     def send(self, value: Any) -> Any:
-        return self._step(self._coro.send, value)
+        # The hot path (every step of every call): inlined, one clock read each side.
+        if not self._started:
+            self._start()
+        started = _thread_time()
+        try:
+            result = self._coro.send(value)
+        except BaseException:  # the call ended (StopIteration) or failed: settle its account
+            self._settle(_thread_time() - started)
+            raise
+        cost = self._cost
+        cost.pending += _thread_time() - started
+        if cost.pending >= FLUSH_S:
+            cost.flush()
+        return result
 
     def throw(self, *args: Any) -> Any:
-        return self._step(self._coro.throw, *args)
+        if not self._started:
+            self._start()
+        started = _thread_time()
+        try:
+            result = self._coro.throw(*args)
+        except BaseException:
+            self._settle(_thread_time() - started)
+            raise
+        self._cost.add(_thread_time() - started)
+        return result
 
     def close(self) -> None:
         self._coro.close()
@@ -113,19 +137,14 @@ class MeteredCall(Coroutine):
     def __getattr__(self, name: str) -> Any:  # cr_frame, cr_code, __qualname__: a task's repr
         return getattr(self._coro, name)
 
-    def _step(self, resume: Callable[..., Any], *args: Any) -> Any:
-        if not self._started:  # the first step runs in the task's own context
-            _current.set(self._cost)
-            self._started = True
-        started = time.thread_time()
-        try:
-            result = resume(*args)
-        except BaseException:  # the call ended (StopIteration) or failed: settle its account
-            self._cost.add(time.thread_time() - started)
-            self._cost.flush()
-            raise
-        self._cost.add(time.thread_time() - started)
-        return result
+    def _start(self) -> None:
+        """On the first step, which runs in the task's own context: the call's account."""
+        _current.set(self._cost)
+        self._started = True
+
+    def _settle(self, seconds: float) -> None:
+        self._cost.pending += seconds
+        self._cost.flush()
 
 
 def install(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:

@@ -23,6 +23,10 @@ waited for a turn and the requests shed. `more`, asked as a unit ends, says whet
 the model has work ready for its next one (requests waiting, streams going on): the
 policy then keeps its place for the moment its worker needs to ask (fair_queue.py).
 
+What a model's requests cost outside its units (gRPC, parsing, decoding images, the
+answers: CPU seconds on the event loop, measured per call by request_cpu.py) is
+charged to it as well (`charge`), so a model of many cheap requests pays for them.
+
 Alone on the box (tests, `e2edge generate` in-process), a model's gate is UNGATED:
 its units run at once and nothing is counted.
 """
