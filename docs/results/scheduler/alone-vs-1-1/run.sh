@@ -3,7 +3,7 @@
 # each: the 1:1 LLM's tokens/s against alone's from the runs beside it (README.md one
 # folder up). Run from the repository root.
 set -e
-PAIRS=${PAIRS:-3}
+PAIRS=${PAIRS:-4}
 OUT=${OUT:-docs/results/scheduler/alone-vs-1-1}
 for i in $(seq "$PAIRS"); do
   e2edge bench load --config docs/results/scheduler/llm-alone.yaml --clients 64 \
