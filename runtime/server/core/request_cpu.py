@@ -18,7 +18,8 @@ add up (every FLUSH_S of them, and when the call ends), including those spent be
 the model was known (reading and parsing the request). Decoding on the daemon's decode
 threads is added to the call that asked for it (`add`). What runs outside any call's
 task (gRPC's completion-queue callbacks, the workers' answers handed back) is charged
-to nobody.
+to nobody, and so is a ClassifyStream's own task (reading the stream, writing the
+answers): each of its requests runs as a task of its own, billed to its model.
 
     restore = install(loop)                  # the daemon, once its loop runs
     bill(scheduler.charge, "vit")            # in a call's handler: its model
@@ -70,7 +71,7 @@ def bill(charge: Charge, model: str) -> None:
     """Charge the running call's CPU time, so far and from now on, to `model`.
     Outside a metered task (tests calling a handler directly) it does nothing."""
     cost = _current.get()
-    if cost is None or (cost.charge is charge and cost.model == model):
+    if cost is None or (cost.charge == charge and cost.model == model):
         return
     cost.flush()  # a call that switches models (a stream's items) pays each its part
     cost.charge, cost.model = charge, model
