@@ -156,7 +156,7 @@ def install(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
     if getattr(previous, "meters_calls", False):
         return lambda: None
 
-    def factory(loop: asyncio.AbstractEventLoop, coro: Coroutine, **kwargs: Any) -> asyncio.Future:
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, /, **kwargs: Any) -> asyncio.Future:
         metered = MeteredCall(coro)
         if previous is not None:
             return previous(loop, metered, **kwargs)
