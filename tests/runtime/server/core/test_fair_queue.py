@@ -298,11 +298,17 @@ def test_request_handling_is_charged_to_the_models_share():
     assert fractions(charged)["vit"] == pytest.approx(0.5, abs=0.021 / 60)
 
 
-def test_handling_charged_while_idle_counts_when_the_model_comes_back():
+def two_cpu_models_and_a_gpu_one(first: str, second: str) -> FairQueue:
+    """A 2-core box with a GPU: `first` and `second` on both cores, "trt" on the GPU."""
     queue = FairQueue({"cpu": 2, "gpu": 1})
-    queue.set("llm", Schedule(slots=2), 0.0)
-    queue.set("vit", Schedule(slots=2), 0.0)
+    queue.set(first, Schedule(slots=2), 0.0)
+    queue.set(second, Schedule(slots=2), 0.0)
     queue.set("trt", Schedule(resource="gpu"), 0.0)
+    return queue
+
+
+def test_handling_charged_while_idle_counts_when_the_model_comes_back():
+    queue = two_cpu_models_and_a_gpu_one("llm", "vit")
     queue.want("llm", 0.0)
     queue.grant(0.0)
     queue.charge("vit", 0.060, 0.0)  # parsing and decoding its first requests, idle
@@ -348,10 +354,7 @@ def test_a_withdrawn_head_lets_the_next_one_start():
 
 
 def test_a_gpu_model_does_not_wait_behind_the_cpus_order():
-    queue = FairQueue({"cpu": 2, "gpu": 1})
-    queue.set("a", Schedule(slots=2), 0.0)
-    queue.set("big", Schedule(slots=2), 0.0)
-    queue.set("trt", Schedule(resource="gpu"), 0.0)
+    queue = two_cpu_models_and_a_gpu_one("a", "big")
     queue.want("a", 0.0)
     queue.grant(0.0)  # a holds both cores
     queue.want("big", 0.0)  # next in order, waits for the cores
