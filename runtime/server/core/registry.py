@@ -200,8 +200,13 @@ class ModelRegistry:
             raise ModelUnavailable(f"model {name!r} is still loading; retry shortly")
         if entry.state is ModelState.FAILED:
             raise ModelUnavailable(f"model {name!r} failed to load: {entry.error}")
-        request_cpu.bill(self.scheduler.charge, entry.name)  # the call's handling is its
+        self.bill(entry.name)  # the call asks for this model: its handling is the model's
         return entry
+
+    def bill(self, name: str) -> None:
+        """Charge the running call's CPU time on the event loop to model `name`'s share
+        (core/request_cpu.py); a name the scheduler does not know is charged nothing."""
+        request_cpu.bill(self.scheduler.charge, name)
 
     async def load_all(self, on_change: Callable[[ModelEntry], Awaitable[None]]) -> None:
         """Load every model in config order, off the event loop; report each result."""

@@ -18,8 +18,9 @@ add up (every FLUSH_S of them, and when the call ends), including those spent be
 the model was known (reading and parsing the request). Decoding on the daemon's decode
 threads is added to the call that asked for it (`add`). What runs outside any call's
 task (gRPC's completion-queue callbacks, the workers' answers handed back) is charged
-to nobody, and so is a ClassifyStream's own task (reading the stream, writing the
-answers): each of its requests runs as a task of its own, billed to its model.
+to nobody. A stream that carries requests for several models (ClassifyStream) bills
+each part as it goes: reading a request and writing its answer to the model it names,
+and each request runs as a task of its own, billed as any call.
 
     restore = install(loop)                  # the daemon, once its loop runs
     bill(scheduler.charge, "vit")            # in a call's handler: its model

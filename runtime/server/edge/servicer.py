@@ -160,7 +160,8 @@ class EdgeRuntimeServicer(pb_grpc.EdgeRuntimeServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ClassifyResponse]:
         peer = context.peer()
-        answers: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()  # in request order
+        # In request order: each request's task and the model it names.
+        answers: asyncio.Queue[tuple[asyncio.Task, str] | None] = asyncio.Queue()
         window = asyncio.Semaphore(STREAM_WINDOW)
         drained = False
 
@@ -168,19 +169,23 @@ class EdgeRuntimeServicer(pb_grpc.EdgeRuntimeServicer):
             nonlocal drained
             try:
                 async for request in request_iterator:
+                    self.registry.bill(request.model)  # reading the stream: its requests' models
                     if self.state.draining:
                         drained = True
                         return
                     await window.acquire()
-                    answers.put_nowait(asyncio.ensure_future(self._stream_item(request, peer)))
+                    answers.put_nowait((asyncio.ensure_future(self._stream_item(request, peer)),
+                                        request.model))
             finally:
                 answers.put_nowait(None)
 
         reader = asyncio.ensure_future(read())
         try:
-            while (task := await answers.get()) is not None:
+            while (answer := await answers.get()) is not None:
+                task, model = answer
                 response = await task
                 window.release()
+                self.registry.bill(model)  # writing the answers: their requests' models
                 yield response
             await reader  # a failed read ends the stream with its error
             if drained:
@@ -189,9 +194,9 @@ class EdgeRuntimeServicer(pb_grpc.EdgeRuntimeServicer):
         finally:
             reader.cancel()
             while not answers.empty():
-                task = answers.get_nowait()
-                if task is not None:
-                    task.cancel()
+                answer = answers.get_nowait()
+                if answer is not None:
+                    answer[0].cancel()
 
     async def _stream_item(self, request: pb.ClassifyRequest, peer: str) -> pb.ClassifyResponse:
         """One request of a stream: its answer, or its error as an answer."""

@@ -287,8 +287,10 @@ def test_generate_on_a_vision_model_is_refused(client):
         list(client.generate("tiny", "hello"))
 
 
-def test_stream_answers_in_order_and_goes_on_after_a_bad_request(client, engine):
+def test_stream_answers_in_order_and_goes_on_after_a_bad_request(daemon, client, engine):
     images = [_image() for _ in range(20)]
+    scheduler = daemon.daemon.registry.scheduler
+    handled_before = scheduler.usage()["tiny"].handling_s
 
     def requests():
         for i, img in enumerate(images):
@@ -305,6 +307,8 @@ def test_stream_answers_in_order_and_goes_on_after_a_bad_request(client, engine)
         else:
             assert not answer.HasField("error")
             _assert_answer(answer.results[0], engine.probabilities(img)[0], engine.labels)
+    # Decoding, answering and streaming the frames cost the daemon CPU: charged to "tiny"
+    assert scheduler.usage()["tiny"].handling_s > handled_before
 
 
 def test_list_models_shows_the_vision_models(client):
