@@ -106,6 +106,8 @@ def test_a_short_run_against_a_real_daemon(tmp_path, tiny_llama_package):
     # --config serves the daemon's metrics: its scheduler saw the model busy
     demo = report["scheduler"]["models"]["demo"]
     assert demo["busy_s"] > 0 and demo["units"] > 0 and demo["busy_fraction"] == 1.0
+    # its 6 clients' calls cost the daemon CPU outside the decode steps: charged to it
+    assert demo["handling_s"] > 0 and demo["charged_fraction"] == 1.0
     assert (demo["share"], demo["share_fraction"], demo["shed_requests"]) == (1.0, 1.0, 0)
     assert report["machine"]["cores"] >= 1
     assert "demo: busy" in result.stdout
