@@ -31,9 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+log = logging.getLogger("e2edge.server")
 
 _thread_time = time.thread_time  # this thread's CPU seconds: about 0.5 us a read
 
@@ -60,7 +63,12 @@ class CallCost:
 
     def flush(self) -> None:
         if self.charge is not None and self.pending > 0:
-            self.charge(self.model, self.pending)
+            try:
+                self.charge(self.model, self.pending)
+            except Exception:  # noqa: BLE001 - accounting must never fail the call itself
+                log.exception("charging %s's request handling failed; this call goes "
+                              "uncharged", self.model)
+                self.charge = None
             self.pending = 0.0
 
 

@@ -146,6 +146,25 @@ def test_results_errors_and_cancellation_pass_through_unchanged():
     assert ledger.charged["llm"] >= 0.006  # a failing call pays for what it did
 
 
+def test_a_failing_charge_never_fails_the_call(caplog):
+    def broken(model: str, seconds: float) -> None:
+        raise RuntimeError("scheduler gone")
+
+    async def call() -> str:
+        request_cpu.bill(broken, "vit")
+        burn(0.01)  # past FLUSH_S: the charge is tried within this step
+        await asyncio.sleep(0)
+        burn(0.01)
+        return "answer"
+
+    async def main() -> None:
+        assert await asyncio.create_task(call()) == "answer"
+
+    run_metered(main)
+    failures = [r for r in caplog.records if "goes uncharged" in r.getMessage()]
+    assert len(failures) == 1  # tried once, then the call is left uncharged
+
+
 def test_outside_a_metered_loop_billing_does_nothing_and_install_restores():
     ledger = Ledger()
     request_cpu.bill(ledger.charge, "vit")  # no task at all
