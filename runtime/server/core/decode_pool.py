@@ -24,7 +24,6 @@ the model among all its requests, so batching gains the most once decoding needs
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -53,13 +52,6 @@ def decode_thread_count(configured: int) -> int:
     return configured or max(1, available_cores() // 2)
 
 
-def _timed(work: Callable[..., T], *args) -> tuple[T, float]:
-    """`work(*args)` and the CPU seconds it took on this thread."""
-    started = time.thread_time()
-    result = work(*args)
-    return result, time.thread_time() - started
-
-
 class ImageDecoding:
     """The daemon's decoding threads and the size under which the loop decodes itself."""
 
@@ -77,7 +69,7 @@ class ImageDecoding:
         if self.inline(pixels):
             return prepare(*args)
         result, cpu_s = await asyncio.get_running_loop().run_in_executor(
-            self.executor, _timed, prepare, *args)
+            self.executor, request_cpu.timed, prepare, *args)
         request_cpu.add(cpu_s)  # the call's handling, done on a decoding thread
         return result
 

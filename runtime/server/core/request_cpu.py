@@ -34,7 +34,7 @@ import contextvars
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger("e2edge.server")
 
@@ -44,6 +44,7 @@ _thread_time = time.thread_time  # this thread's CPU seconds: about 0.5 us a rea
 FLUSH_S = 0.005
 
 Charge = Callable[[str, float], None]  # (model, cpu seconds)
+T = TypeVar("T")
 
 
 class CallCost:
@@ -105,32 +106,10 @@ class MeteredCall(Coroutine):
         self._started = False
 
     def send(self, value: Any) -> Any:
-        # The hot path (every step of every call): inlined, one clock read each side.
-        if not self._started:
-            self._start()
-        started = _thread_time()
-        try:
-            result = self._coro.send(value)
-        except BaseException:  # the call ended (StopIteration) or failed: settle its account
-            self._settle(_thread_time() - started)
-            raise
-        cost = self._cost
-        cost.pending += _thread_time() - started
-        if cost.pending >= FLUSH_S:
-            cost.flush()
-        return result
+        return self._step(self._coro.send, value)
 
     def throw(self, *args: Any) -> Any:
-        if not self._started:
-            self._start()
-        started = _thread_time()
-        try:
-            result = self._coro.throw(*args)
-        except BaseException:
-            self._settle(_thread_time() - started)
-            raise
-        self._cost.add(_thread_time() - started)
-        return result
+        return self._step(self._coro.throw, *args)
 
     def close(self) -> None:
         self._coro.close()
@@ -147,14 +126,28 @@ class MeteredCall(Coroutine):
     def __getattr__(self, name: str) -> Any:  # cr_frame, cr_code, __qualname__: a task's repr
         return getattr(self._coro, name)
 
-    def _start(self) -> None:
-        """On the first step, which runs in the task's own context: the call's account."""
-        _current.set(self._cost)
-        self._started = True
+    def _step(self, resume: Callable[..., Any], *args: Any) -> Any:
+        """One step of the call (every step of every call: one clock read each side)."""
+        if not self._started:  # the first step runs in the task's own context
+            _current.set(self._cost)
+            self._started = True
+        started = _thread_time()
+        try:
+            result = resume(*args)
+        except BaseException:  # the call ended (StopIteration) or failed: settle its account
+            self._cost.add(_thread_time() - started)
+            self._cost.flush()
+            raise
+        self._cost.add(_thread_time() - started)
+        return result
 
-    def _settle(self, seconds: float) -> None:
-        self._cost.pending += seconds
-        self._cost.flush()
+
+def timed(work: Callable[..., T], *args: Any) -> tuple[T, float]:
+    """`work(*args)` and the CPU seconds it took on this thread: run on another thread
+    for a call, its seconds go to the call with `add`."""
+    started = _thread_time()
+    result = work(*args)
+    return result, _thread_time() - started
 
 
 def install(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
