@@ -165,26 +165,20 @@ def scheduler_state(metrics_text: str) -> dict:
     return {"models": models, "capacity": capacity}
 
 
-def charged_s(busy_s: float, handling_s: float, resource: str | None, slots: int) -> float:
-    """What the scheduler divides by the shares: the slots' hold, and on the CPU the
-    requests' handling spread over the slots (runtime/server/core/fair_queue.py)."""
-    if resource != "cpu" or slots < 1:
-        return busy_s
-    return busy_s + handling_s / slots
-
-
 def scheduler_window(before: dict, after: dict, measured_s: float) -> dict:
     """Per model over the measured window: the counters' growth, busy time as a fraction
     of all models' and of the wall time, the time charged to its share (busy time and
     its requests' handling) as a fraction of all models', and the share as a fraction
     of all shares."""
+    from runtime.server.core.fair_queue import charged_seconds
+
     models = after["models"]
 
     def grown(name: str, key: str) -> float:
         return models[name].get(key, 0.0) - before["models"].get(name, {}).get(key, 0.0)
 
     busy = {name: grown(name, "busy_s") for name in models}
-    charged = {name: charged_s(busy[name], grown(name, "handling_s"), m.get("resource"),
+    charged = {name: charged_seconds(busy[name], grown(name, "handling_s"), m.get("resource"),
                                int(m.get("slots", 0))) for name, m in models.items()}
     total_busy, total_charged = sum(busy.values()), sum(charged.values())
     total_share = sum(m.get("share", 0.0) for m in models.values())

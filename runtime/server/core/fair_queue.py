@@ -78,6 +78,15 @@ PRIORITY_LEAD_S = 0.1
 ANTICIPATE_S = 0.02
 
 
+def charged_seconds(busy_s: float, handling_s: float, resource: str | None,
+                    slots: int) -> float:
+    """What the shares divide for one model: the seconds it held its slots and, on the
+    CPU, its requests' handling spread over those slots (as `FairQueue.charge` counts it)."""
+    if resource != "cpu" or slots < 1:
+        return busy_s
+    return busy_s + handling_s / slots
+
+
 @dataclass(frozen=True)
 class Schedule:
     """What the scheduler knows of one model: its weight, its priority, what it holds."""

@@ -24,6 +24,7 @@ from vision_package import heavy_vision_package
 
 from runtime.client import EdgeClient, RemoteError
 from runtime.config import DaemonConfig, MetricsConfig, ModelConfig
+from runtime.server.core.fair_queue import charged_seconds
 from runtime.server.edge.convert import tensor_message
 from runtime.server.in_process import DaemonThread
 from runtime.vision.serving_config import BatchingConfig
@@ -104,13 +105,14 @@ def window(daemon: DaemonThread, load: Load) -> dict:
     the event loop), the fraction of what the shares divide (busy + handling over its
     slots), tokens and images."""
     scheduler = daemon.daemon.registry.scheduler
-    slots = {name: s.slots for name, s in scheduler.schedules().items()}
+    schedules = scheduler.schedules()
     before, counted = scheduler.usage(), load.counts()
     time.sleep(WINDOW_S)
     after, now = scheduler.usage(), load.counts()
     busy = {name: after[name].busy_s - before[name].busy_s for name in after}
     handling = {name: after[name].handling_s - before[name].handling_s for name in after}
-    charged = {name: busy[name] + handling[name] / slots[name] for name in after}
+    charged = {name: charged_seconds(busy[name], handling[name], schedules[name].resource,
+                                     schedules[name].slots) for name in after}
     total = sum(charged.values())
     return {"busy": busy, "handling": handling,
             "fraction": {name: s / total for name, s in charged.items()},
