@@ -234,6 +234,19 @@ def _cuda_bindings_version() -> str:
     return str(getattr(cuda.bindings, "__version__", "unknown"))
 
 
+def int4_kernel_facts() -> dict[str, Any]:
+    """e2edge's CPU int4 kernel: whether it built here and runs int4 MatMulNBits."""
+    from runtime.kernels import int4_library
+
+    library = int4_library.load()
+    if isinstance(library, str):
+        return {"available": False, "reason": library}
+    if not library.fast_path:
+        return {"available": False, "library": str(library.path),
+                "reason": "no AVX-512 VNNI on this CPU: int4 runs on onnxruntime's MatMulNBits"}
+    return {"available": True, "library": str(library.path), "isa": "AVX-512 VNNI"}
+
+
 def power_facts() -> dict[str, Any]:
     """Every power source with why it is absent; `auto` is the one the daemon would open."""
     from runtime.power.sources import source_checks
@@ -266,6 +279,7 @@ def collect() -> dict[str, Any]:
         "onnxruntime": onnxruntime_facts(),
         "tensorrt": tensorrt_facts(),
         "cuda_python": cuda_python_facts(),
+        "int4_kernel": int4_kernel_facts(),
         "power": power_facts(),
     }
 

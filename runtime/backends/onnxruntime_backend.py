@@ -83,6 +83,9 @@ class OnnxRuntimeBackend:
 
             adapted = rewrite(onnx.load(str(onnx_path), load_external_data=False), chosen)
             if adapted is not None:
+                from runtime.kernels.int4_library import register_if_used
+
+                register_if_used(options, adapted)  # e2edge's own kernels, if it has any
                 source = adapted.SerializeToString()
                 # From bytes, onnxruntime finds the external weights in the package folder.
                 options.add_session_config_entry(

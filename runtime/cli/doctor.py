@@ -3,9 +3,10 @@
     e2edge doctor [--json] [--config FILE]
 
 CPU, memory, the GPU and its CUDA driver, the Jetson release, onnxruntime and its
-execution providers, TensorRT, cuda-python and NVRTC, and the power sources, each with
-the reason when absent (runtime/host_facts.py). With the daemon's config, every model's
-package is opened and its backend chosen as runtime/backends/selection.py decides.
+execution providers, TensorRT, cuda-python and NVRTC, e2edge's CPU int4 kernel, and the
+power sources, each with the reason when absent (runtime/host_facts.py). With the
+daemon's config, every model's package is opened and its backend chosen as
+runtime/backends/selection.py decides.
 Exit status 1 when the config cannot be read or a configured model cannot run here.
 """
 
@@ -97,6 +98,9 @@ def _lines(r: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("cuda-python", f"{cuda_python['version']}, {nvrtc}"))
     else:
         rows.append(("cuda-python", _absent(cuda_python)))
+    int4 = r["int4_kernel"]
+    rows.append(("int4-kernel", f"{int4['isa']}: runs int4 MatMulNBits on the CPU provider"
+                 if int4["available"] else f"not used: {int4['reason']}"))
     sources = "; ".join(f"{s['name']}: {'found' if s['found'] else s['reason']}"
                         for s in r["power"]["sources"])
     rows.append(("power", f"auto -> {r['power']['auto']} ({sources})"))

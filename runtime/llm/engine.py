@@ -18,6 +18,7 @@ on the box (`gate`, runtime/server/core/scheduler.py), so other models get their
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,12 +32,16 @@ from runtime.backends.selection import kv_buffer_providers
 from runtime.errors import InvalidRequest, PackageError
 from runtime.llm.chat_template import ChatTemplate, Conversation, require_template
 from runtime.llm.gqa_fp16 import fp16_attention
+from runtime.llm.int4_kernel import rewrite as int4_rewrite
+from runtime.llm.int4_kernel import why_not as int4_why_not
 from runtime.llm.kv_buffer import SharedKVBuffer
 from runtime.llm.sampling import SamplingParams
 from runtime.llm.sequence import GenerationEvent, GenerationStats, SequenceState
 from runtime.llm.tokenizer import Tokenizer
 from runtime.package import ModelPackage, load_package
 from runtime.step_gate import UNGATED, StepGate
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DecoderLayout", "GenerationEvent", "GenerationStats", "LLMEngine", "Prompt"]
 CACHE_MODES = ("concat", "shared_buffer")
@@ -92,11 +97,28 @@ class DecoderLayout:
         return layout
 
 
-def _attention_precision(model, providers: list[str], fp16: bool | None):
-    """The gqa graph as the providers run it: fp16 attention on CUDA (gqa_fp16.py)."""
+def _adapt(model, providers: list[str], *, fp16: bool | None, int4: str | None,
+           package_dir: Path, shared_cache: bool, notes: dict[str, str]):
+    """The graph as the providers run it best: fp16 attention on CUDA (gqa_fp16.py, gqa
+    packages), e2edge's int4 kernel on a CPU that has it (int4_kernel.py). None: as is.
+    `notes["int4"]` says what became of the int4 matmuls."""
+    adapted = None
     if fp16 is None:
         fp16 = bool(providers) and providers[0] == "CUDAExecutionProvider"
-    return fp16_attention(model) if fp16 else None
+    if shared_cache and fp16:
+        adapted = fp16_attention(model)
+    int4_nodes = sum(node.op_type == "MatMulNBits" for node in model.graph.node)
+    if not int4_nodes:
+        return adapted
+    reason = int4_why_not(providers, int4)
+    rewritten = int4_rewrite(adapted or model, package_dir) if reason is None else None
+    if rewritten is None:
+        notes["int4"] = f"onnxruntime MatMulNBits ({reason or 'no node fits the kernel'})"
+        log.info("int4 kernel not used: %s", notes["int4"])
+        return adapted
+    kernel_nodes = sum(node.op_type == "MatMulInt4Packed" for node in rewritten.graph.node)
+    notes["int4"] = f"e2edge int4 kernel on {kernel_nodes} of {int4_nodes} MatMulNBits nodes"
+    return rewritten
 
 
 def _stream_goes_on() -> bool:
@@ -124,6 +146,7 @@ class LLMEngine:
         self.backend_reason = "as configured"  # the daemon's loader says more when it chose
         self.execution = ("shared KV buffer (GroupQueryAttention)" if self.shared_cache
                           else "KV cache concatenated per step")
+        self.int4_matmuls = ""  # int4 packages: which kernel runs the MatMulNBits nodes
         self.gate: StepGate = UNGATED  # the daemon's scheduler: each forward pass waits its turn
         self._cache_names = self.layout.cache_names()
         self._present = [present for _, present in self._cache_names]
@@ -138,11 +161,14 @@ class LLMEngine:
         providers: Sequence[str] | None = None,
         fp16_attention: bool | None = None,
         spin: bool = True,
+        int4_kernel: str | None = None,
     ) -> LLMEngine:
         """`fp16_attention` (gqa packages): GroupQueryAttention and the KV buffer in fp16
         (runtime/llm/gqa_fp16.py); None = when onnxruntime's CUDA provider runs the graph,
         whose attention kernel has no fp32 version. `spin`: onnxruntime's threads
-        busy-wait between ops (runtime/backends/cpu_threads.py)."""
+        busy-wait between ops (runtime/backends/cpu_threads.py). `int4_kernel`: "auto"
+        (None: $E2EDGE_INT4_KERNEL, else auto) runs int4 MatMulNBits on e2edge's own
+        kernel where it is faster (runtime/llm/int4_kernel.py); "off" never."""
         package = load_package(package_path)
         if package.kind != "llm":
             raise PackageError(f"{package.root}: kind is {package.kind!r}, not 'llm'")
@@ -152,15 +178,21 @@ class LLMEngine:
             bos_token_id=llm.get("bos_token_id"),
             add_bos=bool(llm.get("add_bos_token", False)),
         )
-        rewrite = None
-        if DecoderLayout.from_manifest(package.manifest).cache_mode == "shared_buffer":
+        shared_cache = DecoderLayout.from_manifest(package.manifest).cache_mode == "shared_buffer"
+        if shared_cache:
             providers = kv_buffer_providers(package.root, backend, providers)
-            rewrite = partial(_attention_precision, fp16=fp16_attention)
+        notes: dict[str, str] = {}
+        rewrite = partial(_adapt, fp16=fp16_attention, int4=int4_kernel,
+                          package_dir=package.root, shared_cache=shared_cache, notes=notes)
         runner = create_backend(backend, package.onnx_path, threads=threads,
                                 providers=providers, package=package, rewrite=rewrite,
                                 spin=spin)
-        return cls(package, runner, tokenizer,
-                   ChatTemplate.from_manifest(package.root, package.manifest))
+        engine = cls(package, runner, tokenizer,
+                     ChatTemplate.from_manifest(package.root, package.manifest))
+        if "int4" in notes:
+            engine.int4_matmuls = notes["int4"]
+            engine.execution += f"; int4 matmuls: {notes['int4']}"
+        return engine
 
     @property
     def stop_token_ids(self) -> tuple[int, ...]:

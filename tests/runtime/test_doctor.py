@@ -29,7 +29,7 @@ def test_doctor_json_describes_this_box():
     if not report["gpu"]["present"]:  # this machine: no GPU, and the reason why
         assert report["gpu"]["reason"]
     assert report["tensorrt"]["available"] or report["tensorrt"]["reason"].startswith("tensorrt ")
-    assert {"cpu", "memory", "jetson", "cuda_python", "power"} <= set(report)
+    assert {"cpu", "memory", "jetson", "cuda_python", "int4_kernel", "power"} <= set(report)
     assert "models" not in report
 
 
@@ -38,7 +38,7 @@ def test_doctor_prints_a_short_table():
     assert run.returncode == 0, run.stderr
     labels = [line.split()[0] for line in run.stdout.splitlines()[1:]]
     assert labels == ["cpu", "memory", "gpu", "jetson", "onnxruntime", "tensorrt",
-                      "cuda-python", "power"]
+                      "cuda-python", "int4-kernel", "power"]
 
 
 @pytest.fixture(scope="module")

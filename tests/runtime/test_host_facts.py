@@ -66,7 +66,7 @@ def test_this_machine_is_described_without_raising():
     json.dumps(facts)  # JSON-ready
     assert facts["cpu"]["cores"] >= 1 and facts["memory"]["total_bytes"] > 0
     assert facts["gpu"]["present"] or facts["gpu"]["reason"]
-    for section in ("onnxruntime", "tensorrt", "cuda_python"):
+    for section in ("onnxruntime", "tensorrt", "cuda_python", "int4_kernel"):
         assert facts[section]["available"] or facts[section]["reason"]
     names = [source["name"] for source in facts["power"]["sources"]]
     assert names == ["tegrastats", "jtop", "hwmon", "nvml"]
