@@ -1,7 +1,7 @@
 """The int4 matmul library (int4_matmul.c): compiled for this host on first use, cached.
 
-Built with the system's C compiler (`cc`, or $CC) into
-`$E2EDGE_CACHE_DIR/kernels` (default ~/.cache/e2edge/kernels), under a name keyed by
+Built with the system's C compiler (`cc`, or $CC) into the cache folder (cache_root():
+$E2EDGE_CACHE_DIR, $XDG_CACHE_HOME or ~/.cache, then e2edge/kernels), under a name keyed by
 the source, the compiler and the machine, so an upgrade rebuilds and a second process
 reuses it. No compiler, or a failed build: `load()` says why and the runtime keeps
 onnxruntime's own MatMulNBits, so a host without one loses speed, never a model.
@@ -91,8 +91,12 @@ def _ptr(array: np.ndarray) -> ctypes.c_void_p:
 
 
 def cache_root() -> Path:
-    """$E2EDGE_CACHE_DIR/kernels, else ~/.cache/e2edge/kernels."""
-    root = os.environ.get("E2EDGE_CACHE_DIR") or str(Path.home() / ".cache" / "e2edge")
+    """$E2EDGE_CACHE_DIR/kernels, else $XDG_CACHE_HOME/e2edge/kernels (the systemd unit's
+    /var/cache/e2edge), else ~/.cache/e2edge/kernels."""
+    root = os.environ.get("E2EDGE_CACHE_DIR")
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        root = str(Path(xdg) / "e2edge")
     return Path(root) / "kernels"
 
 

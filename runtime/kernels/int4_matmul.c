@@ -470,7 +470,10 @@ static const E2CustomOp MATMUL_INT4_PACKED = {
 /* onnxruntime calls this when a session's options register the library. */
 OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
   const OrtApi *api = base->GetApi(E2_ORT_API_VERSION);
-  if (!api) return NULL; /* an onnxruntime older than 1.17: nothing registered, loading the graph fails */
+  if (!api) { /* an onnxruntime older than 1.17: say so through the first API version's table */
+    const OrtApi *first = base->GetApi(1);
+    return first ? fail(first, E2_ORT_FAIL, "the e2edge int4 kernel needs onnxruntime >= 1.17") : NULL;
+  }
   OrtCustomOpDomain *domain = NULL; /* lives as long as the process: sessions refer to it */
   E2_TRY(((CreateCustomOpDomainFn)API_FN(api, API_CreateCustomOpDomain))("ai.e2edge", &domain));
   E2_TRY(((CustomOpDomainAddFn)API_FN(api, API_CustomOpDomain_Add))(domain, &MATMUL_INT4_PACKED));
