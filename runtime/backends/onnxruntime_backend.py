@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.backends.adapted_graph import AdaptedGraph
 from runtime.backends.base import DeviceTensor
 from runtime.backends.cpu_threads import apply_cpu_threads
 from runtime.backends.device_buffer import BufferView, DeviceBuffer, host_copy
@@ -68,7 +69,8 @@ class OnnxRuntimeBackend:
     def __init__(self, onnx_path: Path, threads: int = 0, providers: Sequence[str] | None = None,
                  rewrite: Callable[[Any, list[str]], Any] | None = None, spin: bool = True):
         """`rewrite(model, providers)` may return an adapted onnx.ModelProto (external data
-        not loaded: it stays in the package's files), or None to run the file as it is."""
+        not loaded: it stays in the package's files) or an AdaptedGraph (the same, plus
+        weights in memory), or None to run the file as it is."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -78,6 +80,7 @@ class OnnxRuntimeBackend:
         options.log_severity_level = 3  # no warnings about initializers the optimiser folded
         chosen = choose_providers(providers)
         source: str | bytes = str(onnx_path)
+        handed_over: list = []  # weights the session copies as it loads (adapted_graph.py)
         if rewrite is not None:
             import onnx
 
@@ -85,8 +88,11 @@ class OnnxRuntimeBackend:
             if adapted is not None:
                 from runtime.kernels.int4_library import register_if_used
 
-                register_if_used(options, adapted)  # e2edge's own kernels, if it has any
-                source = adapted.SerializeToString()
+                if not isinstance(adapted, AdaptedGraph):
+                    adapted = AdaptedGraph(adapted)
+                register_if_used(options, adapted.model)  # e2edge's own kernels, if any
+                handed_over = adapted.hand_over(options)
+                source = adapted.model.SerializeToString()
                 # From bytes, onnxruntime finds the external weights in the package folder.
                 options.add_session_config_entry(
                     "session.model_external_initializers_file_folder_path",
@@ -95,6 +101,7 @@ class OnnxRuntimeBackend:
             self.session = ort.InferenceSession(source, options, providers=chosen)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
             raise PackageError(f"{onnx_path}: onnxruntime cannot load it ({e})") from e
+        del handed_over  # copied into the session: held once from here on
         self.providers = self.session.get_providers()
         # Where a shared KV buffer lives: on the GPU when the CUDA provider runs the graph
         # (its GroupQueryAttention then reads and writes it in place), else a host array.

@@ -116,7 +116,7 @@ def _adapt(model, providers: list[str], *, fp16: bool | None, int4: str | None,
         notes["int4"] = f"onnxruntime MatMulNBits ({reason or 'no node fits the kernel'})"
         log.info("int4 kernel not used: %s", notes["int4"])
         return adapted
-    kernel_nodes = sum(node.op_type == "MatMulInt4Packed" for node in rewritten.graph.node)
+    kernel_nodes = sum(node.op_type == "MatMulInt4Packed" for node in rewritten.model.graph.node)
     notes["int4"] = f"e2edge int4 kernel on {kernel_nodes} of {int4_nodes} MatMulNBits nodes"
     return rewritten
 

@@ -20,6 +20,8 @@ import logging
 import os
 from pathlib import Path
 
+from runtime.backends.adapted_graph import AdaptedGraph
+
 log = logging.getLogger(__name__)
 
 SETTING = "E2EDGE_INT4_KERNEL"  # auto (default) | off
@@ -69,9 +71,10 @@ def eligible(node, initializers: dict) -> bool:
             and inputs[1] in initializers and inputs[2] in initializers)
 
 
-def rewrite(model, package_dir: Path):
+def rewrite(model, package_dir: Path) -> AdaptedGraph | None:
     """A copy of `model` (onnx.ModelProto, external data not loaded) with every eligible
-    MatMulNBits on the kernel, or None when no node is eligible."""
+    MatMulNBits on the kernel, its packed weights in memory; None when no node is
+    eligible."""
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
@@ -101,7 +104,8 @@ def rewrite(model, package_dir: Path):
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    replaced, dropped, added = {}, set(), []
+    adapted = AdaptedGraph(out)
+    replaced, dropped = {}, set()
     for node in chosen:
         attributes = _attributes(node)
         n, k = int(attributes["N"]), int(attributes["K"])
@@ -109,8 +113,7 @@ def rewrite(model, package_dir: Path):
         packed, packed_scales = library.pack(values(weights), values(scales), n, k)
         stem = node.name or node.output[0]
         names = (f"{stem}/int4_packed", f"{stem}/int4_packed_scales")
-        added += [numpy_helper.from_array(packed, names[0]),
-                  numpy_helper.from_array(packed_scales, names[1])]
+        adapted.weights[names[0]], adapted.weights[names[1]] = packed, packed_scales
         replaced[id(node)] = helper.make_node(
             int4_library.OP_TYPE, [node.input[0], *names], list(node.output),
             name=node.name, domain=int4_library.DOMAIN, K=k, N=n)
@@ -119,9 +122,11 @@ def rewrite(model, package_dir: Path):
     out.graph.node.extend(replaced.get(id(node), node) for node in graph.node)
     kept = [t for t in graph.initializer if t.name not in dropped]
     del out.graph.initializer[:]
-    out.graph.initializer.extend([*kept, *added])
+    out.graph.initializer.extend(kept)
+    for name, array in list(adapted.weights.items()):
+        adapted.add_weight(name, array)
     out.opset_import.append(helper.make_opsetid(int4_library.DOMAIN, 1))
     log.info("int4 kernel: %d of %d MatMulNBits nodes on %s", len(chosen),
              sum(n.op_type == "MatMulNBits" for n in graph.node), library.path.name)
-    return out
+    return adapted
 

@@ -174,18 +174,24 @@ def test_the_rewrite_takes_eligible_nodes_only_and_keeps_the_result(library, tmp
     onnx.save(model, str(tmp_path / "model.onnx"), save_as_external_data=True,
               all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=0)
     on_disk = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False)
-    rewritten = int4_kernel.rewrite(on_disk, tmp_path)
+    adapted = int4_kernel.rewrite(on_disk, tmp_path)
+    rewritten = adapted.model
     assert [(n.name, n.op_type) for n in rewritten.graph.node] == [
         ("first", "MatMulInt4Packed"), ("second", "MatMulNBits")]
     names = {t.name for t in rewritten.graph.initializer}
     assert "w1" not in names and "s1" not in names and {"w2", "s2"} <= names
+    # the packed weights are declared in the graph but live in memory, not in its bytes
+    assert set(adapted.weights) == {"first/int4_packed", "first/int4_packed_scales"}
+    assert len(rewritten.SerializeToString()) < 1000
     assert len(on_disk.graph.node) == 2 and on_disk.graph.node[0].op_type == "MatMulNBits"
     options = ort.SessionOptions()
     assert int4_library.register_if_used(options, rewritten)
+    kept = adapted.hand_over(options)
     options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                      str(tmp_path))
     session = ort.InferenceSession(rewritten.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
+    assert len(kept) == 2
     _close(session.run(None, {"x": x})[0], expected, rtol=1e-5)
     assert int4_kernel.rewrite(_matmul_nbits_model(*_weights(np.random.default_rng(8), 8, 64),
                                                    8, 64, 1, accuracy_level=1), tmp_path) is None
