@@ -55,6 +55,16 @@ def tiny_llama_package_standard(tmp_path_factory, tiny_llama_checkpoint) -> Path
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_package_int4(tmp_path_factory, tiny_llama_checkpoint) -> Path:
+    """The same model with int4 weights and int8 activations (the CPU defaults)."""
+    from exporter.llm.export import LLMExportOptions, export_llm
+
+    out = tmp_path_factory.mktemp("tiny-llama-int4-pkg") / "pkg"
+    options = LLMExportOptions(name="tiny-llama-int4", weights="int4", accuracy_level=4)
+    return export_llm(tiny_llama_checkpoint, out, options).package
+
+
+@pytest.fixture(scope="session")
 def tiny_gemma_checkpoint(tmp_path_factory) -> Path:
     from llm_fixtures import make_tiny_checkpoint
 

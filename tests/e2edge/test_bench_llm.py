@@ -131,6 +131,23 @@ def test_out_of_the_box_leaves_every_side_at_its_own_default(tiny_llama_package,
     assert "each runtime's default" in table
 
 
+def test_the_int4_kernel_ablation_times_the_runtime_on_matmul_nbits(tiny_llama_package_int4,
+                                                                    tmp_path):
+    from runtime.kernels import int4_library
+
+    report, table = _bench(tiny_llama_package_int4, tmp_path / "cache", "--streams", "",
+                           "--bandwidth-mib", "0", "--int4-kernel-ablation")
+    ablation = report["e2edge_matmulnbits"]
+    assert ablation["int4_matmuls"].startswith("onnxruntime MatMulNBits (turned off")
+    assert ablation["decode_tokens_per_s"] > 0 and ablation["greedy_tokens_compared"] == 16
+    assert report["decode_speedup_vs_matmulnbits"] > 0
+    library = int4_library.load()
+    runs_kernel = not isinstance(library, str) and library.fast_path
+    assert report["e2edge"]["int4_matmuls"].startswith(
+        "e2edge int4 kernel on" if runs_kernel else "onnxruntime MatMulNBits")
+    assert "e2edge MatMulNBits" in table and "decode speed-up vs e2edge on MatMulNBits" in table
+
+
 def test_int4_build_uses_the_packages_block_size_and_accuracy_level(
         tiny_llama_checkpoint, tmp_path, monkeypatch):
     import onnx

@@ -217,23 +217,15 @@ def test_a_host_without_a_working_compiler_keeps_matmul_nbits(monkeypatch, tmp_p
         int4_library.load.cache_clear()
 
 
-@pytest.fixture(scope="module")
-def int4_package(tmp_path_factory, tiny_llama_checkpoint):
-    from exporter.llm.export import LLMExportOptions, export_llm
-
-    out = tmp_path_factory.mktemp("tiny-llama-int4") / "pkg"
-    options = LLMExportOptions(name="tiny-llama-int4", weights="int4", accuracy_level=4)
-    return export_llm(tiny_llama_checkpoint, out, options).package
-
-
-def test_an_int4_package_generates_on_the_kernel_as_on_matmul_nbits(library, int4_package):
+def test_an_int4_package_generates_on_the_kernel_as_on_matmul_nbits(library,
+                                                                  tiny_llama_package_int4):
     from runtime.llm.engine import LLMEngine
     from runtime.llm.sampling import SamplingParams
 
     if not library.fast_path:
         pytest.skip("this CPU has no AVX-512 VNNI: the runtime keeps MatMulNBits here")
-    kernel = LLMEngine.load(int4_package, threads=2, int4_kernel="auto")
-    plain = LLMEngine.load(int4_package, threads=2, int4_kernel="off")
+    kernel = LLMEngine.load(tiny_llama_package_int4, threads=2, int4_kernel="auto")
+    plain = LLMEngine.load(tiny_llama_package_int4, threads=2, int4_kernel="off")
     assert kernel.int4_matmuls.startswith("e2edge int4 kernel on ")
     assert "int4 matmuls: e2edge int4 kernel" in kernel.execution
     assert plain.int4_matmuls.startswith("onnxruntime MatMulNBits (turned off")
