@@ -234,6 +234,14 @@ def test_an_int4_package_generates_on_the_kernel_as_on_matmul_nbits(library,
     theirs, _ = plain.forward(ids, 0, plain.empty_cache())
     assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(theirs).max()
     params = SamplingParams(max_new_tokens=24, ignore_eos=True)
-    tokens = [[t for e in engine.generate("To be", params) for t in e.token_ids]
-              for engine in (kernel, plain)]
-    assert tokens[0] == tokens[1] and len(tokens[0]) == 24
+    ours, theirs = ([t for e in engine.generate("To be", params) for t in e.token_ids]
+                    for engine in (kernel, plain))
+    assert len(ours) == len(theirs) == 24
+    # Equal here; another CPU's MatMulNBits may sum in another order, so a parting is
+    # allowed only where MatMulNBits' own top two are a float-noise tie.
+    first = next((i for i in range(24) if ours[i] != theirs[i]), None)
+    if first is not None:
+        prefix = np.asarray([plain.request_ids("To be", params) + theirs[:first]])
+        logits, _ = plain.forward(prefix, 0, plain.empty_cache())
+        last = logits[0, -1]
+        assert last[theirs[first]] - last[ours[first]] <= 1e-4 * np.abs(last).max(), first
