@@ -33,6 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from plugins_trt import plugin_spec as spec
 from plugins_trt.reference import ACTIVATION_FUNCTIONS, packed_to_words
+from runtime.onnx_attributes import node_attributes
 from runtime.ternary_layout import CODES_PER_BYTE, check_block_size, padded_k
 
 log = logging.getLogger(__name__)
@@ -111,10 +112,6 @@ class _Graph:
         return tensor not in self.outputs and all(id(c) in ids for c in self.consumers[tensor])
 
 
-def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 def _plugin_node(op: str, inputs: list[str], outputs: list[str], name: str, **fields: int):
     return helper.make_node(
         op,
@@ -132,7 +129,7 @@ def _plugin_node(op: str, inputs: list[str], outputs: list[str], name: str, **fi
 def _lower_matmulnbits(
     g: _Graph, node: onnx.NodeProto, options: LoweringOptions, report: LoweringReport
 ) -> list[onnx.NodeProto] | None:
-    attrs = _attrs(node)
+    attrs = node_attributes(node)
     label = node.name or node.output[0]
     if attrs.get("bits", 4) != 2:
         return None  # left alone; listed as unsupported at the end
@@ -214,7 +211,8 @@ def _weight_2d(g: _Graph, node: onnx.NodeProto) -> tuple[np.ndarray | None, list
     ):
         source = g.array(cast.input[0])
         if source is not None:
-            w, casts = source.astype(helper.tensor_dtype_to_np_dtype(_attrs(cast)["to"])), [cast]
+            dtype = helper.tensor_dtype_to_np_dtype(node_attributes(cast)["to"])
+            w, casts = source.astype(dtype), [cast]
     return (w, casts) if w is not None and w.ndim == 2 else (None, [])
 
 
@@ -303,11 +301,11 @@ def _match_ffn(g: _Graph, down: onnx.NodeProto) -> tuple[_FfnMatch | None, str]:
             fused_w, casts = _weight_2d(g, fused) if fused is not None else (None, [])
             sizes = g.array(split.input[1]) if len(split.input) > 1 and split.input[1] else None
             if sizes is None:
-                sizes = _attrs(split).get("split")  # opset < 13 keeps the sizes here
+                sizes = node_attributes(split).get("split")  # opset < 13 keeps the sizes here
             if (
                 fused_w is None
                 or list(split.output) != [gate, up]
-                or _attrs(split).get("axis", 0) != -1
+                or node_attributes(split).get("axis", 0) != -1
                 or fused_w.shape != (d, 2 * f)
                 or (sizes is not None and list(sizes) != [f, f])
             ):
@@ -441,7 +439,8 @@ def lower_model(
         lowered.opset_import.append(helper.make_opsetid(spec.ONNX_DOMAIN, 1))
     for node in graph.node:
         if not _parser_can_import(node):
-            bits = f" bits={_attrs(node).get('bits', 4)}" if node.op_type == "MatMulNBits" else ""
+            bits = (f" bits={node_attributes(node).get('bits', 4)}"
+                    if node.op_type == "MatMulNBits" else "")
             label = node.name or node.output[0]
             report.unsupported.append(f"{label}: {node.domain}::{node.op_type}{bits}")
     return lowered, report

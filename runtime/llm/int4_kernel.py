@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 from runtime.backends.adapted_graph import AdaptedGraph
+from runtime.onnx_attributes import node_attributes
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +54,11 @@ def why_not(providers: list[str], value: str | None = None) -> str | None:
     return None
 
 
-def _attributes(node) -> dict:
-    from onnx import helper
-
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 def eligible(node, initializers: dict) -> bool:
     """A MatMulNBits node the kernel computes exactly as onnxruntime would."""
     if node.op_type != "MatMulNBits" or node.domain != "com.microsoft":
         return False
-    attributes = _attributes(node)
+    attributes = node_attributes(node)
     inputs = list(node.input)
     return (attributes.get("bits", 4) == 4 and attributes.get("block_size") == 32
             and attributes.get("accuracy_level", 0) == 4 and attributes.get("K", 0) % 32 == 0
@@ -107,7 +102,7 @@ def rewrite(model, package_dir: Path) -> AdaptedGraph | None:
     adapted = AdaptedGraph(out)
     replaced, dropped = {}, set()
     for node in chosen:
-        attributes = _attributes(node)
+        attributes = node_attributes(node)
         n, k = int(attributes["N"]), int(attributes["K"])
         weights, scales = node.input[1], node.input[2]
         packed, packed_scales = library.pack(values(weights), values(scales), n, k)

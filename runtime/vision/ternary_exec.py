@@ -30,23 +30,18 @@ import numpy as np
 
 from runtime.activation_grid import ZERO_POINT_U8
 from runtime.errors import PackageError
+from runtime.onnx_attributes import node_attributes
 from runtime.ternary_layout import ZERO_POINT, dequantize, unpack_codes
 
 MODES = ("packed", "fp32", "fp16", "int8")
 U8_ZERO_POINT = ZERO_POINT_U8  # the package's activation codes are uint8, zero point 128
 
 
-def _attrs(node) -> dict:
-    from onnx import helper
-
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 def _ternary_nodes(graph) -> list:
     nodes = []
     for node in graph.node:
         if node.op_type == "MatMulNBits" and node.domain == "com.microsoft":
-            if _attrs(node).get("bits") != 2:
+            if node_attributes(node).get("bits") != 2:
                 raise PackageError(f"{node.name}: only bits=2 MatMulNBits can be unpacked")
             if any(name for name in node.input[3:]):
                 raise PackageError(
@@ -77,7 +72,7 @@ def _check_zero_point(producer, name: str) -> None:
 
     value = None
     if producer is not None and producer.op_type == "ConstantOfShape":
-        value = numpy_helper.to_array(_attrs(producer)["value"])
+        value = numpy_helper.to_array(node_attributes(producer)["value"])
     if value is None or value.dtype != np.uint8 or value.reshape(-1).tolist() != [U8_ZERO_POINT]:
         raise PackageError(f"{name}: int8 execution needs uint8 activation codes with zero "
                            f"point {U8_ZERO_POINT}")
@@ -102,7 +97,7 @@ def unpack_ternary(model, mode: str):
     replacements: dict[int, list] = defaultdict(list)  # node index -> nodes replacing it
 
     for node in _ternary_nodes(graph):
-        a = _attrs(node)
+        a = node_attributes(node)
         k, n = int(a["K"]), int(a["N"])
         if node.input[1] not in inits or node.input[2] not in inits:
             raise PackageError(f"{node.name}: packed weights and scales must be initializers")
