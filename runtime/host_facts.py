@@ -238,13 +238,10 @@ def int4_kernel_facts() -> dict[str, Any]:
     """e2edge's CPU int4 kernel: whether it built here and runs int4 MatMulNBits."""
     from runtime.kernels import int4_library
 
-    library = int4_library.load()
-    if isinstance(library, str):
-        return {"available": False, "reason": library}
-    if not library.fast_path:
-        return {"available": False, "library": str(library.path),
-                "reason": "no AVX-512 VNNI on this CPU: int4 runs on onnxruntime's MatMulNBits"}
-    return {"available": True, "library": str(library.path), "isa": "AVX-512 VNNI"}
+    reason = int4_library.unavailable()
+    if reason is not None:
+        return {"available": False, "reason": reason}
+    return {"available": True, "library": str(int4_library.load().path), "isa": "AVX-512 VNNI"}
 
 
 def power_facts() -> dict[str, Any]:

@@ -25,9 +25,9 @@ class AdaptedGraph:
     model: Any  # onnx.ModelProto, external data not loaded
     weights: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def add_weight(self, name: str, array: np.ndarray) -> Any:
-        """Declare `array` as initializer `name` (returned: its TensorProto, already in
-        the graph); its bytes stay in memory until the session is built."""
+    def add_weight(self, name: str, array: np.ndarray) -> None:
+        """Declare `array` as initializer `name` of the graph; its bytes stay in memory
+        until the session is built."""
         from onnx import TensorProto, helper
 
         array = np.ascontiguousarray(array)
@@ -39,7 +39,6 @@ class AdaptedGraph:
             entry.key, entry.value = key, value
         self.model.graph.initializer.append(tensor)
         self.weights[name] = array
-        return tensor
 
     def hand_over(self, options) -> list:
         """Give onnxruntime session `options` the in-memory weights; returns the

@@ -140,6 +140,17 @@ def load() -> Int4Library | str:
     return Int4Library(target, handle)
 
 
+def unavailable() -> str | None:
+    """None when this host runs the fast kernel, else why not (no compiler, a failed
+    build, or no AVX-512 VNNI: the CPUs where onnxruntime's MatMulNBits stays faster)."""
+    library = load()
+    if isinstance(library, str):
+        return library
+    if not library.fast_path:
+        return "this CPU has no AVX-512 VNNI (onnxruntime's MatMulNBits is faster here)"
+    return None
+
+
 def _build(cc: str, target: Path) -> None:
     """Compile into a temporary file beside the target, then rename: concurrent first
     uses (two daemons, parallel tests) never see a half-written library."""

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-BLOCK = 32
-COLUMNS = 16
+from runtime.kernels.int4_library import BLOCK, COLUMNS, GROUP_BYTES
 
 
 def weight_codes(weights: np.ndarray, n: int, k: int) -> np.ndarray:
@@ -56,7 +55,7 @@ def pack(weights: np.ndarray, scales: np.ndarray, n: int, k: int) -> tuple[np.nd
     # [group, column j, block, chunk half h (low/high nibble), chunk c, t]
     c = codes.reshape(groups, COLUMNS, blocks, 2, 4, 4)
     nibbles = c[:, :, :, 0] | (c[:, :, :, 1] << 4)  # [group, j, block, chunk, t]
-    packed = nibbles.transpose(0, 2, 3, 1, 4).reshape(groups, blocks, 256)
+    packed = nibbles.transpose(0, 2, 3, 1, 4).reshape(groups, blocks, GROUP_BYTES)
     packed_scales = np.zeros((groups * COLUMNS, blocks), np.float32)
     packed_scales[:n] = np.asarray(scales, np.float32).reshape(n, blocks)
     return packed, np.ascontiguousarray(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 
 from runtime.backends.adapted_graph import AdaptedGraph
@@ -44,14 +45,9 @@ def why_not(providers: list[str], value: str | None = None) -> str | None:
         return f"turned off ({SETTING}=off)"
     if not providers or providers[0] != "CPUExecutionProvider":
         return "not onnxruntime's CPU provider"
-    from runtime.kernels import int4_library
+    from runtime.kernels.int4_library import unavailable
 
-    library = int4_library.load()
-    if isinstance(library, str):
-        return library
-    if not library.fast_path:
-        return "this CPU has no AVX-512 VNNI (onnxruntime's MatMulNBits is faster here)"
-    return None
+    return unavailable()
 
 
 def eligible(node, initializers: dict) -> bool:
@@ -82,10 +78,7 @@ def rewrite(model, package_dir: Path) -> AdaptedGraph | None:
         return None
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
-    uses: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
+    uses = Counter(name for node in graph.node for name in node.input)
     chosen = [node for node in graph.node if eligible(node, initializers)]
     if not chosen:
         return None
@@ -97,31 +90,27 @@ def rewrite(model, package_dir: Path) -> AdaptedGraph | None:
             load_external_data_for_tensor(tensor, str(package_dir))
         return numpy_helper.to_array(tensor)
 
+    dropped = {name for node in chosen for name in node.input[1:3] if uses[name] == 1}
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(t for t in graph.initializer if t.name not in dropped)
     adapted = AdaptedGraph(out)
-    replaced, dropped = {}, set()
+    replaced = {}
     for node in chosen:
         attributes = node_attributes(node)
         n, k = int(attributes["N"]), int(attributes["K"])
-        weights, scales = node.input[1], node.input[2]
-        packed, packed_scales = library.pack(values(weights), values(scales), n, k)
+        packed, packed_scales = library.pack(values(node.input[1]), values(node.input[2]), n, k)
         stem = node.name or node.output[0]
         names = (f"{stem}/int4_packed", f"{stem}/int4_packed_scales")
-        adapted.weights[names[0]], adapted.weights[names[1]] = packed, packed_scales
+        adapted.add_weight(names[0], packed)
+        adapted.add_weight(names[1], packed_scales)
         replaced[id(node)] = helper.make_node(
             int4_library.OP_TYPE, [node.input[0], *names], list(node.output),
             name=node.name, domain=int4_library.DOMAIN, K=k, N=n)
-        dropped.update(name for name in (weights, scales) if uses[name] == 1)
     del out.graph.node[:]
     out.graph.node.extend(replaced.get(id(node), node) for node in graph.node)
-    kept = [t for t in graph.initializer if t.name not in dropped]
-    del out.graph.initializer[:]
-    out.graph.initializer.extend(kept)
-    for name, array in list(adapted.weights.items()):
-        adapted.add_weight(name, array)
     out.opset_import.append(helper.make_opsetid(int4_library.DOMAIN, 1))
-    log.info("int4 kernel: %d of %d MatMulNBits nodes on %s", len(chosen),
-             sum(n.op_type == "MatMulNBits" for n in graph.node), library.path.name)
+    log.info("int4 kernel: %d MatMulNBits nodes on %s", len(chosen), library.path.name)
     return adapted
 
