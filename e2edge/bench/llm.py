@@ -180,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
         measure_copy_bandwidth,
         roofline_tokens_per_s,
     )
+    from e2edge.bench.ortgenai import compare_greedy
     from e2edge.bench.read_ceiling import fraction_of_ceiling, measure_read_ceiling
     from runtime.host_facts import machine_facts
     from runtime.llm.tokenizer import Tokenizer
@@ -243,14 +244,10 @@ def run(args: argparse.Namespace) -> int:
     ours = result["e2edge"].pop("token_ids")
     result["e2edge"]["first_token_ids"] = ours[:GREEDY_COMPARED]
     if "token_ids" in result.get("e2edge_matmulnbits", {}):
-        from e2edge.bench.ortgenai import compare_greedy
-
         ablation = result["e2edge_matmulnbits"]
         ablation.update(compare_greedy(ours, ablation.pop("token_ids"), len(ours)))
         _speedups(result, "e2edge_matmulnbits", "matmulnbits")
     if "ortgenai" in result and "skipped" not in result["ortgenai"]:
-        from e2edge.bench.ortgenai import compare_greedy
-
         peer = result["ortgenai"]
         theirs = peer.pop("token_ids")
         peer["first_token_ids"] = theirs[:GREEDY_COMPARED]
