@@ -119,13 +119,15 @@ def verify_package(
     where the reference's own top two are within the logits tolerance (a near tie,
     which float noise may break either way), and the comparison ends there.
 
-    The package runs as written (int4 on onnxruntime's MatMulNBits), not on the
-    runtime's load-time int4 kernel (runtime/llm/int4_kernel.py), so a package checks
-    the same on every workstation; the kernel is held to MatMulNBits by its own tests.
+    The package runs as written (int4 on onnxruntime's MatMulNBits, fp32 on its MatMul),
+    not on the runtime's load-time kernels (runtime/llm/int4_kernel.py, fp32_kernel.py),
+    so a package checks the same on every workstation; the kernels are held to
+    onnxruntime's by their own tests.
     """
     from runtime.llm.engine import LLMEngine
 
-    engine = LLMEngine.load(package_dir, threads=options.threads, int4_kernel="off")
+    engine = LLMEngine.load(package_dir, threads=options.threads, int4_kernel="off",
+                            fp32_kernel="off")
     ids = engine.encode(SAMPLE_PROMPT)[: engine.context_length // 2]
     n = 0 if _not_emulated(options) else min(options.verify_tokens,
                                              engine.context_length - len(ids))

@@ -81,17 +81,19 @@ class OnnxRuntimeBackend:
         chosen = choose_providers(providers)
         source: str | bytes = str(onnx_path)
         handed_over: list = []  # weights the session copies as it loads (adapted_graph.py)
+        handed_over_from: AdaptedGraph | None = None
         if rewrite is not None:
             import onnx
 
             adapted = rewrite(onnx.load(str(onnx_path), load_external_data=False), chosen)
             if adapted is not None:
-                from runtime.kernels.int4_library import register_if_used
+                from runtime.kernels.library import register_if_used
 
                 if not isinstance(adapted, AdaptedGraph):
                     adapted = AdaptedGraph(adapted)
                 register_if_used(options, adapted.model)  # e2edge's own kernels, if any
                 handed_over = adapted.hand_over(options)
+                handed_over_from = adapted
                 source = adapted.model.SerializeToString()
                 # From bytes, onnxruntime finds the external weights in the package folder.
                 options.add_session_config_entry(
@@ -102,6 +104,8 @@ class OnnxRuntimeBackend:
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
             raise PackageError(f"{onnx_path}: onnxruntime cannot load it ({e})") from e
         del handed_over  # copied into the session: held once from here on
+        if handed_over_from is not None:
+            handed_over_from.release()
         self.providers = self.session.get_providers()
         # Where a shared KV buffer lives: on the GPU when the CUDA provider runs the graph
         # (its GroupQueryAttention then reads and writes it in place), else a host array.

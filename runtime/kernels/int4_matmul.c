@@ -15,10 +15,8 @@
  * 32 b + 4 (c + 4) + t in its high nibble. Scales: [g][b][16] floats. Columns past N
  * are padding (code 8, scale 0).
  *
- * The onnxruntime side is the C API's custom-op ABI (RegisterCustomOps entry point,
- * OrtApi function table by index, OrtCustomOp version 16), declared here with only
- * the members used. Op: ai.e2edge::MatMulInt4Packed(A float [..., K], B uint8 packed,
- * scales float packed) -> Y float [..., N]; attributes K, N.
+ * Op (onnxruntime's side: ort_custom_op.h): ai.e2edge::MatMulInt4Packed(A float [..., K],
+ * B uint8 packed, scales float packed) -> Y float [..., N]; attributes K, N.
  */
 #include <math.h>
 #include <stddef.h>
@@ -29,6 +27,8 @@
 #include <immintrin.h>
 #define E2_X86 1
 #endif
+
+#include "ort_custom_op.h"
 
 #define E2_COLS 16   /* output columns per group */
 #define E2_BLOCK 32  /* weights per block along K */
@@ -295,166 +295,50 @@ int e2_int4_matmul(const float *a, int64_t M, int64_t K, const uint8_t *P, const
   return 0;
 }
 
-/* ---------------- onnxruntime custom op ---------------- */
-
-typedef struct OrtStatus OrtStatus;
-typedef struct OrtApi OrtApi; /* a table of function pointers, used by index below */
-typedef struct OrtValue OrtValue;
-typedef struct OrtKernelInfo OrtKernelInfo;
-typedef struct OrtKernelContext OrtKernelContext;
-typedef struct OrtSessionOptions OrtSessionOptions;
-typedef struct OrtCustomOpDomain OrtCustomOpDomain;
-typedef struct OrtTensorShape OrtTensorShape;
-typedef struct {
-  const OrtApi *(*GetApi)(uint32_t version);
-  const char *(*GetVersionString)(void);
-} OrtApiBase;
-
-enum { E2_ORT_FAIL = 1, E2_ORT_INVALID_ARGUMENT = 2 };
-enum { E2_FLOAT = 1, E2_UINT8 = 2 };
-/* API version 17 (onnxruntime 1.17) is the first with KernelContext_ParallelFor. */
-#define E2_ORT_API_VERSION 17
-/* positions in the OrtApi table (the C API only appends, so they hold in later versions) */
-enum {
-  API_CreateStatus = 0,
-  API_CreateCustomOpDomain = 26,
-  API_CustomOpDomain_Add = 27,
-  API_AddCustomOpDomain = 28,
-  API_GetTensorMutableData = 51,
-  API_GetDimensionsCount = 61,
-  API_GetDimensions = 62,
-  API_GetTensorTypeAndShape = 65,
-  API_KernelInfoGetAttribute_int64 = 86,
-  API_KernelContext_GetInput = 90,
-  API_KernelContext_GetOutput = 91,
-  API_ReleaseTensorTypeAndShapeInfo = 99,
-  API_KernelContext_ParallelFor = 274,
-};
-#define API_FN(api, index) (((void *const *)(api))[index])
-
-typedef OrtStatus *(*CreateStatusFn)(int, const char *);
-typedef OrtStatus *(*CreateCustomOpDomainFn)(const char *, OrtCustomOpDomain **);
-typedef OrtStatus *(*CustomOpDomainAddFn)(OrtCustomOpDomain *, const void *);
-typedef OrtStatus *(*AddCustomOpDomainFn)(OrtSessionOptions *, OrtCustomOpDomain *);
-typedef OrtStatus *(*GetTensorMutableDataFn)(OrtValue *, void **);
-typedef OrtStatus *(*GetDimensionsCountFn)(const OrtTensorShape *, size_t *);
-typedef OrtStatus *(*GetDimensionsFn)(const OrtTensorShape *, int64_t *, size_t);
-typedef OrtStatus *(*GetTensorTypeAndShapeFn)(const OrtValue *, OrtTensorShape **);
-typedef OrtStatus *(*KernelInfoGetAttributeInt64Fn)(const OrtKernelInfo *, const char *, int64_t *);
-typedef OrtStatus *(*KernelContextGetInputFn)(const OrtKernelContext *, size_t, const OrtValue **);
-typedef OrtStatus *(*KernelContextGetOutputFn)(OrtKernelContext *, size_t, const int64_t *, size_t, OrtValue **);
-typedef void (*ReleaseTensorShapeFn)(OrtTensorShape *);
-typedef OrtStatus *(*ParallelForFn)(const OrtKernelContext *, void (*)(void *, size_t), size_t, size_t, void *);
-
-/* OrtCustomOp, version 16: the fields in the ABI's order */
-typedef struct E2CustomOp {
-  uint32_t version;
-  void *(*CreateKernel)(const struct E2CustomOp *, const OrtApi *, const OrtKernelInfo *);
-  const char *(*GetName)(const struct E2CustomOp *);
-  const char *(*GetExecutionProviderType)(const struct E2CustomOp *);
-  int (*GetInputType)(const struct E2CustomOp *, size_t);
-  size_t (*GetInputTypeCount)(const struct E2CustomOp *);
-  int (*GetOutputType)(const struct E2CustomOp *, size_t);
-  size_t (*GetOutputTypeCount)(const struct E2CustomOp *);
-  void (*KernelCompute)(void *, OrtKernelContext *);
-  void (*KernelDestroy)(void *);
-  int (*GetInputCharacteristic)(const struct E2CustomOp *, size_t);
-  int (*GetOutputCharacteristic)(const struct E2CustomOp *, size_t);
-  int (*GetInputMemoryType)(const struct E2CustomOp *, size_t);
-  int (*GetVariadicInputMinArity)(const struct E2CustomOp *);
-  int (*GetVariadicInputHomogeneity)(const struct E2CustomOp *);
-  int (*GetVariadicOutputMinArity)(const struct E2CustomOp *);
-  int (*GetVariadicOutputHomogeneity)(const struct E2CustomOp *);
-  OrtStatus *(*CreateKernelV2)(const struct E2CustomOp *, const OrtApi *, const OrtKernelInfo *, void **);
-  OrtStatus *(*KernelComputeV2)(void *, OrtKernelContext *);
-} E2CustomOp;
-
-typedef struct {
-  const OrtApi *api;
-  int64_t K, N;
-  int fast;
-} E2Kernel;
-
-static OrtStatus *fail(const OrtApi *api, int code, const char *message) {
-  return ((CreateStatusFn)API_FN(api, API_CreateStatus))(code, message);
-}
-
-#define E2_TRY(call) do { OrtStatus *status_ = (call); if (status_) return status_; } while (0)
+/* ---------------- the onnxruntime op ---------------- */
 
 static OrtStatus *create_kernel(const E2CustomOp *op, const OrtApi *api, const OrtKernelInfo *info, void **out) {
   (void)op;
   int64_t K = 0, N = 0;
-  KernelInfoGetAttributeInt64Fn attribute = (KernelInfoGetAttributeInt64Fn)API_FN(api, API_KernelInfoGetAttribute_int64);
-  E2_TRY(attribute(info, "K", &K));
-  E2_TRY(attribute(info, "N", &N));
+  E2_TRY(e2_k_and_n(api, info, &K, &N));
   if (K <= 0 || N <= 0 || K % E2_BLOCK != 0)
-    return fail(api, E2_ORT_INVALID_ARGUMENT, "MatMulInt4Packed: K must be a positive multiple of 32 and N positive");
+    return e2_fail(api, E2_ORT_INVALID_ARGUMENT, "MatMulInt4Packed: K must be a positive multiple of 32 and N positive");
   E2Kernel *kernel = malloc(sizeof(E2Kernel));
-  if (!kernel) return fail(api, E2_ORT_FAIL, "MatMulInt4Packed: out of memory");
+  if (!kernel) return e2_fail(api, E2_ORT_FAIL, "MatMulInt4Packed: out of memory");
   kernel->api = api; kernel->K = K; kernel->N = N; kernel->fast = e2_int4_fast_path();
   *out = kernel;
   return NULL;
 }
 
-static OrtStatus *tensor(const OrtApi *api, const OrtValue *value, int64_t *dims, size_t *rank, void **data) {
-  OrtTensorShape *shape = NULL;
-  E2_TRY(((GetTensorTypeAndShapeFn)API_FN(api, API_GetTensorTypeAndShape))(value, &shape));
-  OrtStatus *status = ((GetDimensionsCountFn)API_FN(api, API_GetDimensionsCount))(shape, rank);
-  if (!status && *rank > 8) status = fail(api, E2_ORT_INVALID_ARGUMENT, "MatMulInt4Packed: rank above 8");
-  if (!status) status = ((GetDimensionsFn)API_FN(api, API_GetDimensions))(shape, dims, *rank);
-  ((ReleaseTensorShapeFn)API_FN(api, API_ReleaseTensorTypeAndShapeInfo))(shape);
-  if (status) return status;
-  return ((GetTensorMutableDataFn)API_FN(api, API_GetTensorMutableData))((OrtValue *)value, data);
-}
-
 static OrtStatus *compute(void *opaque, OrtKernelContext *context) {
   const E2Kernel *kernel = (const E2Kernel *)opaque;
   const OrtApi *api = kernel->api;
-  KernelContextGetInputFn input = (KernelContextGetInputFn)API_FN(api, API_KernelContext_GetInput);
-  const OrtValue *values[3];
-  int64_t dims[3][8];
+  int64_t dims[3][E2_MAX_RANK];
   size_t rank[3];
   void *data[3];
-  for (size_t i = 0; i < 3; i++) {
-    E2_TRY(input(context, i, &values[i]));
-    E2_TRY(tensor(api, values[i], dims[i], &rank[i], &data[i]));
-  }
+  E2_TRY(e2_inputs(api, context, 3, dims, rank, data));
   const int64_t K = kernel->K, N = kernel->N, nb = K / E2_BLOCK, groups = (N + E2_COLS - 1) / E2_COLS;
   int64_t packed = 1, scales = 1, M = 1;
   for (size_t d = 0; d < rank[1]; d++) packed *= dims[1][d];
   for (size_t d = 0; d < rank[2]; d++) scales *= dims[2][d];
   if (rank[0] < 1 || dims[0][rank[0] - 1] != K)
-    return fail(api, E2_ORT_INVALID_ARGUMENT, "MatMulInt4Packed: A's last dimension is not K");
+    return e2_fail(api, E2_ORT_INVALID_ARGUMENT, "MatMulInt4Packed: A's last dimension is not K");
   if (packed != groups * nb * E2_GROUP_BYTES || scales != groups * nb * E2_COLS)
-    return fail(api, E2_ORT_INVALID_ARGUMENT, "MatMulInt4Packed: packed weights do not match K and N");
-  for (size_t d = 0; d + 1 < rank[0]; d++) M *= dims[0][d];
-  int64_t out_dims[8];
-  memcpy(out_dims, dims[0], sizeof(int64_t) * rank[0]);
-  out_dims[rank[0] - 1] = N;
-  OrtValue *output = NULL;
-  void *y = NULL;
-  E2_TRY(((KernelContextGetOutputFn)API_FN(api, API_KernelContext_GetOutput))(context, 0, out_dims, rank[0], &output));
-  E2_TRY(((GetTensorMutableDataFn)API_FN(api, API_GetTensorMutableData))(output, &y));
+    return e2_fail(api, E2_ORT_INVALID_ARGUMENT, "MatMulInt4Packed: packed weights do not match K and N");
+  float *y = NULL;
+  E2_TRY(e2_matmul_output(api, context, dims[0], rank[0], N, &y, &M));
   if (M == 0) return NULL;
   E2Activations q;
-  if (activations_for(M, K, &q)) return fail(api, E2_ORT_FAIL, "MatMulInt4Packed: out of memory");
+  if (activations_for(M, K, &q)) return e2_fail(api, E2_ORT_FAIL, "MatMulInt4Packed: out of memory");
   quantize_rows((const float *)data[0], M, K, &q, kernel->fast);
   const int64_t per = task_groups(groups);
-  E2Work work = {&q, (const uint8_t *)data[1], (const float *)data[2], K, N, M, per, groups, (float *)y, kernel->fast};
-  const size_t tasks = (size_t)((groups + per - 1) / per);
-  return ((ParallelForFn)API_FN(api, API_KernelContext_ParallelFor))(context, run_task, tasks, 0, &work);
+  E2Work work = {&q, (const uint8_t *)data[1], (const float *)data[2], K, N, M, per, groups, y, kernel->fast};
+  return e2_parallel_for(api, context, run_task, (size_t)((groups + per - 1) / per), &work);
 }
 
-static void destroy_kernel(void *kernel) { free(kernel); }
 static const char *op_name(const E2CustomOp *op) { (void)op; return "MatMulInt4Packed"; }
-static const char *op_provider(const E2CustomOp *op) { (void)op; return "CPUExecutionProvider"; }
 static int input_type(const E2CustomOp *op, size_t i) { (void)op; return i == 1 ? E2_UINT8 : E2_FLOAT; }
 static size_t input_count(const E2CustomOp *op) { (void)op; return 3; }
-static int output_type(const E2CustomOp *op, size_t i) { (void)op; (void)i; return E2_FLOAT; }
-static size_t output_count(const E2CustomOp *op) { (void)op; return 1; }
-static int required(const E2CustomOp *op, size_t i) { (void)op; (void)i; return 0; /* INPUT_OUTPUT_REQUIRED */ }
-static int default_memory(const E2CustomOp *op, size_t i) { (void)op; (void)i; return 0; }
-static int one(const E2CustomOp *op) { (void)op; return 1; }
 static void *create_kernel_v1(const E2CustomOp *op, const OrtApi *api, const OrtKernelInfo *info) {
   void *kernel = NULL;
   return create_kernel(op, api, info, &kernel) ? NULL : kernel;
@@ -462,20 +346,9 @@ static void *create_kernel_v1(const E2CustomOp *op, const OrtApi *api, const Ort
 static void compute_v1(void *kernel, OrtKernelContext *context) { (void)compute(kernel, context); }
 
 static const E2CustomOp MATMUL_INT4_PACKED = {
-  16, create_kernel_v1, op_name, op_provider, input_type, input_count, output_type, output_count,
-  compute_v1, destroy_kernel, required, required, default_memory, one, one, one, one,
+  16, create_kernel_v1, op_name, e2_cpu_provider, input_type, input_count, e2_float_type, e2_one_count,
+  compute_v1, e2_destroy_kernel, e2_required, e2_required, e2_default_memory, e2_one, e2_one, e2_one, e2_one,
   create_kernel, compute,
 };
 
-/* onnxruntime calls this when a session's options register the library. */
-OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
-  const OrtApi *api = base->GetApi(E2_ORT_API_VERSION);
-  if (!api) { /* an onnxruntime older than 1.17: say so through the first API version's table */
-    const OrtApi *first = base->GetApi(1);
-    return first ? fail(first, E2_ORT_FAIL, "the e2edge int4 kernel needs onnxruntime >= 1.17") : NULL;
-  }
-  OrtCustomOpDomain *domain = NULL; /* lives as long as the process: sessions refer to it */
-  E2_TRY(((CreateCustomOpDomainFn)API_FN(api, API_CreateCustomOpDomain))("ai.e2edge", &domain));
-  E2_TRY(((CustomOpDomainAddFn)API_FN(api, API_CustomOpDomain_Add))(domain, &MATMUL_INT4_PACKED));
-  return ((AddCustomOpDomainFn)API_FN(api, API_AddCustomOpDomain))(options, domain);
-}
+const E2CustomOp *e2_int4_op(void) { return &MATMUL_INT4_PACKED; }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.kernels.int4_library import BLOCK, COLUMNS, GROUP_BYTES
+from runtime.kernels.library import BLOCK, COLUMNS, GROUP_BYTES
 
 
 def weight_codes(weights: np.ndarray, n: int, k: int) -> np.ndarray:

@@ -31,6 +31,9 @@ from runtime.backends.base import Backend, create_backend
 from runtime.backends.selection import kv_buffer_providers
 from runtime.errors import InvalidRequest, PackageError
 from runtime.llm.chat_template import ChatTemplate, Conversation, require_template
+from runtime.llm.fp32_kernel import count as fp32_count
+from runtime.llm.fp32_kernel import rewrite as fp32_rewrite
+from runtime.llm.fp32_kernel import why_not as fp32_why_not
 from runtime.llm.gqa_fp16 import fp16_attention
 from runtime.llm.int4_kernel import rewrite as int4_rewrite
 from runtime.llm.int4_kernel import why_not as int4_why_not
@@ -98,27 +101,39 @@ class DecoderLayout:
 
 
 def _adapt(model, providers: list[str], *, fp16: bool | None, int4: str | None,
-           package_dir: Path, shared_cache: bool, notes: dict[str, str]):
+           fp32: str | None, package_dir: Path, shared_cache: bool, notes: dict[str, str]):
     """The graph as the providers run it best: fp16 attention on CUDA (gqa_fp16.py, gqa
-    packages), e2edge's int4 kernel on a CPU that has it (int4_kernel.py). None: as is.
-    `notes["int4"]` says what became of the int4 matmuls."""
+    packages), e2edge's int4 and fp32 kernels on a CPU that has them (int4_kernel.py,
+    fp32_kernel.py). None: as is. `notes["int4"]` and `notes["fp32"]` say what became of
+    the int4 matmuls and the fp32 MatMuls."""
     adapted = None
     if fp16 is None:
         fp16 = bool(providers) and providers[0] == "CUDAExecutionProvider"
     if shared_cache and fp16:
         adapted = fp16_attention(model)
     int4_nodes = sum(node.op_type == "MatMulNBits" for node in model.graph.node)
-    if not int4_nodes:
-        return adapted
-    reason = int4_why_not(providers, int4)
-    rewritten = int4_rewrite(adapted or model, package_dir) if reason is None else None
-    if rewritten is None:
-        notes["int4"] = f"onnxruntime MatMulNBits ({reason or 'no node fits the kernel'})"
-        log.info("int4 kernel not used: %s", notes["int4"])
-        return adapted
-    kernel_nodes = sum(node.op_type == "MatMulInt4Packed" for node in rewritten.model.graph.node)
-    notes["int4"] = f"e2edge int4 kernel on {kernel_nodes} of {int4_nodes} MatMulNBits nodes"
-    return rewritten
+    if int4_nodes:
+        reason = int4_why_not(providers, int4)
+        rewritten = int4_rewrite(adapted or model, package_dir) if reason is None else None
+        if rewritten is None:
+            notes["int4"] = f"onnxruntime MatMulNBits ({reason or 'no node fits the kernel'})"
+            log.info("int4 kernel not used: %s", notes["int4"])
+        else:
+            taken = sum(n.op_type == "MatMulInt4Packed" for n in rewritten.model.graph.node)
+            notes["int4"] = f"e2edge int4 kernel on {taken} of {int4_nodes} MatMulNBits nodes"
+            adapted = rewritten
+    fp32_nodes = fp32_count(model)
+    if fp32_nodes:
+        reason = fp32_why_not(providers, fp32)
+        rewritten = fp32_rewrite(adapted or model, package_dir) if reason is None else None
+        if rewritten is None:
+            notes["fp32"] = f"onnxruntime MatMul ({reason or 'no node fits the kernel'})"
+            log.info("fp32 kernel not used: %s", notes["fp32"])
+        else:
+            taken = sum(n.op_type == "MatMulF32Packed" for n in rewritten.model.graph.node)
+            notes["fp32"] = f"e2edge fp32 kernel on {taken} of {fp32_nodes} MatMul nodes"
+            adapted = rewritten
+    return adapted
 
 
 def _stream_goes_on() -> bool:
@@ -147,6 +162,7 @@ class LLMEngine:
         self.execution = ("shared KV buffer (GroupQueryAttention)" if self.shared_cache
                           else "KV cache concatenated per step")
         self.int4_matmuls = ""  # int4 packages: which kernel runs the MatMulNBits nodes
+        self.fp32_matmuls = ""  # fp32 packages: which kernel runs the MatMul nodes
         self.gate: StepGate = UNGATED  # the daemon's scheduler: each forward pass waits its turn
         self._cache_names = self.layout.cache_names()
         self._present = [present for _, present in self._cache_names]
@@ -162,13 +178,15 @@ class LLMEngine:
         fp16_attention: bool | None = None,
         spin: bool = True,
         int4_kernel: str | None = None,
+        fp32_kernel: str | None = None,
     ) -> LLMEngine:
         """`fp16_attention` (gqa packages): GroupQueryAttention and the KV buffer in fp16
         (runtime/llm/gqa_fp16.py); None = when onnxruntime's CUDA provider runs the graph,
         whose attention kernel has no fp32 version. `spin`: onnxruntime's threads
         busy-wait between ops (runtime/backends/cpu_threads.py). `int4_kernel`: "auto"
         (None: $E2EDGE_INT4_KERNEL, else auto) runs int4 MatMulNBits on e2edge's own
-        kernel where it is faster (runtime/llm/int4_kernel.py); "off" never."""
+        kernel where it is faster (runtime/llm/int4_kernel.py); "off" never. `fp32_kernel`:
+        the same for fp32 MatMul ($E2EDGE_FP32_KERNEL; runtime/llm/fp32_kernel.py)."""
         package = load_package(package_path)
         if package.kind != "llm":
             raise PackageError(f"{package.root}: kind is {package.kind!r}, not 'llm'")
@@ -182,7 +200,7 @@ class LLMEngine:
         if shared_cache:
             providers = kv_buffer_providers(package.root, backend, providers)
         notes: dict[str, str] = {}
-        rewrite = partial(_adapt, fp16=fp16_attention, int4=int4_kernel,
+        rewrite = partial(_adapt, fp16=fp16_attention, int4=int4_kernel, fp32=fp32_kernel,
                           package_dir=package.root, shared_cache=shared_cache, notes=notes)
         runner = create_backend(backend, package.onnx_path, threads=threads,
                                 providers=providers, package=package, rewrite=rewrite,
@@ -192,6 +210,9 @@ class LLMEngine:
         if "int4" in notes:
             engine.int4_matmuls = notes["int4"]
             engine.execution += f"; int4 matmuls: {notes['int4']}"
+        if "fp32" in notes:
+            engine.fp32_matmuls = notes["fp32"]
+            engine.execution += f"; fp32 matmuls: {notes['fp32']}"
         return engine
 
     @property

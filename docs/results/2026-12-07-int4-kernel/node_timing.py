@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from runtime.host_facts import machine_facts  # noqa: E402
-from runtime.kernels import int4_library  # noqa: E402
+from runtime.kernels import library as kernel_library  # noqa: E402
 
 # (K, N, nodes in the graph): q|k|v, o, gate|up, down, the LM head
 SHAPES = [(576, 960, 60), (576, 576, 60), (576, 3072, 40), (1536, 576, 40), (576, 49152, 2)]
@@ -74,7 +74,7 @@ def per_node_us(library, model: bytes, k: int, count: int, threads: int) -> floa
 
 
 def main() -> None:
-    library = int4_library.load()
+    library = kernel_library.load()
     assert not isinstance(library, str), library
     rows = []
     for k, n, count in SHAPES:

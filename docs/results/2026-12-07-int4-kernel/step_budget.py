@@ -20,7 +20,7 @@ import onnxruntime as ort
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))
-from runtime.kernels.int4_library import register_if_used  # noqa: E402
+from runtime.kernels.library import register_if_used  # noqa: E402
 from runtime.llm.int4_kernel import rewrite  # noqa: E402
 
 spec = importlib.util.spec_from_file_location(

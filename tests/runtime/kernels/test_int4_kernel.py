@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.kernels import int4_library, int4_reference
+from runtime.kernels import int4_reference
+from runtime.kernels import library as kernel_library
 from runtime.llm import int4_kernel
 
 ort = pytest.importorskip("onnxruntime")
@@ -19,8 +20,8 @@ SHAPES = [(1, 64, 20), (1, 576, 576), (3, 96, 33), (5, 1536, 48), (9, 64, 300)] 
 
 
 @pytest.fixture(scope="module")
-def library() -> int4_library.Int4Library:
-    built = int4_library.load()
+def library() -> kernel_library.KernelLibrary:
+    built = kernel_library.load()
     if isinstance(built, str):
         pytest.skip(f"int4 kernel library unavailable here: {built}")
     return built
@@ -105,14 +106,14 @@ def test_bad_shapes_are_refused_with_a_reason(library):
 
 
 def _custom_op_model(packed, packed_scales, n: int, k: int, shape: list[int]):
-    node = helper.make_node(int4_library.OP_TYPE, ["x", "w", "s"], ["y"],
-                            domain=int4_library.DOMAIN, K=k, N=n)
+    node = helper.make_node(kernel_library.OP_TYPE, ["x", "w", "s"], ["y"],
+                            domain=kernel_library.DOMAIN, K=k, N=n)
     graph = helper.make_graph(
         [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [*shape[:-1], n])],
         [numpy_helper.from_array(packed, "w"), numpy_helper.from_array(packed_scales, "s")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                   helper.make_opsetid(int4_library.DOMAIN, 1)])
+                                                   helper.make_opsetid(kernel_library.DOMAIN, 1)])
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -185,7 +186,7 @@ def test_the_rewrite_takes_eligible_nodes_only_and_keeps_the_result(library, tmp
     assert len(rewritten.SerializeToString()) < 1000
     assert len(on_disk.graph.node) == 2 and on_disk.graph.node[0].op_type == "MatMulNBits"
     options = ort.SessionOptions()
-    assert int4_library.register_if_used(options, rewritten)
+    assert kernel_library.register_if_used(options, rewritten)
     kept = adapted.hand_over(options)
     options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                      str(tmp_path))
@@ -208,13 +209,13 @@ def test_the_setting_and_the_reasons_it_gives():
 def test_a_host_without_a_working_compiler_keeps_matmul_nbits(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
     monkeypatch.setenv("E2EDGE_CACHE_DIR", str(tmp_path))
-    int4_library.load.cache_clear()
+    kernel_library.load.cache_clear()
     try:
-        reason = int4_library.load()
+        reason = kernel_library.load()
         assert isinstance(reason, str) and "did not build" in reason
         assert int4_kernel.why_not(["CPUExecutionProvider"], "auto") == reason
     finally:
-        int4_library.load.cache_clear()
+        kernel_library.load.cache_clear()
 
 
 def test_an_int4_package_generates_on_the_kernel_as_on_matmul_nbits(library,

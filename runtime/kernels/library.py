@@ -1,10 +1,13 @@
-"""The int4 matmul library (int4_matmul.c): compiled for this host on first use, cached.
+"""e2edge's CPU kernel library: onnxruntime custom ops compiled for this host on first use.
 
-Built with the system's C compiler (`cc`, or $CC) into the cache folder (cache_root():
-$E2EDGE_CACHE_DIR, $XDG_CACHE_HOME or ~/.cache, then e2edge/kernels), under a name keyed by
-the source, the compiler and the machine, so an upgrade rebuilds and a second process
-reuses it. No compiler, or a failed build: `load()` says why and the runtime keeps
-onnxruntime's own MatMulNBits, so a host without one loses speed, never a model.
+One shared library holds every op of the domain ai.e2edge: MatMulInt4Packed
+(int4_matmul.c) and MatMulF32Packed (fp32_matmul.c), registered by custom_ops.c over
+the slice of onnxruntime's C API in ort_custom_op.h. Built with the system's C compiler
+(`cc`, or $CC) into the cache folder (cache_root(): $E2EDGE_CACHE_DIR, $XDG_CACHE_HOME or
+~/.cache, then e2edge/kernels), under a name keyed by the sources, the compiler and the
+machine, so an upgrade rebuilds and a second process reuses it. No compiler, or a failed
+build: `load()` says why and the runtime keeps onnxruntime's own MatMulNBits and MatMul,
+so a host without one loses speed, never a model.
 """
 
 from __future__ import annotations
@@ -25,17 +28,21 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("int4_matmul.c")
+HERE = Path(__file__).parent
+SOURCES = tuple(HERE / name for name in ("int4_matmul.c", "fp32_matmul.c", "custom_ops.c"))
+HEADERS = (HERE / "ort_custom_op.h",)
 DOMAIN = "ai.e2edge"
 OP_TYPE = "MatMulInt4Packed"
-COLUMNS = 16  # output columns per packed group
+FP32_OP_TYPE = "MatMulF32Packed"
+COLUMNS = 16  # output columns per packed group (int4) or panel (fp32)
 BLOCK = 32  # weights per block along K (MatMulNBits block_size)
 GROUP_BYTES = 256  # one group's block: 16 columns x 32 weights x 4 bits
 FLAGS = ("-O3", "-shared", "-fPIC", "-std=c11")
+LIBS = ("-lm",)  # after the sources: fmaf in the portable loops
 
 
 @dataclass(frozen=True)
-class Int4Library:
+class KernelLibrary:
     """The compiled library: its path (for onnxruntime) and its ctypes handle."""
 
     path: Path
@@ -46,6 +53,12 @@ class Int4Library:
         """Whether this CPU runs the AVX-512 VNNI kernel (the only one faster than
         onnxruntime's MatMulNBits; elsewhere the op's portable loop is correct but slow)."""
         return bool(self.handle.e2_int4_fast_path())
+
+    @property
+    def fp32_fast_path(self) -> bool:
+        """Whether this CPU runs the AVX-512 fp32 kernel (elsewhere onnxruntime's MatMul is
+        kept)."""
+        return bool(self.handle.e2_fp32_fast_path())
 
     def pack(self, weights: np.ndarray, scales: np.ndarray, n: int, k: int
              ) -> tuple[np.ndarray, np.ndarray]:
@@ -71,6 +84,30 @@ class Int4Library:
         if code:
             raise ValueError(f"int4 matmul refused (code {code}): K={k} must be a multiple of "
                              f"{BLOCK}, and fast=True needs AVX-512 VNNI")
+        return y
+
+    def pack_fp32(self, weights: np.ndarray) -> np.ndarray:
+        """A constant MatMul weight B [K, N] float32 -> the fp32 op's panels
+        [ceil(N / 16), K, 16] float32 (columns past N zero)."""
+        weights = np.ascontiguousarray(weights, dtype=np.float32)
+        if weights.ndim != 2 or 0 in weights.shape:
+            raise ValueError(f"fp32 packing needs a non-empty 2-D B [K, N], not {weights.shape}")
+        k, n = weights.shape
+        packed = np.empty((-(-n // COLUMNS), k, COLUMNS), np.float32)
+        self.handle.e2_fp32_pack(_ptr(weights), k, n, _ptr(packed))
+        return packed
+
+    def matmul_fp32(self, a: np.ndarray, packed: np.ndarray, n: int, fast: bool = True
+                    ) -> np.ndarray:
+        """a [M, K] float32 times the packed panels, on one thread (tests, checks); `fast`
+        False runs the portable loop."""
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        m, k = a.shape
+        if packed.shape != (-(-n // COLUMNS), k, COLUMNS) or packed.dtype != np.float32:
+            raise ValueError(f"fp32 matmul: packed panels {packed.shape} do not fit K={k}, N={n}")
+        y = np.empty((m, n), np.float32)
+        if self.handle.e2_fp32_matmul(_ptr(a), m, k, _ptr(packed), n, _ptr(y), int(fast)):
+            raise ValueError("fp32 matmul refused: fast=True needs AVX-512")
         return y
 
 
@@ -114,40 +151,49 @@ def _compiler_version(cc: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def load() -> Int4Library | str:
+def load() -> KernelLibrary | str:
     """The library, built if needed; or, as a string, why there is none on this host."""
     cc = compiler()
     if cc is None:
         return "no C compiler found (set CC, or install gcc)"
     try:
-        source = SOURCE.read_bytes()
-        key = hashlib.sha256(b"\0".join([source, _compiler_version(cc).encode(),
+        sources = [path.read_bytes() for path in (*SOURCES, *HEADERS)]
+        key = hashlib.sha256(b"\0".join([*sources, _compiler_version(cc).encode(),
                                          platform.machine().encode(), " ".join(FLAGS).encode()]))
-        target = cache_root() / f"libe2edge_int4_{key.hexdigest()[:16]}.so"
+        target = cache_root() / f"libe2edge_kernels_{key.hexdigest()[:16]}.so"
         if not target.exists():
             _build(cc, target)
         handle = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as e:
-        return f"the int4 kernel did not build or load ({e})"
+        return f"e2edge's CPU kernels did not build or load ({e})"
     for name, result in (("e2_int4_fast_path", ctypes.c_int), ("e2_int4_pack", None),
-                         ("e2_int4_matmul", ctypes.c_int)):
+                         ("e2_int4_matmul", ctypes.c_int), ("e2_fp32_fast_path", ctypes.c_int),
+                         ("e2_fp32_pack", None), ("e2_fp32_matmul", ctypes.c_int)):
         getattr(handle, name).restype = result
     handle.e2_int4_pack.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                     ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
     handle.e2_int4_matmul.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                       ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                       ctypes.c_void_p, ctypes.c_int]
-    return Int4Library(target, handle)
+    handle.e2_fp32_pack.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                    ctypes.c_void_p]
+    handle.e2_fp32_matmul.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                      ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                                      ctypes.c_int]
+    return KernelLibrary(target, handle)
 
 
-def unavailable() -> str | None:
-    """None when this host runs the fast kernel, else why not (no compiler, a failed
-    build, or no AVX-512 VNNI: the CPUs where onnxruntime's MatMulNBits stays faster)."""
+def unavailable(weights: str = "int4") -> str | None:
+    """None when this host runs the fast `weights` ("int4" or "fp32") kernel, else why not
+    (no compiler, a failed build, or a CPU without the instructions: AVX-512 VNNI for int4,
+    AVX-512 for fp32, where onnxruntime's own kernels stay faster)."""
     library = load()
     if isinstance(library, str):
         return library
-    if not library.fast_path:
+    if weights == "int4" and not library.fast_path:
         return "this CPU has no AVX-512 VNNI (onnxruntime's MatMulNBits is faster here)"
+    if weights == "fp32" and not library.fp32_fast_path:
+        return "this CPU has no AVX-512 (onnxruntime's MatMul is faster here)"
     return None
 
 
@@ -157,12 +203,12 @@ def _build(cc: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         built = Path(scratch) / target.name
-        done = subprocess.run([cc, *FLAGS, "-o", str(built), str(SOURCE)],
+        done = subprocess.run([cc, *FLAGS, "-o", str(built), *map(str, SOURCES), *LIBS],
                               capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             raise subprocess.SubprocessError(f"{cc} failed: {done.stderr.strip()[-2000:]}")
         os.replace(built, target)
-    log.info("built the int4 kernel library %s", target)
+    log.info("built e2edge's CPU kernel library %s", target)
 
 
 def register_if_used(options, model) -> bool:
