@@ -234,14 +234,16 @@ def _cuda_bindings_version() -> str:
     return str(getattr(cuda.bindings, "__version__", "unknown"))
 
 
-def int4_kernel_facts() -> dict[str, Any]:
-    """e2edge's CPU int4 kernel: whether it built here and runs int4 MatMulNBits."""
-    from runtime.kernels import int4_library
+def cpu_kernel_facts(weights: str) -> dict[str, Any]:
+    """e2edge's CPU `weights` ("int4" or "fp32") kernel: whether it built here and runs
+    the package's int4 MatMulNBits or fp32 MatMul nodes."""
+    from runtime.kernels import library as kernel_library
 
-    reason = int4_library.unavailable()
+    reason = kernel_library.unavailable(weights)
     if reason is not None:
         return {"available": False, "reason": reason}
-    return {"available": True, "library": str(int4_library.load().path), "isa": "AVX-512 VNNI"}
+    return {"available": True, "library": str(kernel_library.load().path),
+            "isa": "AVX-512 VNNI" if weights == "int4" else "AVX-512"}
 
 
 def power_facts() -> dict[str, Any]:
@@ -276,7 +278,8 @@ def collect() -> dict[str, Any]:
         "onnxruntime": onnxruntime_facts(),
         "tensorrt": tensorrt_facts(),
         "cuda_python": cuda_python_facts(),
-        "int4_kernel": int4_kernel_facts(),
+        "int4_kernel": cpu_kernel_facts("int4"),
+        "fp32_kernel": cpu_kernel_facts("fp32"),
         "power": power_facts(),
     }
 

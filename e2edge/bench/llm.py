@@ -50,6 +50,7 @@ PROMPT_TEXT = (
     "First Citizen: You are all resolved rather to die than to famish? All: Resolved. "
 )
 GREEDY_COMPARED = 16
+ABLATION = "e2edge_ort_kernels"  # --kernel-ablation: e2edge with its own CPU kernels off
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,9 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also alternate e2edge and onnxruntime-genai run by run in one "
                              "process (spinning off, a pause between sides) and report how "
                              "its speed-up agrees with the bench's")
-    parser.add_argument("--int4-kernel-ablation", action="store_true",
-                        help="int4 packages: also time e2edge with its int4 kernel off "
-                             "(onnxruntime's MatMulNBits), as side e2edge_matmulnbits")
+    parser.add_argument("--kernel-ablation", "--int4-kernel-ablation", action="store_true",
+                        dest="kernel_ablation",
+                        help="also time e2edge with its own CPU kernels off (onnxruntime's "
+                             "MatMulNBits and MatMul), as side e2edge_ort_kernels")
     parser.add_argument("--bandwidth-mib", type=int, default=1024,
                         help="buffer of the memory-bandwidth copy (default 1024); 0 skips it")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -96,11 +98,12 @@ class RuntimeSide:
     """This runtime on a package, one greedy run at a time."""
 
     def __init__(self, package: str, ids: list[int], new_tokens: int, threads: int,
-                 int4_kernel: str | None = None):
+                 kernels: str | None = None):
         from runtime.llm.engine import LLMEngine
         from runtime.llm.sampling import SamplingParams
 
-        self.engine = LLMEngine.load(package, threads=threads, int4_kernel=int4_kernel)
+        self.engine = LLMEngine.load(package, threads=threads, int4_kernel=kernels,
+                                     fp32_kernel=kernels)
         self.params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
         self.ids = ids
         self.executor = self.engine.providers
@@ -114,11 +117,12 @@ class RuntimeSide:
 
 
 def bench_runtime(package: str, ids: list[int], new_tokens: int, runs: int, threads: int,
-                  int4_kernel: str | None = None):
-    side = RuntimeSide(package, ids, new_tokens, threads, int4_kernel)
+                  kernels: str | None = None):
+    side = RuntimeSide(package, ids, new_tokens, threads, kernels)
     result = timed_runs(side, runs)
-    if side.engine.int4_matmuls:
-        result["int4_matmuls"] = side.engine.int4_matmuls
+    for key in ("int4_matmuls", "fp32_matmuls"):
+        if getattr(side.engine, key):
+            result[key] = getattr(side.engine, key)
     return result
 
 
@@ -231,9 +235,9 @@ def run(args: argparse.Namespace) -> int:
         result["read_bandwidth"] = {**read.to_json(), "readers": readers}
     jobs = [SideJob("e2edge", str(package.root), tuple(ids), args.new_tokens, args.runs,
                     threads)]
-    if args.int4_kernel_ablation:
-        jobs.append(SideJob("e2edge_matmulnbits", str(package.root), tuple(ids),
-                            args.new_tokens, args.runs, threads, int4_kernel="off"))
+    if args.kernel_ablation:
+        jobs.append(SideJob(ABLATION, str(package.root), tuple(ids), args.new_tokens, args.runs,
+                            threads, kernels="off"))
     if args.compare_ortgenai:
         jobs.append(SideJob("ortgenai", args.compare_ortgenai, tuple(ids), args.new_tokens,
                             args.runs, threads, quantization))
@@ -243,10 +247,10 @@ def run(args: argparse.Namespace) -> int:
     result.update(run_alternating(jobs, args.rounds))
     ours = result["e2edge"].pop("token_ids")
     result["e2edge"]["first_token_ids"] = ours[:GREEDY_COMPARED]
-    if "token_ids" in result.get("e2edge_matmulnbits", {}):
-        ablation = result["e2edge_matmulnbits"]
+    if "token_ids" in result.get(ABLATION, {}):
+        ablation = result[ABLATION]
         ablation.update(compare_greedy(ours, ablation.pop("token_ids"), len(ours)))
-        _speedups(result, "e2edge_matmulnbits", "matmulnbits")
+        _speedups(result, ABLATION, "ort_kernels")
     if "ortgenai" in result and "skipped" not in result["ortgenai"]:
         peer = result["ortgenai"]
         theirs = peer.pop("token_ids")
@@ -301,7 +305,7 @@ def _ceilings(result, package, bandwidth, read, bytes_read_per_token, roofline_t
     result["roofline_tokens_per_s"] = round(roofline, 1)
     # What a decode that only streamed its weights could reach at the best reader's rate.
     result["read_ceiling_tokens_per_s"] = round(read_ceiling, 1)
-    for side in ("e2edge", "e2edge_matmulnbits", "ortgenai", "transformers_eager"):
+    for side in ("e2edge", ABLATION, "ortgenai", "transformers_eager"):
         if side in result and "decode_tokens_per_s" in result[side]:
             decode = result[side]["decode_tokens_per_s"]
             result[side]["fraction_of_roofline"] = round(decode / roofline, 3)
@@ -310,7 +314,7 @@ def _ceilings(result, package, bandwidth, read, bytes_read_per_token, roofline_t
 
 def print_table(result: dict, out) -> None:
     rows = [(name, result[key]) for key, name in (
-        ("e2edge", "e2edge"), ("e2edge_matmulnbits", "e2edge MatMulNBits"),
+        ("e2edge", "e2edge"), (ABLATION, "e2edge, ort kernels"),
         ("ortgenai", "onnxruntime-genai"), ("transformers_eager", "transformers eager"),
     ) if key in result and "decode_tokens_per_s" in result[key]]
     threads = result["threads"] or "each runtime's default"
@@ -343,9 +347,10 @@ def print_table(result: dict, out) -> None:
     if check and "skipped" not in check:
         print(f"same-process alternating check: decode speed-up {check['decode_speedup']}x "
               f"(the bench's / the check's: {check['agreement']})", file=out)
-    if "int4_matmuls" in result.get("e2edge", {}):
-        print(f"e2edge int4 matmuls: {result['e2edge']['int4_matmuls']}", file=out)
-    for suffix, name in (("matmulnbits", "e2edge on MatMulNBits"),
+    for key in ("int4_matmuls", "fp32_matmuls"):
+        if key in result.get("e2edge", {}):
+            print(f"e2edge {key.replace('_', ' ')}: {result['e2edge'][key]}", file=out)
+    for suffix, name in (("ort_kernels", "e2edge on onnxruntime's own kernels"),
                          ("ortgenai", "onnxruntime-genai"), ("transformers", "transformers")):
         if f"decode_speedup_vs_{suffix}" in result:
             print(f"decode speed-up vs {name}: {result[f'decode_speedup_vs_{suffix}']}x, prefill "

@@ -21,14 +21,14 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class SideJob:
-    side: str  # "e2edge" | "e2edge_matmulnbits" | "ortgenai" | "transformers_eager"
+    side: str  # "e2edge" | "e2edge_ort_kernels" | "ortgenai" | "transformers_eager"
     source: str  # the package (e2edge) or the Hugging Face checkpoint (the peers)
     ids: tuple[int, ...]
     new_tokens: int
     runs: int
     threads: int
     quantization: dict | None = None  # the package's, so a peer builds the same precision
-    int4_kernel: str | None = None  # e2edge sides: "off" keeps onnxruntime's MatMulNBits
+    kernels: str | None = None  # e2edge sides: "off" keeps onnxruntime's MatMulNBits, MatMul
 
 
 def run_side(job: SideJob) -> dict:
@@ -36,9 +36,9 @@ def run_side(job: SideJob) -> dict:
     from e2edge.bench import llm
 
     ids = list(job.ids)
-    if job.side in ("e2edge", "e2edge_matmulnbits"):
+    if job.side in ("e2edge", llm.ABLATION):
         return llm.bench_runtime(job.source, ids, job.new_tokens, job.runs, job.threads,
-                                 job.int4_kernel)
+                                 job.kernels)
     if job.side == "ortgenai":
         from e2edge.bench.ortgenai import bench_ortgenai
 

@@ -3,8 +3,8 @@
     e2edge doctor [--json] [--config FILE]
 
 CPU, memory, the GPU and its CUDA driver, the Jetson release, onnxruntime and its
-execution providers, TensorRT, cuda-python and NVRTC, e2edge's CPU int4 kernel, and the
-power sources, each with the reason when absent (runtime/host_facts.py). With the
+execution providers, TensorRT, cuda-python and NVRTC, e2edge's CPU int4 and fp32
+kernels, and the power sources, each with the reason when absent (runtime/host_facts.py). With the
 daemon's config, every model's package is opened and its backend chosen as
 runtime/backends/selection.py decides.
 Exit status 1 when the config cannot be read or a configured model cannot run here.
@@ -98,9 +98,10 @@ def _lines(r: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("cuda-python", f"{cuda_python['version']}, {nvrtc}"))
     else:
         rows.append(("cuda-python", _absent(cuda_python)))
-    int4 = r["int4_kernel"]
-    rows.append(("int4-kernel", f"{int4['isa']}: runs int4 MatMulNBits on the CPU provider"
-                 if int4["available"] else f"not used: {int4['reason']}"))
+    for weights, nodes in (("int4", "int4 MatMulNBits"), ("fp32", "fp32 MatMul")):
+        kernel = r[f"{weights}_kernel"]
+        rows.append((f"{weights}-kernel", f"{kernel['isa']}: runs {nodes} on the CPU provider"
+                     if kernel["available"] else f"not used: {kernel['reason']}"))
     sources = "; ".join(f"{s['name']}: {'found' if s['found'] else s['reason']}"
                         for s in r["power"]["sources"])
     rows.append(("power", f"auto -> {r['power']['auto']} ({sources})"))

@@ -131,21 +131,26 @@ def test_out_of_the_box_leaves_every_side_at_its_own_default(tiny_llama_package,
     assert "each runtime's default" in table
 
 
-def test_the_int4_kernel_ablation_times_the_runtime_on_matmul_nbits(tiny_llama_package_int4,
-                                                                    tmp_path):
-    from runtime.kernels import int4_library
+@pytest.mark.parametrize("weights", ["int4", "fp32"])
+def test_the_kernel_ablation_times_the_runtime_on_onnxruntimes_own_kernels(
+        weights, tiny_llama_package_int4, tiny_llama_package, tmp_path):
+    from runtime.kernels import library as kernel_library
 
-    report, table = _bench(tiny_llama_package_int4, tmp_path / "cache", "--streams", "",
-                           "--bandwidth-mib", "0", "--int4-kernel-ablation")
-    ablation = report["e2edge_matmulnbits"]
-    assert ablation["int4_matmuls"].startswith("onnxruntime MatMulNBits (turned off")
+    package = tiny_llama_package_int4 if weights == "int4" else tiny_llama_package
+    report, table = _bench(package, tmp_path / "cache", "--streams", "",
+                           "--bandwidth-mib", "0", "--kernel-ablation")
+    key = f"{weights}_matmuls"
+    ablation = report["e2edge_ort_kernels"]
+    kept = "onnxruntime MatMulNBits" if weights == "int4" else "onnxruntime MatMul"
+    assert ablation[key].startswith(f"{kept} (turned off")
     assert ablation["decode_tokens_per_s"] > 0 and ablation["greedy_tokens_compared"] == 16
-    assert report["decode_speedup_vs_matmulnbits"] > 0
-    library = int4_library.load()
-    runs_kernel = not isinstance(library, str) and library.fast_path
-    assert report["e2edge"]["int4_matmuls"].startswith(
-        "e2edge int4 kernel on" if runs_kernel else "onnxruntime MatMulNBits")
-    assert "e2edge MatMulNBits" in table and "decode speed-up vs e2edge on MatMulNBits" in table
+    assert report["decode_speedup_vs_ort_kernels"] > 0
+    runs_kernel = kernel_library.unavailable(weights) is None
+    assert report["e2edge"][key].startswith(
+        f"e2edge {weights} kernel on" if runs_kernel else kept)
+    assert f"e2edge {key.replace('_', ' ')}: " in table
+    assert "e2edge, ort kernels" in table
+    assert "decode speed-up vs e2edge on onnxruntime's own kernels" in table
 
 
 def test_int4_build_uses_the_packages_block_size_and_accuracy_level(

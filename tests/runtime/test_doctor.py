@@ -38,7 +38,7 @@ def test_doctor_prints_a_short_table():
     assert run.returncode == 0, run.stderr
     labels = [line.split()[0] for line in run.stdout.splitlines()[1:]]
     assert labels == ["cpu", "memory", "gpu", "jetson", "onnxruntime", "tensorrt",
-                      "cuda-python", "int4-kernel", "power"]
+                      "cuda-python", "int4-kernel", "fp32-kernel", "power"]
 
 
 @pytest.fixture(scope="module")
