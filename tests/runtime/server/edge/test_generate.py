@@ -308,8 +308,10 @@ def test_models_report_the_package_facts(client, tiny_llama_package, engine):
                                                               ["CPUExecutionProvider"])
     assert info.quantization == "weights fp32, activations fp32"
     assert "gqa package runs on onnxruntime's CPU provider" in info.backend_reason
-    assert info.execution == ("shared KV buffer (GroupQueryAttention), 2 slots batched per "
-                              "decode step")
+    # the engine's own account (its KV buffer, the kernel of its fp32 matmuls on this host),
+    # then the daemon's batching
+    assert info.execution.startswith("shared KV buffer (GroupQueryAttention); fp32 matmuls: ")
+    assert info.execution == f"{engine.execution}, 2 slots batched per decode step"
     assert (info.max_concurrent, info.max_queue) == (2, 8)
     with pytest.raises(RemoteError) as caught:
         client.get_model("nope")
