@@ -3,7 +3,7 @@
 Decoding one token reads every weight once, so decode tokens/s <= read rate / bytes
 per token. One reader alone can under-measure the rate (a BLAS GEMV that a core's
 outstanding misses limit, a thread count that leaves a core idle), and a "ceiling"
-that a decode then beats is no ceiling. So the rate is the best of three readers,
+that a decode then beats is no ceiling. So the rate is the best of four readers,
 each over an fp32 buffer far larger than the last-level cache, each with the same
 `threads`, each checked for its result:
 
@@ -13,6 +13,8 @@ each over an fp32 buffer far larger than the last-level cache, each with the sam
                   else numpy's) over a (rows, 1024) matrix
     ort_gemv      onnxruntime's own fp32 MatMul, (1, 1024) x (1024, N), with
                   intra_op_num_threads = threads: the kernel family a decode uses
+    e2edge_gemv   the same product on e2edge's fp32 kernel (MatMulF32Packed), where this
+                  host runs it: what e2edge's fp32 decode streams with
 
 Counted bytes: the buffer's, once per pass. The best run of the best reader is the
 ceiling; every reader's runs are in the JSON.
@@ -67,21 +69,36 @@ def reduction_read(threads: int, buffer_bytes: int, repeats: int = 5) -> Bandwid
                       "buffer, one contiguous slice per thread")
 
 
-def onnxruntime_gemv_read(threads: int, buffer_bytes: int, repeats: int = 5) -> Bandwidth:
+def onnxruntime_gemv_read(threads: int, buffer_bytes: int, repeats: int = 5,
+                          e2edge_kernel: bool = False) -> Bandwidth:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
     n = buffer_bytes // (4 * COLUMNS)
     weights = np.ones((COLUMNS, n), dtype=np.float32)  # (K, N)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "gemv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, COLUMNS]),
-         helper.make_tensor_value_info("w", TensorProto.FLOAT, [COLUMNS, n])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    node = helper.make_node("MatMul", ["x", "w"], ["y"])
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    opsets = [helper.make_opsetid("", 17)]
+    if e2edge_kernel:
+        from runtime.kernels import library as kernel_library
+
+        reason = kernel_library.unavailable("fp32")
+        if reason is not None:
+            raise RuntimeError(reason)
+        library = kernel_library.load()
+        weights = library.pack_fp32(weights)  # the same bytes, in the kernel's panels
+        node = helper.make_node(kernel_library.FP32_OP_TYPE, ["x", "w"], ["y"],
+                                domain=kernel_library.DOMAIN, K=COLUMNS, N=n)
+        opsets.append(helper.make_opsetid(kernel_library.DOMAIN, 1))
+        options.register_custom_ops_library(str(library.path))
+    graph = helper.make_graph(
+        [node], "gemv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, COLUMNS]),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, list(weights.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])])
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
     session = ort.InferenceSession(model.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
     out = np.empty((1, n), dtype=np.float32)
@@ -95,8 +112,9 @@ def onnxruntime_gemv_read(threads: int, buffer_bytes: int, repeats: int = 5) -> 
         return float(out[0, -1])
 
     rates = _timed(read, 0.5 * COLUMNS, weights.nbytes, repeats)
+    op = "e2edge MatMulF32Packed" if e2edge_kernel else "MatMul"
     return _bandwidth(threads, weights.nbytes, rates,
-                      f"onnxruntime {ort.__version__} MatMul (1, {COLUMNS}) x ({COLUMNS}, {n}) "
+                      f"onnxruntime {ort.__version__} {op} (1, {COLUMNS}) x ({COLUMNS}, {n}) "
                       f"fp32, intra_op_num_threads {threads}")
 
 
@@ -104,6 +122,8 @@ READERS = {
     "reduction": reduction_read,
     "blas_gemv": lambda threads, nbytes, repeats: measure_read_bandwidth(threads, nbytes, repeats),
     "ort_gemv": onnxruntime_gemv_read,
+    "e2edge_gemv": lambda threads, nbytes, repeats: onnxruntime_gemv_read(threads, nbytes, repeats,
+                                                                          e2edge_kernel=True),
 }
 
 
