@@ -42,7 +42,7 @@ import sys
 import time
 from pathlib import Path
 
-from e2edge.bench.llm_runs import summarise_runs, timed_runs
+from e2edge.bench.llm_runs import summarise_runs, timed_runs, turn
 from e2edge.bench.result_file import save_result
 
 PROMPT_TEXT = (
@@ -139,7 +139,7 @@ def bench_transformers(model_dir: str, ids: list[int], new_tokens: int, runs: in
     results = []
     for _ in range(runs + 1):
         streamer = _TimingStreamer()
-        with torch.inference_mode():
+        with turn(), torch.inference_mode():
             start = time.perf_counter()
             model(prompt)
             prefill_s = time.perf_counter() - start

@@ -14,7 +14,7 @@ from __future__ import annotations
 import statistics
 import time
 
-PAUSE_S = 0.5  # after each run: onnxruntime's spinning threads go to sleep well before
+from e2edge.bench.llm_sides import PAUSE_S
 
 
 def alternate_in_one_process(package: str, checkpoint: str, quantization: dict | None,

@@ -138,7 +138,7 @@ def test_the_kernel_ablation_times_the_runtime_on_onnxruntimes_own_kernels(
 
     package = tiny_llama_package_int4 if weights == "int4" else tiny_llama_package
     report, table = _bench(package, tmp_path / "cache", "--streams", "",
-                           "--bandwidth-mib", "0", "--kernel-ablation")
+                           "--bandwidth-mib", "0", "--kernel-ablation", "--runs", "2")
     key = f"{weights}_matmuls"
     ablation = report["e2edge_ort_kernels"]
     kept = "onnxruntime MatMulNBits" if weights == "int4" else "onnxruntime MatMul"
@@ -151,6 +151,13 @@ def test_the_kernel_ablation_times_the_runtime_on_onnxruntimes_own_kernels(
     assert f"e2edge {key.replace('_', ' ')}: " in table
     assert "e2edge, ort kernels" in table
     assert "decode speed-up vs e2edge on onnxruntime's own kernels" in table
+    # Each side in its own process, one run at a time, taking turns: per round (after the
+    # warm-ups, e2edge first) B A A B, and no two runs overlap.
+    runs = sorted((start, end, side) for side in ("e2edge", "e2edge_ort_kernels")
+                  for start, end in report[side]["run_windows_s"])
+    assert [side for _, _, side in runs] == ["e2edge_ort_kernels", "e2edge", "e2edge",
+                                             "e2edge_ort_kernels"] * 2
+    assert all(end <= next_start for (_, end, _), (next_start, _, _) in zip(runs, runs[1:]))
 
 
 def test_int4_build_uses_the_packages_block_size_and_accuracy_level(
