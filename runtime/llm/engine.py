@@ -100,39 +100,52 @@ class DecoderLayout:
         return layout
 
 
-def _adapt(model, providers: list[str], *, fp16: bool | None, int4: str | None,
-           fp32: str | None, package_dir: Path, shared_cache: bool, notes: dict[str, str]):
+@dataclass(frozen=True)
+class KernelRewrite:
+    """A load-time rewrite onto one of e2edge's CPU kernels (int4_kernel.py, fp32_kernel.py)."""
+
+    weights: str  # "int4" | "fp32": the setting it follows, the key of its note
+    node: str  # the onnxruntime op it replaces
+    op: str  # the e2edge op it writes
+    count: Callable  # model -> how many nodes it could take
+    why_not: Callable  # (providers, setting) -> None, or why not here
+    rewrite: Callable  # (model, package_dir) -> AdaptedGraph, or None
+
+
+KERNEL_REWRITES = (
+    KernelRewrite("int4", "MatMulNBits", "MatMulInt4Packed",
+                  lambda model: sum(n.op_type == "MatMulNBits" for n in model.graph.node),
+                  int4_why_not, int4_rewrite),
+    KernelRewrite("fp32", "MatMul", "MatMulF32Packed", fp32_count, fp32_why_not, fp32_rewrite),
+)
+
+
+def _adapt(model, providers: list[str], *, fp16: bool | None, kernels: dict[str, str | None],
+           package_dir: Path, shared_cache: bool, notes: dict[str, str]):
     """The graph as the providers run it best: fp16 attention on CUDA (gqa_fp16.py, gqa
     packages), e2edge's int4 and fp32 kernels on a CPU that has them (int4_kernel.py,
-    fp32_kernel.py). None: as is. `notes["int4"]` and `notes["fp32"]` say what became of
-    the int4 matmuls and the fp32 MatMuls."""
+    fp32_kernel.py), each as `kernels[weights]` sets it. None: as is. `notes["int4"]` and
+    `notes["fp32"]` say what became of the int4 matmuls and the fp32 MatMuls."""
     adapted = None
     if fp16 is None:
         fp16 = bool(providers) and providers[0] == "CUDAExecutionProvider"
     if shared_cache and fp16:
         adapted = fp16_attention(model)
-    int4_nodes = sum(node.op_type == "MatMulNBits" for node in model.graph.node)
-    if int4_nodes:
-        reason = int4_why_not(providers, int4)
-        rewritten = int4_rewrite(adapted or model, package_dir) if reason is None else None
+    for kernel in KERNEL_REWRITES:
+        nodes = kernel.count(model)
+        if not nodes:
+            continue
+        reason = kernel.why_not(providers, kernels.get(kernel.weights))
+        rewritten = kernel.rewrite(adapted or model, package_dir) if reason is None else None
         if rewritten is None:
-            notes["int4"] = f"onnxruntime MatMulNBits ({reason or 'no node fits the kernel'})"
-            log.info("int4 kernel not used: %s", notes["int4"])
-        else:
-            taken = sum(n.op_type == "MatMulInt4Packed" for n in rewritten.model.graph.node)
-            notes["int4"] = f"e2edge int4 kernel on {taken} of {int4_nodes} MatMulNBits nodes"
-            adapted = rewritten
-    fp32_nodes = fp32_count(model)
-    if fp32_nodes:
-        reason = fp32_why_not(providers, fp32)
-        rewritten = fp32_rewrite(adapted or model, package_dir) if reason is None else None
-        if rewritten is None:
-            notes["fp32"] = f"onnxruntime MatMul ({reason or 'no node fits the kernel'})"
-            log.info("fp32 kernel not used: %s", notes["fp32"])
-        else:
-            taken = sum(n.op_type == "MatMulF32Packed" for n in rewritten.model.graph.node)
-            notes["fp32"] = f"e2edge fp32 kernel on {taken} of {fp32_nodes} MatMul nodes"
-            adapted = rewritten
+            why = reason or "no node fits the kernel"
+            notes[kernel.weights] = f"onnxruntime {kernel.node} ({why})"
+            log.info("%s kernel not used: %s", kernel.weights, notes[kernel.weights])
+            continue
+        taken = sum(n.op_type == kernel.op for n in rewritten.model.graph.node)
+        notes[kernel.weights] = (f"e2edge {kernel.weights} kernel on {taken} of {nodes} "
+                                 f"{kernel.node} nodes")
+        adapted = rewritten
     return adapted
 
 
@@ -200,19 +213,17 @@ class LLMEngine:
         if shared_cache:
             providers = kv_buffer_providers(package.root, backend, providers)
         notes: dict[str, str] = {}
-        rewrite = partial(_adapt, fp16=fp16_attention, int4=int4_kernel, fp32=fp32_kernel,
+        rewrite = partial(_adapt, fp16=fp16_attention,
+                          kernels={"int4": int4_kernel, "fp32": fp32_kernel},
                           package_dir=package.root, shared_cache=shared_cache, notes=notes)
         runner = create_backend(backend, package.onnx_path, threads=threads,
                                 providers=providers, package=package, rewrite=rewrite,
                                 spin=spin)
         engine = cls(package, runner, tokenizer,
                      ChatTemplate.from_manifest(package.root, package.manifest))
-        if "int4" in notes:
-            engine.int4_matmuls = notes["int4"]
-            engine.execution += f"; int4 matmuls: {notes['int4']}"
-        if "fp32" in notes:
-            engine.fp32_matmuls = notes["fp32"]
-            engine.execution += f"; fp32 matmuls: {notes['fp32']}"
+        for weights, note in notes.items():  # int4, fp32: which kernel runs those matmuls
+            setattr(engine, f"{weights}_matmuls", note)
+            engine.execution += f"; {weights} matmuls: {note}"
         return engine
 
     @property

@@ -174,21 +174,12 @@ def test_the_setting_and_the_reasons_it_gives(monkeypatch):
 
 
 def test_an_fp32_package_generates_on_the_kernel_as_on_matmul(library, tiny_llama_package):
-    from runtime.llm.engine import LLMEngine
-    from runtime.llm.sampling import SamplingParams
+    from kernel_engines import engines_on_and_off, greedy_tokens, prompt_logits
 
     if not library.fp32_fast_path:
         pytest.skip("this CPU has no AVX-512: the runtime keeps onnxruntime's MatMul here")
-    kernel = LLMEngine.load(tiny_llama_package, threads=2, fp32_kernel="auto")
-    plain = LLMEngine.load(tiny_llama_package, threads=2, fp32_kernel="off")
-    assert kernel.fp32_matmuls.startswith("e2edge fp32 kernel on ")
-    assert "fp32 matmuls: e2edge fp32 kernel" in kernel.execution
-    assert plain.fp32_matmuls.startswith("onnxruntime MatMul (turned off")
-    ids = np.asarray([kernel.encode("To be, or not to be, that is the question")])
-    ours, _ = kernel.forward(ids, 0, kernel.empty_cache())
-    theirs, _ = plain.forward(ids, 0, plain.empty_cache())
+    kernel, plain = engines_on_and_off(tiny_llama_package, "fp32")
+    ours, theirs = prompt_logits(kernel, plain)
     assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
-    params = SamplingParams(max_new_tokens=24, ignore_eos=True)
-    ours, theirs = ([t for e in engine.generate("To be", params) for t in e.token_ids]
-                    for engine in (kernel, plain))
-    assert ours == theirs
+    ours, theirs = greedy_tokens(kernel, plain)
+    assert len(ours) == 24 and ours == theirs

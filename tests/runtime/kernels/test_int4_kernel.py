@@ -220,28 +220,22 @@ def test_a_host_without_a_working_compiler_keeps_matmul_nbits(monkeypatch, tmp_p
 
 def test_an_int4_package_generates_on_the_kernel_as_on_matmul_nbits(library,
                                                                   tiny_llama_package_int4):
-    from runtime.llm.engine import LLMEngine
+    from kernel_engines import engines_on_and_off, greedy_tokens, prompt_logits
+
     from runtime.llm.sampling import SamplingParams
 
     if not library.fast_path:
         pytest.skip("this CPU has no AVX-512 VNNI: the runtime keeps MatMulNBits here")
-    kernel = LLMEngine.load(tiny_llama_package_int4, threads=2, int4_kernel="auto")
-    plain = LLMEngine.load(tiny_llama_package_int4, threads=2, int4_kernel="off")
-    assert kernel.int4_matmuls.startswith("e2edge int4 kernel on ")
-    assert "int4 matmuls: e2edge int4 kernel" in kernel.execution
-    assert plain.int4_matmuls.startswith("onnxruntime MatMulNBits (turned off")
-    ids = np.asarray([kernel.encode("To be, or not to be, that is the question")])
-    ours, _ = kernel.forward(ids, 0, kernel.empty_cache())
-    theirs, _ = plain.forward(ids, 0, plain.empty_cache())
+    kernel, plain = engines_on_and_off(tiny_llama_package_int4, "int4")
+    ours, theirs = prompt_logits(kernel, plain)
     assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(theirs).max()
-    params = SamplingParams(max_new_tokens=24, ignore_eos=True)
-    ours, theirs = ([t for e in engine.generate("To be", params) for t in e.token_ids]
-                    for engine in (kernel, plain))
+    ours, theirs = greedy_tokens(kernel, plain)
     assert len(ours) == len(theirs) == 24
     # Equal here; another CPU's MatMulNBits may sum in another order, so a parting is
     # allowed only where MatMulNBits' own top two are a float-noise tie.
     first = next((i for i in range(24) if ours[i] != theirs[i]), None)
     if first is not None:
+        params = SamplingParams(max_new_tokens=24, ignore_eos=True)
         prefix = np.asarray([plain.request_ids("To be", params) + theirs[:first]])
         logits, _ = plain.forward(prefix, 0, plain.empty_cache())
         last = logits[0, -1]
