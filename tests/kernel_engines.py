@@ -1,5 +1,6 @@
-"""One package loaded twice, on an e2edge CPU kernel and on onnxruntime's own, for the
-kernel tests (tests/runtime/kernels): the logits of a prompt and greedy tokens of both."""
+"""What the kernel tests (tests/runtime/kernels) share: an onnxruntime CPU session with
+e2edge's ops registered, a closeness check, and one package loaded twice, on an e2edge
+CPU kernel and on onnxruntime's own, with the logits of a prompt and greedy tokens."""
 
 from __future__ import annotations
 
@@ -37,3 +38,22 @@ def greedy_tokens(*engines, count: int = 24) -> list[list[int]]:
     params = SamplingParams(max_new_tokens=count, ignore_eos=True)
     return [[t for e in engine.generate("To be", params) for t in e.token_ids]
             for engine in engines]
+
+
+def cpu_session(model, threads: int = 2, library=None):
+    """An onnxruntime CPU session over `model`, e2edge's ops registered when `library`."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    if library is not None:
+        options.register_custom_ops_library(str(library.path))
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def assert_close(actual, expected, rtol: float) -> None:
+    """|actual - expected| <= rtol x the largest |expected|, everywhere."""
+    scale = float(np.abs(expected).max())
+    assert np.abs(actual - expected).max() <= rtol * scale, (
+        np.abs(actual - expected).max(), scale)

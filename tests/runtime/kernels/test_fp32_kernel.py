@@ -14,23 +14,14 @@ from runtime.llm import fp32_kernel
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
+from kernel_engines import assert_close, cpu_session  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 SHAPES = [(1, 64, 20), (1, 576, 960), (3, 96, 33), (7, 1536, 48), (13, 64, 300), (6, 5, 16)]
 
 
-@pytest.fixture(scope="module")
-def library() -> kernel_library.KernelLibrary:
-    built = kernel_library.load()
-    if isinstance(built, str):
-        pytest.skip(f"e2edge's kernel library is unavailable here: {built}")
-    return built
 
 
-def _close(actual, expected, rtol=1e-5):
-    scale = float(np.abs(expected).max())
-    assert np.abs(actual - expected).max() <= rtol * scale, (
-        np.abs(actual - expected).max(), scale)
 
 
 def test_packing_matches_the_reference_layout(library):
@@ -52,7 +43,7 @@ def test_products_match_the_reference_and_both_paths_agree_bit_for_bit(library):
         a = rng.standard_normal((m, k)).astype(np.float32)
         packed = library.pack_fp32(weights)
         portable = library.matmul_fp32(a, packed, n, fast=False)
-        _close(portable, fp32_reference.matmul(a, weights))
+        assert_close(portable, fp32_reference.matmul(a, weights), rtol=1e-5)
         if library.fp32_fast_path:
             assert np.array_equal(library.matmul_fp32(a, packed, n, fast=True), portable)
 
@@ -76,13 +67,6 @@ def _op_model(packed, n: int, k: int, shape: list[int]):
                                                    helper.make_opsetid(kernel_library.DOMAIN, 1)])
 
 
-def _session(model, threads: int = 2, library=None):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    if library is not None:
-        options.register_custom_ops_library(str(library.path))
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -92,25 +76,25 @@ def test_the_custom_op_runs_in_onnxruntime(library, threads):
     rng = np.random.default_rng(3)
     for m, k, n in [(1, 576, 1000), (9, 64, 300), (1, 1536, 48), (32, 100, 17)]:
         weights = rng.standard_normal((k, n)).astype(np.float32)
-        session = _session(_op_model(library.pack_fp32(weights), n, k, [1, m, k]), threads,
+        session = cpu_session(_op_model(library.pack_fp32(weights), n, k, [1, m, k]), threads,
                            library)
         a = rng.standard_normal((1, m, k)).astype(np.float32)
         y = session.run(None, {"x": a})[0]
         assert y.shape == (1, m, n)
-        _close(y[0], fp32_reference.matmul(a[0], weights))
+        assert_close(y[0], fp32_reference.matmul(a[0], weights), rtol=1e-5)
 
 
 def test_the_custom_op_refuses_weights_of_another_shape(library):
     """A graph whose packed weights do not fit K and N fails that run with the op's
     message; onnxruntime (and the process) carry on."""
     packed = library.pack_fp32(np.ones((64, 32), np.float32))
-    bad = _session(_op_model(packed[:1], 32, 64, [1, 64]), 1, library)
+    bad = cpu_session(_op_model(packed[:1], 32, 64, [1, 64]), 1, library)
     with pytest.raises(Exception, match="packed weights do not match K and N"):
         bad.run(None, {"x": np.ones((1, 64), np.float32)})
-    wrong_k = _session(_op_model(packed, 32, 64, [1, 63]), 1, library)
+    wrong_k = cpu_session(_op_model(packed, 32, 64, [1, 63]), 1, library)
     with pytest.raises(Exception, match="last dimension is not K"):
         wrong_k.run(None, {"x": np.ones((1, 63), np.float32)})
-    good = _session(_op_model(packed, 32, 64, [1, 64]), 1, library)
+    good = cpu_session(_op_model(packed, 32, 64, [1, 64]), 1, library)
     assert np.allclose(good.run(None, {"x": np.ones((1, 64), np.float32)})[0], 64.0)
 
 
@@ -137,7 +121,7 @@ def test_the_rewrite_takes_eligible_nodes_only_and_keeps_the_result(library, tmp
     model = _three_matmul_model(rng)
     feeds = {"x": rng.standard_normal((2, 24)).astype(np.float32),
              "xt": rng.standard_normal((24, 2)).astype(np.float32)}
-    expected = _session(model).run(None, feeds)
+    expected = cpu_session(model).run(None, feeds)
     onnx.save(model, str(tmp_path / "model.onnx"), save_as_external_data=True,
               all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=0)
     on_disk = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False)
@@ -156,7 +140,7 @@ def test_the_rewrite_takes_eligible_nodes_only_and_keeps_the_result(library, tmp
                                    providers=["CPUExecutionProvider"])
     assert len(kept) == 1
     for ours, theirs in zip(session.run(None, feeds), expected):
-        _close(ours, theirs)
+        assert_close(ours, theirs, rtol=1e-5)
     none_eligible = _three_matmul_model(rng)
     del none_eligible.graph.node[0]
     none_eligible.graph.node[0].input[0] = none_eligible.graph.node[1].input[0] = "x2"

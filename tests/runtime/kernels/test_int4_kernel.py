@@ -14,17 +14,12 @@ from runtime.llm import int4_kernel
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
+from kernel_engines import assert_close, cpu_session  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 SHAPES = [(1, 64, 20), (1, 576, 576), (3, 96, 33), (5, 1536, 48), (9, 64, 300)]  # M, K, N
 
 
-@pytest.fixture(scope="module")
-def library() -> kernel_library.KernelLibrary:
-    built = kernel_library.load()
-    if isinstance(built, str):
-        pytest.skip(f"int4 kernel library unavailable here: {built}")
-    return built
 
 
 def _weights(rng, n: int, k: int):
@@ -44,19 +39,8 @@ def _matmul_nbits_model(codes, scales, n: int, k: int, m: int, accuracy_level: i
                                                    helper.make_opsetid("com.microsoft", 1)])
 
 
-def _session(model, threads: int = 2, library=None):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    if library is not None:
-        options.register_custom_ops_library(str(library.path))
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
 
 
-def _close(actual, expected, rtol=2e-6):
-    scale = float(np.abs(expected).max())
-    assert np.abs(actual - expected).max() <= rtol * scale, (
-        np.abs(actual - expected).max(), scale)
 
 
 def test_the_reference_is_what_onnxruntime_matmul_nbits_computes():
@@ -64,8 +48,8 @@ def test_the_reference_is_what_onnxruntime_matmul_nbits_computes():
     for m, k, n in SHAPES:
         codes, scales = _weights(rng, n, k)
         a = rng.standard_normal((m, k)).astype(np.float32)
-        theirs = _session(_matmul_nbits_model(codes, scales, n, k, m)).run(None, {"x": a})[0]
-        _close(int4_reference.matmul_nbits(a, codes, scales, n), theirs)
+        theirs = cpu_session(_matmul_nbits_model(codes, scales, n, k, m)).run(None, {"x": a})[0]
+        assert_close(int4_reference.matmul_nbits(a, codes, scales, n), theirs, rtol=2e-6)
     # and it is not the float product: int8 activations move the result
     exact = a @ ((int4_reference.weight_codes(codes, n, k).astype(np.float32) - 8)
                  * np.repeat(scales.reshape(n, -1), 32, axis=1)).T
@@ -93,8 +77,8 @@ def test_products_match_the_reference(library, fast):
         a = rng.standard_normal((m, k)).astype(np.float32)
         a[0, :32] = 0.0  # an all-zero block: scale 0, no division by it
         packed, packed_scales = library.pack(codes, scales, n, k)
-        _close(library.matmul(a, packed, packed_scales, n, fast=fast),
-               int4_reference.matmul_nbits(a, codes, scales, n))
+        assert_close(library.matmul(a, packed, packed_scales, n, fast=fast),
+                     int4_reference.matmul_nbits(a, codes, scales, n), rtol=2e-6)
 
 
 def test_bad_shapes_are_refused_with_a_reason(library):
@@ -124,12 +108,12 @@ def test_the_custom_op_runs_in_onnxruntime(library, threads):
     for m, k, n in [(1, 576, 1000), (7, 64, 300), (1, 1536, 48)]:
         codes, scales = _weights(rng, n, k)
         packed, packed_scales = library.pack(codes, scales, n, k)
-        session = _session(_custom_op_model(packed, packed_scales, n, k, [1, m, k]), threads,
+        session = cpu_session(_custom_op_model(packed, packed_scales, n, k, [1, m, k]), threads,
                            library)
         a = rng.standard_normal((1, m, k)).astype(np.float32)
         y = session.run(None, {"x": a})[0]
         assert y.shape == (1, m, n)
-        _close(y[0], int4_reference.matmul_nbits(a[0], codes, scales, n))
+        assert_close(y[0], int4_reference.matmul_nbits(a[0], codes, scales, n), rtol=2e-6)
 
 
 def test_the_custom_op_refuses_weights_of_another_shape(library):
@@ -137,11 +121,11 @@ def test_the_custom_op_refuses_weights_of_another_shape(library):
     message; onnxruntime (and the process) carry on."""
     codes, scales = _weights(np.random.default_rng(5), 32, 64)
     packed, packed_scales = library.pack(codes, scales, 32, 64)
-    session = _session(_custom_op_model(packed[:1], packed_scales[:1], 32, 64, [1, 64]),
+    session = cpu_session(_custom_op_model(packed[:1], packed_scales[:1], 32, 64, [1, 64]),
                        1, library)
     with pytest.raises(Exception, match="packed weights do not match K and N"):
         session.run(None, {"x": np.ones((1, 64), np.float32)})
-    good = _session(_custom_op_model(packed, packed_scales, 32, 64, [1, 64]), 1, library)
+    good = cpu_session(_custom_op_model(packed, packed_scales, 32, 64, [1, 64]), 1, library)
     assert good.run(None, {"x": np.ones((1, 64), np.float32)})[0].shape == (1, 32)
 
 
@@ -171,7 +155,7 @@ def test_the_rewrite_takes_eligible_nodes_only_and_keeps_the_result(library, tmp
     (float activations, which the kernel does not compute) stays MatMulNBits."""
     model = _two_layer_model(np.random.default_rng(6))
     x = np.random.default_rng(7).standard_normal((2, 64)).astype(np.float32)
-    expected = _session(model).run(None, {"x": x})[0]
+    expected = cpu_session(model).run(None, {"x": x})[0]
     onnx.save(model, str(tmp_path / "model.onnx"), save_as_external_data=True,
               all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=0)
     on_disk = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False)
@@ -193,7 +177,7 @@ def test_the_rewrite_takes_eligible_nodes_only_and_keeps_the_result(library, tmp
     session = ort.InferenceSession(rewritten.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
     assert len(kept) == 2
-    _close(session.run(None, {"x": x})[0], expected, rtol=1e-5)
+    assert_close(session.run(None, {"x": x})[0], expected, rtol=1e-5)
     assert int4_kernel.rewrite(_matmul_nbits_model(*_weights(np.random.default_rng(8), 8, 64),
                                                    8, 64, 1, accuracy_level=1), tmp_path) is None
 
