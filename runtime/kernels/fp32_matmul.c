@@ -2,12 +2,11 @@
  * panels of 16 columns, for AVX-512.
  *
  * Why: a decode step reads every weight once, so its speed is the rate the weights
- * stream in. onnxruntime's MatMul (MLAS SGEMM over its own packed B) splits each node into
- * many small pieces; here each thread walks one contiguous run of panels (onnxruntime's
- * ParallelFor gives each thread one run of consecutive tasks), so the hardware
- * prefetcher sees one long stream per thread. Measured end to end: the same greedy
- * tokens, decode about 1.1-1.2x faster at 2 threads, prefill unchanged
- * (docs/results/2026-12-07-fp32-kernel).
+ * stream in. Here a task is two whole panels, one contiguous run of K x 128 bytes read
+ * front to back, handed to onnxruntime's own thread pool (ParallelFor), with no software
+ * prefetch (the hardware prefetcher did better alone). Measured end to end against
+ * onnxruntime's MatMul (MLAS): the same greedy tokens, decode about 1.1-1.2x faster at 2
+ * threads, prefill unchanged (docs/results/2026-12-07-fp32-kernel).
  *
  * Packed layout (numpy reference: runtime/kernels/fp32_reference.py): panel g holds
  * columns 16 g .. 16 g + 15, row by row: P[(g K + k) 16 + j] = B[k][16 g + j]; columns

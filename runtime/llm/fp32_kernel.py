@@ -1,10 +1,9 @@
 """Run an fp32 package's MatMul nodes on e2edge's own fp32 kernel, rewritten at load.
 
 A decode step reads every weight once, so it runs at the rate the weights stream in;
-onnxruntime's MatMul reads them in many small pieces per node, ours
-(runtime/kernels/fp32_matmul.c, AVX-512) in one contiguous run per thread, which at
-2 threads decodes about 1.1-1.2x faster with the same greedy tokens and prefill
-unchanged (docs/results/2026-12-07-fp32-kernel). So, in memory, the package on disk
+ours (runtime/kernels/fp32_matmul.c, AVX-512) streams them faster than onnxruntime's
+MatMul: at 2 threads decode is about 1.1-1.2x faster with the same greedy tokens and
+prefill unchanged (docs/results/2026-12-07-fp32-kernel). So, in memory, the package on disk
 unchanged: each MatMul whose B is a 2-D float initializer read by no other node becomes
 ai.e2edge::MatMulF32Packed over B repacked in panels of 16 columns, the only copy held.
 Products are the same multiply-adds in a different order, so logits match MatMul's up
