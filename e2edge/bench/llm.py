@@ -51,6 +51,7 @@ PROMPT_TEXT = (
 )
 GREEDY_COMPARED = 16
 ABLATION = "e2edge_ort_kernels"  # --kernel-ablation: e2edge with its own CPU kernels off
+KERNEL_NOTES = ("int4_matmuls", "fp32_matmuls")  # the engine's: which kernel ran those matmuls
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,7 +121,7 @@ def bench_runtime(package: str, ids: list[int], new_tokens: int, runs: int, thre
                   kernels: str | None = None):
     side = RuntimeSide(package, ids, new_tokens, threads, kernels)
     result = timed_runs(side, runs)
-    for key in ("int4_matmuls", "fp32_matmuls"):
+    for key in KERNEL_NOTES:
         if getattr(side.engine, key):
             result[key] = getattr(side.engine, key)
     return result
@@ -347,7 +348,7 @@ def print_table(result: dict, out) -> None:
     if check and "skipped" not in check:
         print(f"same-process alternating check: decode speed-up {check['decode_speedup']}x "
               f"(the bench's / the check's: {check['agreement']})", file=out)
-    for key in ("int4_matmuls", "fp32_matmuls"):
+    for key in KERNEL_NOTES:
         if key in result.get("e2edge", {}):
             print(f"e2edge {key.replace('_', ' ')}: {result['e2edge'][key]}", file=out)
     for suffix, name in (("ort_kernels", "e2edge on onnxruntime's own kernels"),

@@ -24,6 +24,7 @@ IN_MEMORY = "e2edge-in-memory"  # the placeholder location; no such file is ever
 class AdaptedGraph:
     model: Any  # onnx.ModelProto, external data not loaded
     weights: dict[str, np.ndarray] = field(default_factory=dict)
+    handed_over: list = field(default_factory=list)  # the OrtValues, until release()
 
     def add_weight(self, name: str, array: np.ndarray) -> None:
         """Declare `array` as initializer `name` of the graph; its bytes stay in memory
@@ -42,20 +43,22 @@ class AdaptedGraph:
 
     def hand_over(self, options) -> list:
         """Give onnxruntime session `options` the in-memory weights; returns the
-        OrtValues, to keep until the session has been created."""
+        OrtValues, which this graph keeps until release() (after the session exists)."""
         if not self.weights:
             return []
         import onnxruntime as ort
 
-        values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.weights.values()]
-        options.add_external_initializers(list(self.weights), values)
-        return values
+        self.handed_over = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.weights.values()]
+        options.add_external_initializers(list(self.weights), self.handed_over)
+        return self.handed_over
 
     def release(self) -> None:
-        """Once the session exists: drop the arrays and give their memory back to the
-        system. Without the trim a rewritten fp32 package stayed ~400 MiB larger: glibc
-        raises its mmap threshold after the first large free, so the later arrays came
-        from the heap, and freed heap memory is kept by the process."""
+        """Once the session exists (it copied them): drop the arrays and their OrtValues,
+        and give their memory back to the system. Without the trim a rewritten fp32
+        package stayed ~400 MiB larger: glibc raises its mmap threshold after the first
+        large free, so the later arrays came from the heap, and freed heap memory is kept
+        by the process."""
+        self.handed_over.clear()
         self.weights.clear()
         import ctypes
         import ctypes.util

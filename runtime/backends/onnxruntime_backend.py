@@ -80,8 +80,7 @@ class OnnxRuntimeBackend:
         options.log_severity_level = 3  # no warnings about initializers the optimiser folded
         chosen = choose_providers(providers)
         source: str | bytes = str(onnx_path)
-        handed_over: list = []  # weights the session copies as it loads (adapted_graph.py)
-        handed_over_from: AdaptedGraph | None = None
+        adapted: AdaptedGraph | None = None  # with weights the session copies as it loads
         if rewrite is not None:
             import onnx
 
@@ -92,8 +91,7 @@ class OnnxRuntimeBackend:
                 if not isinstance(adapted, AdaptedGraph):
                     adapted = AdaptedGraph(adapted)
                 register_if_used(options, adapted.model)  # e2edge's own kernels, if any
-                handed_over = adapted.hand_over(options)
-                handed_over_from = adapted
+                adapted.hand_over(options)
                 source = adapted.model.SerializeToString()
                 # From bytes, onnxruntime finds the external weights in the package folder.
                 options.add_session_config_entry(
@@ -103,9 +101,8 @@ class OnnxRuntimeBackend:
             self.session = ort.InferenceSession(source, options, providers=chosen)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
             raise PackageError(f"{onnx_path}: onnxruntime cannot load it ({e})") from e
-        del handed_over  # copied into the session: held once from here on
-        if handed_over_from is not None:
-            handed_over_from.release()
+        if adapted is not None:
+            adapted.release()  # copied into the session: held once from here on
         self.providers = self.session.get_providers()
         # Where a shared KV buffer lives: on the GPU when the CUDA provider runs the graph
         # (its GroupQueryAttention then reads and writes it in place), else a host array.

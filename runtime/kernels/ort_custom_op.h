@@ -147,7 +147,7 @@ static inline OrtStatus *e2_k_and_n(const OrtApi *api, const OrtKernelInfo *info
 
 static inline OrtStatus *e2_parallel_for(const OrtApi *api, const OrtKernelContext *context,
                                          void (*fn)(void *, size_t), size_t tasks, void *work) {
-  /* 0 batches: onnxruntime splits the tasks into one contiguous run per thread */
+  /* 0 batches: onnxruntime decides how its threads share the tasks */
   return ((ParallelForFn)API_FN(api, API_KernelContext_ParallelFor))(context, fn, tasks, 0, work);
 }
 

@@ -45,7 +45,7 @@ def eligible(node, initializers: dict, readers) -> bool:
         return False
     b = initializers.get(node.input[1])
     return (b is not None and b.data_type == FLOAT and len(b.dims) == 2 and all(b.dims)
-            and readers[node.input[1]] == 1 and node.input[0] != node.input[1])
+            and readers[node.input[1]] == 1)
 
 
 def count(model) -> int:
@@ -64,8 +64,7 @@ def rewrite(model, package_dir: Path) -> AdaptedGraph | None:
     library = kernel_library.load()
     if isinstance(library, str):
         return None
-    earlier = model if isinstance(model, AdaptedGraph) else None
-    graph = (earlier.model if earlier else model).graph
+    graph = kernel_rewrite.graph_of(model)
     initializers = {t.name: t for t in graph.initializer}
     readers = kernel_rewrite.uses(graph)
     chosen = [node for node in graph.node if eligible(node, initializers, readers)]
@@ -82,9 +81,6 @@ def rewrite(model, package_dir: Path) -> AdaptedGraph | None:
         return new_node, {name: packed}
 
     dropped = {node.input[1] for node in chosen}
-    adapted = kernel_rewrite.replace_nodes(earlier.model if earlier else model, package_dir,
-                                           chosen, dropped, replace)
-    if earlier:
-        adapted.weights = {**earlier.weights, **adapted.weights}
+    adapted = kernel_rewrite.replace_nodes(model, package_dir, chosen, dropped, replace)
     log.info("fp32 kernel: %d MatMul nodes on %s", len(chosen), library.path.name)
     return adapted

@@ -26,7 +26,6 @@ from runtime.onnx_attributes import node_attributes
 log = logging.getLogger(__name__)
 
 SETTING = "E2EDGE_INT4_KERNEL"  # auto (default) | off
-SETTINGS = kernel_rewrite.SETTINGS
 
 
 def setting(value: str | None = None) -> str:
@@ -52,9 +51,9 @@ def eligible(node, initializers: dict) -> bool:
 
 
 def rewrite(model, package_dir: Path) -> AdaptedGraph | None:
-    """A copy of `model` (onnx.ModelProto, external data not loaded) with every eligible
-    MatMulNBits on the kernel, its packed weights in memory; None when no node is
-    eligible."""
+    """A copy of `model` (an onnx.ModelProto, external data not loaded, or an
+    AdaptedGraph from an earlier rewrite) with every eligible MatMulNBits on the kernel,
+    its packed weights in memory; None when no node is eligible."""
     from onnx import helper
 
     from runtime.kernels import library as kernel_library
@@ -62,7 +61,7 @@ def rewrite(model, package_dir: Path) -> AdaptedGraph | None:
     library = kernel_library.load()
     if isinstance(library, str):
         return None
-    graph = model.graph
+    graph = kernel_rewrite.graph_of(model)
     initializers = {t.name: t for t in graph.initializer}
     chosen = [node for node in graph.node if eligible(node, initializers)]
     if not chosen:

@@ -40,6 +40,12 @@ def why_not(providers: list[str], variable: str, value: str | None, weights: str
     return unavailable(weights)
 
 
+def graph_of(source):
+    """The onnx graph of `source`: an onnx.ModelProto, or an AdaptedGraph from an earlier
+    rewrite."""
+    return (source.model if isinstance(source, AdaptedGraph) else source).graph
+
+
 def uses(graph) -> Counter:
     """How many node inputs name each value."""
     return Counter(name for node in graph.node for name in node.input)
@@ -48,21 +54,26 @@ def uses(graph) -> Counter:
 Replacement = tuple  # (the new onnx.NodeProto, {packed weight name: numpy array})
 
 
-def replace_nodes(model, package_dir: Path, chosen: list, dropped: set[str],
+def replace_nodes(source, package_dir: Path, chosen: list, dropped: set[str],
                   replace: Callable[[object, Callable], Replacement]) -> AdaptedGraph:
-    """A copy of `model` (onnx.ModelProto, external data not loaded) with each node of
-    `chosen` swapped for `replace(node, values)`'s node, whose packed weights are added in
-    memory; `values(name)` reads an initializer as a numpy array. Initializers named in
-    `dropped` leave the graph (the caller drops only those no other node reads)."""
+    """A copy of `source` (an onnx.ModelProto, external data not loaded, or an AdaptedGraph
+    from an earlier rewrite, whose in-memory weights it keeps) with each node of `chosen`
+    swapped for `replace(node, values)`'s node, whose packed weights are added in memory;
+    `values(name)` reads an initializer as a numpy array. Initializers named in `dropped`
+    leave the graph (the caller drops only those no other node reads)."""
     import onnx
     from onnx import helper, numpy_helper
     from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
     from runtime.kernels.library import DOMAIN
 
+    earlier = source.weights if isinstance(source, AdaptedGraph) else {}
+    model = source.model if isinstance(source, AdaptedGraph) else source
     initializers = {t.name: t for t in model.graph.initializer}
 
     def values(name: str):
+        if name in earlier:  # an earlier rewrite's weight: in memory, not in the package
+            return earlier[name]
         tensor = onnx.TensorProto()
         tensor.CopyFrom(initializers[name])
         if uses_external_data(tensor):
@@ -73,7 +84,7 @@ def replace_nodes(model, package_dir: Path, chosen: list, dropped: set[str],
     out.CopyFrom(model)
     del out.graph.initializer[:]
     out.graph.initializer.extend(t for t in model.graph.initializer if t.name not in dropped)
-    adapted = AdaptedGraph(out)
+    adapted = AdaptedGraph(out, {name: a for name, a in earlier.items() if name not in dropped})
     replaced = {}
     for node in chosen:
         new_node, weights = replace(node, values)

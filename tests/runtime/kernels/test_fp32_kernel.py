@@ -167,3 +167,42 @@ def test_an_fp32_package_generates_on_the_kernel_as_on_matmul(library, tiny_llam
     assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
     ours, theirs = greedy_tokens(kernel, plain)
     assert len(ours) == 24 and ours == theirs
+
+
+def test_the_rewrites_chain_and_keep_each_others_weights(library, tmp_path):
+    """An int4 rewrite, then the fp32 one over its result (as the engine runs them): the
+    graph holds both ops, both rewrites' weights stay in memory, and the product is
+    onnxruntime's own."""
+    from runtime.llm import int4_kernel
+
+    if not library.fast_path:
+        pytest.skip("this CPU has no AVX-512 VNNI: the int4 rewrite takes nothing here")
+    rng = np.random.default_rng(9)
+    codes = rng.integers(0, 256, (64, 2, 16), dtype=np.uint8)
+    scales = (rng.random(64 * 2, dtype=np.float32) * 0.02).astype(np.float32)
+    w = rng.standard_normal((64, 24)).astype(np.float32)
+    nodes = [helper.make_node("MatMulNBits", ["x", "q", "s"], ["h"], name="int4",
+                              domain="com.microsoft", K=64, N=64, bits=4, block_size=32,
+                              accuracy_level=4),
+             helper.make_node("MatMul", ["h", "w"], ["y"], name="fp32")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 24])],
+        [numpy_helper.from_array(codes, "q"), numpy_helper.from_array(scales, "s"),
+         numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    expected = cpu_session(model).run(None, {"x": x})[0]
+    first = int4_kernel.rewrite(model, tmp_path)
+    both = fp32_kernel.rewrite(first, tmp_path)
+    assert [n.op_type for n in both.model.graph.node] == ["MatMulInt4Packed", "MatMulF32Packed"]
+    assert set(both.weights) == {"int4/int4_packed", "int4/int4_packed_scales", "fp32/fp32_packed"}
+    options = ort.SessionOptions()
+    assert kernel_library.register_if_used(options, both.model)
+    both.hand_over(options)
+    session = ort.InferenceSession(both.model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    both.release()
+    assert both.weights == {} and both.handed_over == []
+    assert_close(session.run(None, {"x": x})[0], expected, rtol=1e-4)
